@@ -1,0 +1,179 @@
+//! The `Provider` trait and the types every cloudflow provider speaks.
+//!
+//! A provider makes machines exist (or, for bare metal, describes machines that already do),
+//! lists what exists now (by label or tag, never from memory alone), and destroys what it made.
+//! Everything after provisioning — SSH, Docker, Swarm — is the core's business, identical for
+//! every provider.
+//!
+//! Providers record every resource in the [`Journal`] *before* the call that creates it, so a
+//! crash between the call and the record can never leak it: the next `up` or `down` finds it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A machine's role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Manager => "manager",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// How the core reaches a machine over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshEndpoint {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+}
+
+/// One machine as the rest of cloudflow sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Stable name (lab: the container name; bare metal: the inventory address).
+    pub name: String,
+    /// The provider's own id (container id, instance id, or the address for bare metal).
+    pub id: String,
+    pub role: Role,
+    pub ssh: SshEndpoint,
+    /// Whether the machine is up as far as the provider can tell.
+    pub running: bool,
+}
+
+/// A resource a provider creates: recorded in the journal before it exists.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Resource {
+    /// e.g. "network", "container", "instance", "security-group".
+    pub kind: String,
+    /// The name (or client token) the provider will create it under.
+    pub name: String,
+}
+
+impl Resource {
+    pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
+        Resource { kind: kind.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.name)
+    }
+}
+
+/// A change a provider would make, computed without I/O from what exists now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum ProviderAction {
+    Create { resource: Resource, role: Option<Role> },
+    Start { resource: Resource },
+    Destroy { resource: Resource },
+}
+
+impl fmt::Display for ProviderAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProviderAction::Create { resource, role: Some(role) } => {
+                write!(f, "create {resource} ({role})")
+            }
+            ProviderAction::Create { resource, role: None } => write!(f, "create {resource}"),
+            ProviderAction::Start { resource } => write!(f, "start {resource}"),
+            ProviderAction::Destroy { resource } => write!(f, "destroy {resource}"),
+        }
+    }
+}
+
+/// Where providers write down what they are about to create and what they removed.
+/// The core backs it with the state store; each call is one durable write.
+pub trait Journal: Send + Sync {
+    /// Called *before* the API call that creates `resource`.
+    fn intend(&self, resource: &Resource) -> Result<(), ProviderError>;
+    /// Called once `resource` exists.
+    fn created(&self, resource: &Resource) -> Result<(), ProviderError>;
+    /// Called once `resource` is gone.
+    fn removed(&self, resource: &Resource) -> Result<(), ProviderError>;
+}
+
+/// Progress lines from a provider's long work (image builds, waits).
+pub trait Progress: Send + Sync {
+    fn step(&self, what: &str);
+}
+
+/// What `destroy` did and what it could not do.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DestroyReport {
+    pub removed: Vec<Resource>,
+    /// Resources still present after destroy, each with why.
+    pub left: Vec<(Resource, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider's backend (Docker engine, cloud API) refused or failed a call.
+    #[error("{provider}: {action} failed: {message}")]
+    Api { provider: &'static str, action: String, message: String },
+    /// Something the machine running cloudflow lacks (a tool, a daemon).
+    #[error("{provider}: {message}\n  hint: {hint}")]
+    Missing { provider: &'static str, message: String, hint: String },
+    /// The journal (state store) could not record a resource; nothing was created.
+    #[error("could not record {resource} in the state before creating it: {message}")]
+    Journal { resource: String, message: String },
+    /// The provider cannot do this (e.g. bare metal cannot add machines).
+    #[error("{provider} provider cannot {what}")]
+    Unsupported { provider: &'static str, what: String },
+}
+
+/// The interface every provider implements.
+///
+/// Seams for later issues: `scale` (cloud providers add/remove workers), and a managed-cluster
+/// provider (GKE) that returns no SSH machines but a kubeconfig — it will extend this trait
+/// rather than fake machines.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Short name used in messages and state: "lab", "bare-metal", "aws".
+    fn kind(&self) -> &'static str;
+
+    /// Whether `down` removes the machines themselves (lab, cloud). When false (bare metal),
+    /// the core must undo its bootstrap on each host over SSH instead.
+    fn owns_machines(&self) -> bool;
+
+    /// The machines that exist now, found by label or tag (or the inventory, for bare metal).
+    async fn list(&self) -> Result<Vec<Machine>, ProviderError>;
+
+    /// What `create` would do, given what `list` returned. Pure: no I/O.
+    fn plan(&self, existing: &[Machine]) -> Vec<ProviderAction>;
+
+    /// Make the wanted machines exist; idempotent. Returns every wanted machine.
+    async fn create(
+        &self,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Machine>, ProviderError>;
+
+    /// Remove everything this provider created for the cluster, then check that nothing is left.
+    async fn destroy(
+        &self,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<DestroyReport, ProviderError>;
+
+    /// Add or remove workers (`nodes scale`). Providers that cannot make machines say so.
+    async fn scale_workers(
+        &self,
+        _count: u32,
+        _journal: &dyn Journal,
+        _progress: &dyn Progress,
+    ) -> Result<Vec<Machine>, ProviderError> {
+        Err(ProviderError::Unsupported { provider: self.kind(), what: "scale workers".into() })
+    }
+}

@@ -1,0 +1,2 @@
+//! cloudflow: spec → plan → phases → commands → executor → providers.
+pub mod spec;

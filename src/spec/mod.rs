@@ -1,0 +1,418 @@
+//! The spec: one YAML file, parsed and validated up front into typed structs.
+//!
+//! Parse errors (unknown keys, wrong types) and validation errors (no manager, duplicate
+//! addresses) both point at `file:line:column` and render with the source snippet (miette).
+
+mod error;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub use error::SpecError;
+
+/// A validated spec.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Where the spec was read from (the state lives beside it by default).
+    pub path: PathBuf,
+    pub name: String,
+    pub provider: ProviderSpec,
+    pub orchestrator: Orchestrator,
+    pub registry: RegistrySpec,
+    pub proxy: ProxySpec,
+    /// Directory whose `*.tera` files override the embedded templates.
+    pub templates: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProviderSpec {
+    Lab(LabSpec),
+    BareMetal(BareMetalSpec),
+}
+
+impl ProviderSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderSpec::Lab(_) => "lab",
+            ProviderSpec::BareMetal(_) => "bare-metal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabSpec {
+    pub hosts: u32,
+    pub managers: u32,
+    pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BareMetalSpec {
+    pub user: String,
+    pub ssh_key: PathBuf,
+    pub port: u16,
+    pub host_key_policy: HostKeyPolicy,
+    pub hosts: Vec<HostSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSpec {
+    pub address: String,
+    pub port: u16,
+    pub role: Role,
+}
+
+pub use cloudflow_provider_api::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// Record unknown keys in the state's known_hosts; refuse changed keys.
+    AcceptNew,
+    /// Refuse hosts whose key is not already known (state or ~/.ssh/known_hosts).
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Orchestrator {
+    Swarm,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistrySpec {
+    pub insecure: Vec<String>,
+    pub mirrors: Vec<String>,
+    pub auth: Option<RegistryAuth>,
+}
+
+/// Registry credentials. The password itself is never in the spec: only the name of the
+/// environment variable that holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryAuth {
+    pub server: String,
+    pub username: String,
+    pub password_env: String,
+    /// Where `password_env` was written, for errors when the variable is unset.
+    pub password_env_at: Location,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxySpec {
+    pub http_proxy: Option<String>,
+    pub https_proxy: Option<String>,
+    pub no_proxy: Vec<String>,
+    pub domain: Option<String>,
+    pub image: Option<String>,
+    pub port: Option<u16>,
+}
+
+/// A line and column in the spec file (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Location {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl Location {
+    fn of<T>(s: &Spanned<T>) -> Self {
+        Location { line: s.referenced.line(), column: s.referenced.column() }
+    }
+}
+
+// ---- raw, as written -------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: Spanned<String>,
+    provider: Spanned<RawProvider>,
+    orchestrator: Option<Spanned<Orchestrator>>,
+    #[serde(default)]
+    registry: RawRegistry,
+    #[serde(default)]
+    proxy: RawProxy,
+    templates: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawProvider {
+    Lab(RawLab),
+    BareMetal(RawBareMetal),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLab {
+    hosts: Spanned<u32>,
+    managers: Option<Spanned<u32>>,
+    image: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBareMetal {
+    #[serde(default = "default_user")]
+    user: String,
+    ssh_key: Spanned<String>,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_policy")]
+    host_key_policy: HostKeyPolicy,
+    hosts: Spanned<Vec<RawHost>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    address: Spanned<String>,
+    port: Option<u16>,
+    #[serde(default = "default_role")]
+    role: Role,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    #[serde(default)]
+    insecure: Vec<String>,
+    #[serde(default)]
+    mirrors: Vec<Spanned<String>>,
+    auth: Option<RawAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    server: String,
+    username: String,
+    password_env: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    http_proxy: Option<Spanned<String>>,
+    https_proxy: Option<Spanned<String>>,
+    #[serde(default)]
+    no_proxy: Vec<String>,
+    domain: Option<String>,
+    image: Option<String>,
+    port: Option<u16>,
+}
+
+fn default_user() -> String {
+    "root".into()
+}
+fn default_port() -> u16 {
+    22
+}
+fn default_policy() -> HostKeyPolicy {
+    HostKeyPolicy::AcceptNew
+}
+fn default_role() -> Role {
+    Role::Worker
+}
+
+// ---- loading ---------------------------------------------------------------------------------
+
+/// Read, parse and validate the spec at `path`.
+pub fn load(path: &Path) -> Result<Spec, SpecError> {
+    let source = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    parse(path, &source)
+}
+
+/// Parse and validate spec text; `path` names the file in errors and anchors relative paths.
+pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
+    let file = path.display().to_string();
+    let options = serde_saphyr::options! { with_snippet: false };
+    let raw: RawSpec = serde_saphyr::from_str_with_options(source, options)
+        .map_err(|e| SpecError::from_yaml(&file, source, &e))?;
+    let at = |loc: Location, msg: String| SpecError::at(&file, source, loc, msg);
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    let name = raw.name.value.clone();
+    if !valid_name(&name) {
+        return Err(at(
+            Location::of(&raw.name),
+            format!(
+                "invalid cluster name {name:?}: use 1-40 lowercase letters, digits and '-', \
+                 starting and ending with a letter or digit (it becomes part of container names and labels)"
+            ),
+        ));
+    }
+
+    let orchestrator = match raw.orchestrator {
+        None => Orchestrator::Swarm,
+        Some(o) if o.value == Orchestrator::Kubernetes => {
+            return Err(at(
+                Location::of(&o),
+                "orchestrator `kubernetes` is not supported yet; use `swarm`".into(),
+            ));
+        }
+        Some(o) => o.value,
+    };
+
+    let provider = match raw.provider.value {
+        RawProvider::Lab(lab) => {
+            let hosts = lab.hosts.value;
+            if !(1..=50).contains(&hosts) {
+                return Err(at(Location::of(&lab.hosts), format!("lab hosts must be 1 to 50, not {hosts}")));
+            }
+            let managers = match &lab.managers {
+                None => 1,
+                Some(m) if m.value == 0 || m.value > hosts => {
+                    return Err(at(
+                        Location::of(m),
+                        format!("lab managers must be between 1 and hosts ({hosts}), not {}", m.value),
+                    ));
+                }
+                Some(m) => m.value,
+            };
+            ProviderSpec::Lab(LabSpec { hosts, managers, image: lab.image })
+        }
+        RawProvider::BareMetal(bm) => {
+            if bm.hosts.value.is_empty() {
+                return Err(at(Location::of(&bm.hosts), "bare_metal needs at least one host".into()));
+            }
+            if !bm.hosts.value.iter().any(|h| h.role == Role::Manager) {
+                return Err(at(
+                    Location::of(&bm.hosts),
+                    "no manager: at least one host needs `role: manager` (hosts default to worker)".into(),
+                ));
+            }
+            let mut hosts: Vec<HostSpec> = Vec::new();
+            for h in &bm.hosts.value {
+                let address = h.address.value.trim().to_string();
+                let port = h.port.unwrap_or(bm.port);
+                if address.is_empty() {
+                    return Err(at(Location::of(&h.address), "empty host address".into()));
+                }
+                if hosts.iter().any(|o| o.address == address && o.port == port) {
+                    return Err(at(Location::of(&h.address), format!("host {address}:{port} is listed twice")));
+                }
+                hosts.push(HostSpec { address, port, role: h.role });
+            }
+            let ssh_key = expand_path(&bm.ssh_key.value, &base);
+            ProviderSpec::BareMetal(BareMetalSpec {
+                user: bm.user,
+                ssh_key,
+                port: bm.port,
+                host_key_policy: bm.host_key_policy,
+                hosts,
+            })
+        }
+    };
+
+    for m in &raw.registry.mirrors {
+        if !(m.value.starts_with("http://") || m.value.starts_with("https://")) {
+            return Err(at(
+                Location::of(m),
+                format!("registry mirror {:?} must be a URL starting with http:// or https://", m.value),
+            ));
+        }
+    }
+    let auth = raw.registry.auth.map(|a| RegistryAuth {
+        server: a.server,
+        username: a.username,
+        password_env: a.password_env.value.clone(),
+        password_env_at: Location::of(&a.password_env),
+    });
+    if let Some(a) = &auth
+        && !valid_env_name(&a.password_env)
+    {
+        return Err(at(
+            a.password_env_at,
+            format!("password_env must name an environment variable (like REGISTRY_PASSWORD), not {:?}", a.password_env),
+        ));
+    }
+    for p in [&raw.proxy.http_proxy, &raw.proxy.https_proxy].into_iter().flatten() {
+        if !p.value.contains("://") {
+            return Err(at(Location::of(p), format!("proxy {:?} must be a URL like http://proxy.corp:3128", p.value)));
+        }
+    }
+
+    Ok(Spec {
+        path: path.to_path_buf(),
+        name,
+        provider,
+        orchestrator,
+        registry: RegistrySpec {
+            insecure: raw.registry.insecure,
+            mirrors: raw.registry.mirrors.into_iter().map(|m| m.value).collect(),
+            auth,
+        },
+        proxy: ProxySpec {
+            http_proxy: raw.proxy.http_proxy.map(|p| p.value),
+            https_proxy: raw.proxy.https_proxy.map(|p| p.value),
+            no_proxy: raw.proxy.no_proxy,
+            domain: raw.proxy.domain,
+            image: raw.proxy.image,
+            port: raw.proxy.port,
+        },
+        templates: raw.templates.map(|t| expand_path(&t, &base)),
+    })
+}
+
+impl Spec {
+    /// Read the registry password from the environment variable the spec names.
+    /// The error names the variable and where the spec names it, never a value.
+    pub fn registry_password(&self) -> Result<Option<secrecy::SecretString>, SpecError> {
+        let Some(auth) = &self.registry.auth else { return Ok(None) };
+        match std::env::var(&auth.password_env) {
+            Ok(v) if !v.is_empty() => Ok(Some(secrecy::SecretString::from(v))),
+            _ => {
+                let source = std::fs::read_to_string(&self.path).unwrap_or_default();
+                Err(SpecError::at(
+                    &self.path.display().to_string(),
+                    &source,
+                    auth.password_env_at,
+                    format!(
+                        "environment variable {} (registry.auth.password_env) is not set; export it before running cloudflow",
+                        auth.password_env
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The directory the embedded state store lives in by default: `.cloudflow/` beside the spec.
+    pub fn default_state_dir(&self) -> PathBuf {
+        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        dir.join(".cloudflow")
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 40
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+fn expand_path(p: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        return home.join(rest);
+    }
+    let path = PathBuf::from(p);
+    if path.is_absolute() { path } else { base.join(path) }
+}
+
+#[cfg(test)]
+mod tests;

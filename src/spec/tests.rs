@@ -1,0 +1,123 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse_str(text: &str) -> Result<Spec, SpecError> {
+    parse(Path::new("cluster.yaml"), text)
+}
+
+fn err(text: &str) -> String {
+    parse_str(text).expect_err("spec should be rejected").to_string()
+}
+
+const BARE: &str = "name: demo
+provider:
+  bare_metal:
+    ssh_key: /keys/id
+    hosts:
+      - { address: 10.0.0.5, role: manager }
+      - { address: 10.0.0.6 }
+registry:
+  insecure: [\"10.0.0.2:5000\"]
+  mirrors: [\"http://10.0.0.2:5000\"]
+  auth: { server: registry.example.com, username: ci, password_env: REGISTRY_PASSWORD }
+proxy:
+  http_proxy: http://proxy.corp:3128
+  no_proxy: [localhost, 10.0.0.0/8]
+  domain: demo.test
+";
+
+#[test]
+fn full_bare_metal_spec_parses_with_defaults() {
+    let spec = parse_str(BARE).unwrap();
+    assert_eq!(spec.name, "demo");
+    assert_eq!(spec.orchestrator, Orchestrator::Swarm);
+    let ProviderSpec::BareMetal(bm) = &spec.provider else { panic!("bare metal expected") };
+    assert_eq!(bm.user, "root");
+    assert_eq!(bm.port, 22);
+    assert_eq!(bm.host_key_policy, HostKeyPolicy::AcceptNew);
+    assert_eq!(bm.hosts[0], HostSpec { address: "10.0.0.5".into(), port: 22, role: Role::Manager });
+    assert_eq!(bm.hosts[1].role, Role::Worker);
+    assert_eq!(spec.registry.mirrors, ["http://10.0.0.2:5000"]);
+    let auth = spec.registry.auth.as_ref().unwrap();
+    assert_eq!(auth.password_env, "REGISTRY_PASSWORD");
+    assert_eq!(auth.password_env_at, Location { line: 11, column: 69 });
+    assert_eq!(spec.proxy.no_proxy, ["localhost", "10.0.0.0/8"]);
+}
+
+#[test]
+fn lab_spec_defaults_to_one_manager() {
+    let spec = parse_str("name: lab1\nprovider:\n  lab: { hosts: 3 }\n").unwrap();
+    assert_eq!(spec.provider, ProviderSpec::Lab(LabSpec { hosts: 3, managers: 1, image: None }));
+}
+
+#[test]
+fn unknown_key_names_the_key_with_line_and_column() {
+    let e = err("name: demo\nprovider:\n  lab: { hosts: 3 }\nregistri: {}\n");
+    assert!(e.starts_with("cluster.yaml:4:1: "), "{e}");
+    assert!(e.contains("registri"), "{e}");
+}
+
+#[test]
+fn unknown_nested_key_points_inside_the_provider() {
+    let e = err("name: demo\nprovider:\n  lab: { hosts: 3, cpus: 2 }\n");
+    assert!(e.starts_with("cluster.yaml:3:20: "), "{e}");
+    assert!(e.contains("cpus"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_expected_type() {
+    let e = err("name: demo\nprovider:\n  lab: { hosts: three }\n");
+    assert!(e.starts_with("cluster.yaml:3:17: "), "{e}");
+    assert!(e.contains("wrong type: expected a whole number"), "{e}");
+}
+
+#[test]
+fn missing_manager_points_at_hosts() {
+    let text = "name: demo\nprovider:\n  bare_metal:\n    ssh_key: k\n    hosts:\n      - { address: 10.0.0.6 }\n";
+    let e = err(text);
+    assert!(e.starts_with("cluster.yaml:6:7: no manager"), "{e}");
+}
+
+#[test]
+fn duplicate_host_and_bad_name_and_kubernetes_are_rejected() {
+    let dup = "name: demo\nprovider:\n  bare_metal:\n    ssh_key: k\n    hosts:\n      - { address: a, role: manager }\n      - { address: a }\n";
+    assert!(err(dup).starts_with("cluster.yaml:7:20: host a:22 is listed twice"), "{}", err(dup));
+    assert!(err("name: Demo_1\nprovider:\n  lab: { hosts: 1 }\n").starts_with("cluster.yaml:1:7: invalid cluster name"));
+    let k8s = err("name: d\nprovider:\n  lab: { hosts: 1 }\norchestrator: kubernetes\n");
+    assert!(k8s.starts_with("cluster.yaml:4:15: orchestrator `kubernetes` is not supported yet"), "{k8s}");
+}
+
+#[test]
+fn lab_bounds_and_mirror_urls_are_checked() {
+    assert!(err("name: d\nprovider:\n  lab: { hosts: 0 }\n").contains("lab hosts must be 1 to 50"));
+    assert!(err("name: d\nprovider:\n  lab: { hosts: 2, managers: 3 }\n").contains("lab managers must be between 1 and hosts"));
+    let m = err("name: d\nprovider:\n  lab: { hosts: 1 }\nregistry:\n  mirrors: [\"10.0.0.2:5000\"]\n");
+    assert!(m.starts_with("cluster.yaml:5:13: registry mirror"), "{m}");
+}
+
+#[test]
+fn missing_password_env_is_an_error_naming_the_variable_not_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    let text = BARE.replace("REGISTRY_PASSWORD", "CLOUDFLOW_TEST_UNSET_PASSWORD");
+    std::fs::write(&path, &text).unwrap();
+    let spec = load(&path).unwrap();
+    let e = spec.registry_password().unwrap_err().to_string();
+    assert!(e.contains("CLOUDFLOW_TEST_UNSET_PASSWORD"), "{e}");
+    assert!(e.contains(":11:69: "), "{e}");
+}
+
+#[test]
+fn state_dir_is_beside_the_spec() {
+    let spec = parse_str("name: d\nprovider:\n  lab: { hosts: 1 }\n").unwrap();
+    assert_eq!(spec.default_state_dir(), Path::new("./.cloudflow"));
+    let spec = parse(Path::new("/x/y/c.yaml"), "name: d\nprovider:\n  lab: { hosts: 1 }\n").unwrap();
+    assert_eq!(spec.default_state_dir(), Path::new("/x/y/.cloudflow"));
+}
+
+#[test]
+fn unknown_provider_lists_the_known_ones() {
+    let e = err("name: demo\nprovider:\n  lib: {}\n");
+    assert_eq!(e, "cluster.yaml:3:3: unknown variant `lib`, expected one of lab, bare_metal");
+}
