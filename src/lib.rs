@@ -1,2 +1,6 @@
 //! cloudflow: spec → plan → phases → commands → executor → providers.
+pub mod commands;
+pub mod facts;
+pub mod render;
 pub mod spec;
+pub mod state;

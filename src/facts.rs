@@ -1,0 +1,157 @@
+//! Host facts: the output of one facts script per host, parsed without I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    Systemd,
+    None,
+}
+
+impl Init {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Init::Systemd => "systemd",
+            Init::None => "none",
+        }
+    }
+}
+
+/// The host's swarm membership, from `docker info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SwarmFacts {
+    /// `inactive`, `pending`, `active`, `error`, `locked`.
+    pub state: String,
+    pub node_id: String,
+    pub manager: bool,
+}
+
+impl SwarmFacts {
+    pub fn active(&self) -> bool {
+        self.state == "active"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostFacts {
+    pub os_id: String,
+    pub os_like: String,
+    pub os_version: String,
+    pub os_name: String,
+    pub hostname: String,
+    pub init: Init,
+    pub dockerd: bool,
+    pub docker_cli: bool,
+    pub docker_running: bool,
+    pub swarm: SwarmFacts,
+    /// Current /etc/docker/daemon.json, when the file exists.
+    pub daemon_json: Option<String>,
+    /// sha256 of each managed file that exists.
+    pub files: BTreeMap<String, String>,
+    /// Registries with credentials in the docker client config.
+    pub logins: BTreeSet<String>,
+}
+
+impl HostFacts {
+    pub fn docker_installed(&self) -> bool {
+        self.dockerd && self.docker_cli
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("unreadable facts: {0}")]
+pub struct FactsError(pub String);
+
+/// Parse the facts script's `key=value` lines.
+pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
+    let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut files = BTreeMap::new();
+    let mut logins = BTreeSet::new();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else { continue };
+        if let Some(path) = k.strip_prefix("file:") {
+            files.insert(path.to_string(), v.to_string());
+        } else if let Some(server) = k.strip_prefix("login:") {
+            logins.insert(server.to_string());
+        } else {
+            kv.insert(k, v);
+        }
+    }
+    if kv.get("end") != Some(&"ok") {
+        return Err(FactsError("the facts script did not finish (no end=ok line)".into()));
+    }
+    let get = |k: &str| kv.get(k).copied().unwrap_or("").to_string();
+    let swarm = {
+        let raw = get("swarm");
+        let mut parts = raw.split_whitespace();
+        SwarmFacts {
+            state: parts.next().unwrap_or("inactive").to_string(),
+            node_id: parts.next().unwrap_or("").to_string(),
+            manager: parts.next() == Some("true"),
+        }
+    };
+    let daemon_json = match kv.get("daemon_json") {
+        None => None,
+        Some(b64) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| FactsError(format!("daemon.json: {e}")))?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    Ok(HostFacts {
+        os_id: get("os_id"),
+        os_like: get("os_like"),
+        os_version: get("os_version"),
+        os_name: get("os_name"),
+        hostname: get("hostname"),
+        init: if get("init") == "systemd" { Init::Systemd } else { Init::None },
+        dockerd: get("dockerd") == "yes",
+        docker_cli: get("docker_cli") == "yes",
+        docker_running: get("docker_running") == "yes",
+        swarm,
+        daemon_json,
+        files,
+        logins,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_debian_host() {
+        let f = parse("os_id=debian\nos_like=\nos_version=12\nos_name=Debian GNU/Linux 12 (bookworm)\nhostname=h1\ninit=none\nend=ok\n").unwrap();
+        assert_eq!(f.os_id, "debian");
+        assert_eq!(f.os_name, "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(f.init, Init::None);
+        assert!(!f.docker_installed());
+        assert!(!f.docker_running);
+        assert_eq!(f.swarm.state, "inactive");
+        assert_eq!(f.daemon_json, None);
+    }
+
+    #[test]
+    fn swarm_manager_with_daemon_json_files_and_login() {
+        let text = "os_id=ubuntu\nhostname=m\ninit=systemd\ndockerd=yes\ndocker_cli=yes\ndocker_running=yes\n\
+                    swarm=active abc123 true\ndaemon_json=eyJhIjoxfQ==\nfile:/etc/cloudflow/docker.env=ff00\n\
+                    login:10.0.0.2:5000=yes\nend=ok\n";
+        let f = parse(text).unwrap();
+        assert!(f.docker_installed() && f.docker_running);
+        assert_eq!(f.swarm, SwarmFacts { state: "active".into(), node_id: "abc123".into(), manager: true });
+        assert_eq!(f.daemon_json.as_deref(), Some("{\"a\":1}"));
+        assert_eq!(f.files["/etc/cloudflow/docker.env"], "ff00");
+        assert!(f.logins.contains("10.0.0.2:5000"));
+        assert_eq!(f.init, Init::Systemd);
+    }
+
+    #[test]
+    fn a_cut_off_facts_run_is_an_error() {
+        assert!(parse("os_id=debian\n").is_err());
+    }
+}
