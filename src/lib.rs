@@ -4,3 +4,4 @@ pub mod facts;
 pub mod render;
 pub mod spec;
 pub mod state;
+pub mod exec;
