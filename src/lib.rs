@@ -5,3 +5,4 @@ pub mod render;
 pub mod spec;
 pub mod state;
 pub mod exec;
+pub mod plan;

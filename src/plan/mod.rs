@@ -1,0 +1,333 @@
+//! The planner: a pure function of (spec, recorded state, machines, facts) → ordered actions.
+//! No I/O. `plan` prints the result; `up` prints it and the phases apply it.
+
+pub mod daemon_json;
+mod display;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use cloudflow_provider_api::{Machine, ProviderAction, Role};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::commands;
+use crate::facts::{HostFacts, Init};
+use crate::render::{RenderError, Renderer};
+use crate::spec::Spec;
+use crate::state::ClusterState;
+
+/// Phases in apply order. Later issues add `proxy` and `deploy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseName {
+    /// Machines exist (no SSH yet).
+    Provision,
+    /// Docker installed and configured on every host (proxy, registry).
+    Bootstrap,
+    /// The swarm is formed.
+    Cluster,
+}
+
+impl fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PhaseName::Provision => "provision",
+            PhaseName::Bootstrap => "bootstrap",
+            PhaseName::Cluster => "cluster",
+        })
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    Provider(ProviderAction),
+    WriteFile { path: String, #[serde(skip)] content: String },
+    InstallDocker,
+    WriteDaemonJson {
+        #[serde(skip)]
+        content: String,
+        added_insecure: Vec<String>,
+        added_mirrors: Vec<String>,
+        created_file: bool,
+    },
+    StartDocker,
+    RestartDocker,
+    RegistryLogin { server: String, username: String },
+    SwarmInit,
+    SwarmJoin { role: Role, via: String },
+    // ---- undo (down) ----
+    SwarmLeave,
+    RegistryLogout { server: String },
+    RestoreDaemonJson { #[serde(skip)] content: Option<String> },
+    RemoveFiles { paths: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Action {
+    pub phase: PhaseName,
+    /// The machine the step runs on; `None` for provider-level steps.
+    pub host: Option<String>,
+    #[serde(flatten)]
+    pub step: Step,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    pub cluster: String,
+    pub actions: Vec<Action>,
+    /// Hosts whose bootstrap steps are a forecast (not reachable yet: facts unknown).
+    pub forecast_hosts: Vec<String>,
+    /// Things worth knowing that change nothing.
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+
+    pub fn for_phase(&self, phase: PhaseName) -> impl Iterator<Item = &Action> {
+        self.actions.iter().filter(move |a| a.phase == phase)
+    }
+
+    /// Steps for one host in one phase, in order.
+    pub fn host_steps(&self, phase: PhaseName, host: &str) -> Vec<&Step> {
+        self.for_phase(phase).filter(|a| a.host.as_deref() == Some(host)).map(|a| &a.step).collect()
+    }
+
+    pub fn until(mut self, last: Option<PhaseName>) -> Self {
+        if let Some(last) = last {
+            self.actions.retain(|a| a.phase <= last);
+        }
+        self
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A host cannot be brought to the wanted state by cloudflow.
+    #[error("host {host}: {message}")]
+    Host { host: String, message: String },
+    #[error(transparent)]
+    Render(#[from] RenderError),
+}
+
+/// A host as the planner sees it: a machine that exists, or one the provider will create.
+#[derive(Debug, Clone)]
+pub struct PlannedHost {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Everything the planner looks at. All plain data.
+pub struct Inputs<'a> {
+    pub spec: &'a Spec,
+    pub state: &'a ClusterState,
+    /// Machines that exist now.
+    pub machines: &'a [Machine],
+    /// What the provider would do (from `Provider::plan`).
+    pub provider_actions: &'a [ProviderAction],
+    /// Facts by machine name, for hosts reachable now.
+    pub facts: &'a BTreeMap<String, HostFacts>,
+    pub renderer: &'a Renderer,
+}
+
+/// The hosts there will be once provisioning is done: existing ones (not being destroyed)
+/// plus those the provider creates, managers first as the provider ordered them.
+pub fn planned_hosts(machines: &[Machine], provider_actions: &[ProviderAction]) -> Vec<PlannedHost> {
+    let destroyed = |name: &str| {
+        provider_actions.iter().any(|a| matches!(a, ProviderAction::Destroy { resource } if resource.name == name))
+    };
+    let mut hosts: Vec<PlannedHost> = machines
+        .iter()
+        .filter(|m| !destroyed(&m.name))
+        .map(|m| PlannedHost { name: m.name.clone(), role: m.role })
+        .collect();
+    for a in provider_actions {
+        if let ProviderAction::Create { resource, role: Some(role) } = a {
+            hosts.push(PlannedHost { name: resource.name.clone(), role: *role });
+        }
+    }
+    hosts
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The plan for `up`.
+pub fn compute(i: &Inputs) -> Result<Plan, PlanError> {
+    let mut plan = Plan { cluster: i.spec.name.clone(), ..Default::default() };
+    for a in i.provider_actions {
+        plan.actions.push(Action { phase: PhaseName::Provision, host: None, step: Step::Provider(a.clone()) });
+    }
+    let hosts = planned_hosts(i.machines, i.provider_actions);
+    for h in &hosts {
+        let facts = i.facts.get(&h.name);
+        if facts.is_none() {
+            plan.forecast_hosts.push(h.name.clone());
+        }
+        for step in bootstrap_steps(i, &h.name, facts)? {
+            plan.actions.push(Action { phase: PhaseName::Bootstrap, host: Some(h.name.clone()), step });
+        }
+    }
+    cluster_steps(&hosts, i.facts, &mut plan);
+    Ok(plan)
+}
+
+fn bootstrap_steps(i: &Inputs, host: &str, facts: Option<&HostFacts>) -> Result<Vec<Step>, PlanError> {
+    let host_err = |message: String| PlanError::Host { host: host.to_string(), message };
+    let mut steps = Vec::new();
+    let init = facts.map(|f| f.init).unwrap_or(Init::None);
+
+    let mut docker_env_changed = false;
+    for (path, content) in commands::proxy_files(i.renderer, &i.spec.proxy, init)? {
+        let current = facts.and_then(|f| f.files.get(&path));
+        if current != Some(&sha256_hex(&content)) {
+            docker_env_changed |= path != commands::APT_PROXY;
+            steps.push(Step::WriteFile { path, content });
+        }
+    }
+
+    let installed = facts.is_some_and(HostFacts::docker_installed);
+    if !installed {
+        if let Some(f) = facts {
+            let debian_like = ["debian", "ubuntu"].contains(&f.os_id.as_str())
+                || f.os_like.split_whitespace().any(|l| l == "debian" || l == "ubuntu");
+            if !debian_like {
+                return Err(host_err(format!(
+                    "Docker is not installed and this host runs {}; cloudflow installs Docker only from Debian/Ubuntu \
+                     packages: install Docker there yourself, then run cloudflow again",
+                    f.os_name
+                )));
+            }
+        }
+        steps.push(Step::InstallDocker);
+    }
+
+    let current = facts.and_then(|f| f.daemon_json.as_deref());
+    let merged = daemon_json::merge(current, &i.spec.registry.insecure, &i.spec.registry.mirrors)
+        .map_err(|e| host_err(format!("{} {e}; fix it by hand, cloudflow will not overwrite it", commands::DAEMON_JSON)))?;
+    let daemon_changed = merged.is_some();
+    if let Some(m) = merged {
+        steps.push(Step::WriteDaemonJson {
+            content: m.content,
+            added_insecure: m.added_insecure,
+            added_mirrors: m.added_mirrors,
+            created_file: m.created_file,
+        });
+    }
+
+    let running = facts.is_some_and(|f| f.docker_running);
+    if !running {
+        steps.push(Step::StartDocker);
+    } else if daemon_changed || docker_env_changed {
+        steps.push(Step::RestartDocker);
+    }
+
+    if let Some(auth) = &i.spec.registry.auth
+        && !facts.is_some_and(|f| f.logins.contains(&auth.server))
+    {
+        steps.push(Step::RegistryLogin { server: auth.server.clone(), username: auth.username.clone() });
+    }
+    let _ = i.state; // recorded state does not change what must be done: facts are the truth.
+    Ok(steps)
+}
+
+/// The manager that leads: the first manager already active in a swarm, else the first manager.
+pub fn leader<'a>(hosts: &'a [PlannedHost], facts: &BTreeMap<String, HostFacts>) -> Option<&'a PlannedHost> {
+    let managers = || hosts.iter().filter(|h| h.role == Role::Manager);
+    managers()
+        .find(|h| facts.get(&h.name).is_some_and(|f| f.swarm.active() && f.swarm.manager))
+        .or_else(|| managers().next())
+}
+
+fn cluster_steps(hosts: &[PlannedHost], facts: &BTreeMap<String, HostFacts>, plan: &mut Plan) {
+    let Some(lead) = leader(hosts, facts) else { return };
+    let active = |name: &str| facts.get(name).is_some_and(|f| f.swarm.active());
+    if !active(&lead.name) {
+        plan.actions.push(Action { phase: PhaseName::Cluster, host: Some(lead.name.clone()), step: Step::SwarmInit });
+    }
+    for h in hosts.iter().filter(|h| h.name != lead.name) {
+        match facts.get(&h.name) {
+            Some(f) if f.swarm.active() => {
+                if (h.role == Role::Manager) != f.swarm.manager {
+                    plan.notes.push(format!(
+                        "{} is in the swarm as a {}, the spec says {}: cloudflow does not promote or demote nodes",
+                        h.name,
+                        if f.swarm.manager { "manager" } else { "worker" },
+                        h.role
+                    ));
+                }
+            }
+            _ => plan.actions.push(Action {
+                phase: PhaseName::Cluster,
+                host: Some(h.name.clone()),
+                step: Step::SwarmJoin { role: h.role, via: lead.name.clone() },
+            }),
+        }
+    }
+}
+
+/// The plan for `down`. Cloud and lab providers destroy their machines (no SSH); on hosts
+/// cloudflow did not create, it undoes what the state says it did, in reverse phase order.
+pub fn compute_down(
+    state: &ClusterState,
+    machines: &[Machine],
+    owns_machines: bool,
+    destroy: &[ProviderAction],
+    facts: &BTreeMap<String, HostFacts>,
+) -> Result<Plan, PlanError> {
+    let mut plan = Plan { cluster: state.cluster.clone(), ..Default::default() };
+    if !owns_machines {
+        // Cluster: workers leave first, the leader last.
+        let mut leaving: Vec<&Machine> = machines
+            .iter()
+            .filter(|m| state.hosts.get(&m.name).is_some_and(|h| h.swarm.is_some()))
+            .filter(|m| facts.get(&m.name).is_some_and(|f| f.swarm.active()))
+            .collect();
+        leaving.sort_by_key(|m| (m.role == Role::Manager, facts.get(&m.name).is_some_and(|f| f.swarm.manager)));
+        for m in leaving {
+            plan.actions.push(Action { phase: PhaseName::Cluster, host: Some(m.name.clone()), step: Step::SwarmLeave });
+        }
+        for m in machines {
+            let (Some(rec), Some(f)) = (state.hosts.get(&m.name), facts.get(&m.name)) else { continue };
+            let mut steps = Vec::new();
+            for server in &rec.logged_in {
+                if f.logins.contains(server) {
+                    steps.push(Step::RegistryLogout { server: server.clone() });
+                }
+            }
+            let mut restart = false;
+            if let Some(d) = &rec.daemon_json {
+                let restored = daemon_json::unmerge(f.daemon_json.as_deref(), &d.added_insecure, &d.added_mirrors, d.created_file)
+                    .map_err(|e| PlanError::Host { host: m.name.clone(), message: format!("{} {e}", commands::DAEMON_JSON) })?;
+                if let Some(content) = restored {
+                    steps.push(Step::RestoreDaemonJson { content });
+                    restart = true;
+                }
+            }
+            let present: Vec<String> = rec.files.iter().filter(|p| f.files.contains_key(*p)).cloned().collect();
+            if !present.is_empty() {
+                restart |= present.iter().any(|p| p != commands::APT_PROXY);
+                steps.push(Step::RemoveFiles { paths: present });
+            }
+            if restart && f.docker_running {
+                steps.push(Step::RestartDocker);
+            }
+            for step in steps {
+                plan.actions.push(Action { phase: PhaseName::Bootstrap, host: Some(m.name.clone()), step });
+            }
+        }
+    }
+    for a in destroy {
+        plan.actions.push(Action { phase: PhaseName::Provision, host: None, step: Step::Provider(a.clone()) });
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests;
