@@ -6,3 +6,6 @@ pub mod spec;
 pub mod state;
 pub mod exec;
 pub mod plan;
+pub mod error;
+pub mod phase;
+pub mod ui;

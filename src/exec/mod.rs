@@ -6,7 +6,6 @@ mod recording;
 mod ssh;
 
 use std::future::Future;
-use std::sync::Arc;
 
 pub use hostkey::{HostKeyCheck, fingerprint};
 pub use recording::Recording;
@@ -99,13 +98,16 @@ pub trait Executor: Send + Sync {
 }
 
 /// Run `f` for every item with at most `limit` at once; results in input order.
-pub async fn for_each_host<T, R, F, Fut>(items: &[T], limit: usize, f: F) -> Vec<R>
+pub async fn for_each_host<'a, T, R, F, Fut>(items: &'a [T], limit: usize, f: F) -> Vec<R>
 where
-    T: Sync,
-    F: Fn(&T) -> Fut,
-    Fut: Future<Output = R>,
+    T: Sync + 'a,
+    F: Fn(&'a T) -> Fut,
+    Fut: Future<Output = R> + Send + 'a,
 {
     use futures::StreamExt;
-    let f = Arc::new(f);
-    futures::stream::iter(items.iter().map(|i| f(i))).buffered(limit.max(1)).collect().await
+    // Boxed up front: a closure inside the stream's type trips the Send check of callers'
+    // futures ("FnOnce is not general enough").
+    let futures: Vec<std::pin::Pin<Box<dyn Future<Output = R> + Send + 'a>>> =
+        items.iter().map(|i| Box::pin(f(i)) as _).collect();
+    futures::stream::iter(futures).buffered(limit.max(1)).collect().await
 }

@@ -1,0 +1,75 @@
+//! The top-level error: every module's error, and the exit code it maps to.
+
+use crate::exec::ExecError;
+use crate::plan::PlanError;
+use crate::render::RenderError;
+use crate::spec::SpecError;
+use crate::state::StateError;
+use cloudflow_provider_api::ProviderError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Bad usage that clap cannot see (e.g. no terminal to confirm on).
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// Several hosts failed; each keeps its own message.
+    #[error("{} host(s) failed:\n{}", .0.len(), .0.iter().map(|e| format!("- {e}")).collect::<Vec<_>>().join("\n"))]
+    Hosts(Vec<ExecError>),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// 2 for bad usage or a bad spec, 1 for everything that went wrong at run time.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Spec(_) | Error::Usage(_) | Error::Render(_) => 2,
+            Error::State(StateError::Url { .. }) => 2,
+            _ => 1,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Spec(_) => "spec",
+            Error::Usage(_) => "usage",
+            Error::State(_) => "state",
+            Error::Provider(_) => "provider",
+            Error::Exec(_) | Error::Hosts(_) => "remote",
+            Error::Plan(_) => "plan",
+            Error::Render(_) => "template",
+            Error::Other(_) => "runtime",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Turn per-host results into one error listing every failed host.
+pub fn collect_hosts<T>(results: Vec<Result<T, ExecError>>) -> Result<Vec<T>> {
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => failed.push(e),
+        }
+    }
+    match failed.len() {
+        0 => Ok(ok),
+        1 => Err(Error::Exec(failed.remove(0))),
+        _ => Err(Error::Hosts(failed)),
+    }
+}
