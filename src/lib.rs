@@ -9,3 +9,5 @@ pub mod plan;
 pub mod error;
 pub mod phase;
 pub mod ui;
+pub mod app;
+pub mod cli;

@@ -1,1 +1,64 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::Parser;
+use cloudflow::app;
+use cloudflow::cli::{Cli, OutputFormat};
+use cloudflow::error::Error;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.verbose { "cloudflow=debug" } else { "cloudflow=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CLOUDFLOW_LOG").unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let format = cli.output;
+    match runtime.block_on(app::run(cli)) {
+        Ok(report) => {
+            app::print(format, &report);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report_error(format, &e);
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn report_error(format: OutputFormat, e: &Error) {
+    match e {
+        Error::Spec(spec) => {
+            let report = miette::Report::new(clone_spec_error(spec));
+            eprintln!("{report:?}");
+        }
+        other => eprintln!("error: {other}"),
+    }
+    if format == OutputFormat::Json {
+        let doc = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code()}});
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON value"));
+    }
+}
+
+/// miette wants ownership; spec errors are cheap to rebuild.
+fn clone_spec_error(e: &cloudflow::spec::SpecError) -> cloudflow::spec::SpecError {
+    use cloudflow::spec::SpecError;
+    match e {
+        SpecError::Read { path, message } => SpecError::Read { path: path.clone(), message: message.clone() },
+        SpecError::At { file, line, column, message, src, span } => SpecError::At {
+            file: file.clone(),
+            line: *line,
+            column: *column,
+            message: message.clone(),
+            src: miette::NamedSource::new(src.name(), src.inner().clone()),
+            span: *span,
+        },
+    }
+}

@@ -22,6 +22,9 @@ pub struct HostKeyCheck {
     pub state: StateHandle,
     /// The user's own known_hosts, consulted too (read-only).
     pub user_known_hosts: Option<PathBuf>,
+    /// Record first-seen keys in the state (`up`, `down`); `plan` and `status` only accept
+    /// them for the session and write nothing.
+    pub record_new: bool,
 }
 
 pub enum Verdict {
@@ -78,6 +81,9 @@ impl HostKeyCheck {
         }
         if self.policy == HostKeyPolicy::Strict {
             return Err(ExecError::HostKeyUnknown { host: host.into(), address: id, offered: format!("{key_type} {offered}") });
+        }
+        if !self.record_new {
+            return Ok(Verdict::Recorded);
         }
         self.state
             .update(|s| s.known_hosts.insert(id, KnownKey { key_type: key_type.to_string(), key: b64 }))

@@ -255,6 +255,8 @@ impl Provider for Lab {
         let existing = self.list().await?;
         for action in plan_hosts(&self.cfg, &existing) {
             match action {
+                // The network was ensured above; only hosts are left here.
+                ProviderAction::Create { resource, .. } if resource.kind != "container" => {}
                 ProviderAction::Create { resource, role } => {
                     progress.step(&format!("creating lab host {}", resource.name));
                     self.create_host(&resource.name, role.unwrap_or(Role::Worker), journal).await?;

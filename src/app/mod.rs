@@ -1,0 +1,201 @@
+//! One small handler per command. Each opens a [`Session`] (spec → state → lock → provider →
+//! executor), computes a plan with the pure planner, and runs phases.
+
+mod down;
+mod facts;
+mod status;
+mod up;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudflow_provider_api::Provider;
+use cloudflow_provider_baremetal::{BareMetal, Host};
+use cloudflow_provider_lab::{DEFAULT_IMAGE, Lab, LabConfig};
+use serde_json::json;
+
+use crate::cli::{Cli, Command, OutputFormat};
+use crate::error::{Error, Result};
+use crate::exec::{HostKeyCheck, SshConfig, SshExecutor};
+use crate::phase::Ctx;
+use crate::render::Renderer;
+use crate::spec::{self, HostKeyPolicy, ProviderSpec, Spec};
+use crate::state::{self, ClusterState, StateHandle, StateLock};
+use crate::ui::Ui;
+
+pub use facts::gather_facts;
+
+/// What a command hands back: a JSON document and its text rendering.
+pub struct Report {
+    pub json: serde_json::Value,
+    pub text: String,
+}
+
+pub async fn run(cli: Cli) -> Result<Report> {
+    let ui = Arc::new(Ui::new(false));
+    match &cli.command {
+        Command::Validate => validate(&cli),
+        Command::Plan(a) => up::plan(&cli, a.until, ui).await,
+        Command::Up(a) => up::up(&cli, a.yes, a.until, ui).await,
+        Command::Status => status::status(&cli, ui).await,
+        Command::Down(a) => down::down(&cli, a.yes, ui).await,
+    }
+}
+
+fn validate(cli: &Cli) -> Result<Report> {
+    let spec = spec::load(&cli.file)?;
+    let hosts = match &spec.provider {
+        ProviderSpec::Lab(l) => l.hosts as usize,
+        ProviderSpec::BareMetal(b) => b.hosts.len(),
+    };
+    let mut warnings = Vec::new();
+    if let Some(auth) = &spec.registry.auth
+        && std::env::var(&auth.password_env).map(|v| v.is_empty()).unwrap_or(true)
+    {
+        warnings.push(format!("{} (registry.auth.password_env) is not set here; `up` will need it", auth.password_env));
+    }
+    Renderer::new(spec.templates.as_deref())?;
+    let mut text = format!(
+        "{}: ok — cluster {}, provider {}, {hosts} host(s), orchestrator swarm\n",
+        cli.file.display(),
+        spec.name,
+        spec.provider.kind()
+    );
+    for w in &warnings {
+        text.push_str(&format!("warning: {w}\n"));
+    }
+    Ok(Report {
+        json: json!({"valid": true, "cluster": spec.name, "provider": spec.provider.kind(), "hosts": hosts, "warnings": warnings}),
+        text,
+    })
+}
+
+/// An open cluster: spec, state (locked), provider and executor.
+pub struct Session {
+    pub ctx: Ctx,
+    /// Whether the store already had a record for this cluster.
+    pub known: bool,
+    _lock: Option<StateLock>,
+}
+
+/// Where the embedded state (and the lab's SSH key) lives.
+fn state_dir(cli: &Cli, spec: &Spec) -> PathBuf {
+    match cli.state.as_deref() {
+        Some(u) if !u.contains("://") || u.starts_with("file://") => PathBuf::from(u.trim_start_matches("file://")),
+        _ => spec.default_state_dir(),
+    }
+}
+
+/// `lock`: take the cluster's lock (everything that may change something).
+/// `record_host_keys`: accept-new records first-seen keys (not for `plan`/`status`).
+pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) -> Result<Session> {
+    let spec = spec::load(&cli.file)?;
+    let renderer = Renderer::new(spec.templates.as_deref())?;
+    let store = state::open(cli.state.as_deref(), &spec.default_state_dir())?;
+    let lock = if lock { Some(store.lock(&spec.name)?) } else { None };
+    let existing = store.load(&spec.name)?;
+    let known = existing.is_some();
+    let record = existing.unwrap_or_else(|| ClusterState::new(&spec.name, spec.provider.kind()));
+    if record.provider != spec.provider.kind() {
+        return Err(Error::Usage(format!(
+            "cluster {} was made with the {} provider and the spec now says {}: run `down` with the old spec first",
+            spec.name,
+            record.provider,
+            spec.provider.kind()
+        )));
+    }
+    let state = StateHandle::new(store, record);
+    let dir = state_dir(cli, &spec);
+
+    let (provider, key, policy, user_known_hosts): (Arc<dyn Provider>, PathBuf, HostKeyPolicy, Option<PathBuf>) =
+        match &spec.provider {
+            ProviderSpec::Lab(l) => {
+                let key = dir.join(format!("{}.lab-key", spec.name));
+                let public = lab_key(&key)?;
+                let cfg = LabConfig {
+                    cluster: spec.name.clone(),
+                    hosts: l.hosts,
+                    managers: l.managers,
+                    image: l.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+                    authorized_key: public,
+                };
+                (Arc::new(Lab::connect(cfg).await?), key, HostKeyPolicy::AcceptNew, None)
+            }
+            ProviderSpec::BareMetal(b) => {
+                let hosts = b.hosts.iter().map(|h| Host { address: h.address.clone(), port: h.port, role: h.role }).collect();
+                let home = std::env::var_os("HOME").map(PathBuf::from);
+                (
+                    Arc::new(BareMetal { user: b.user.clone(), hosts }),
+                    b.ssh_key.clone(),
+                    b.host_key_policy,
+                    home.map(|h| h.join(".ssh/known_hosts")),
+                )
+            }
+        };
+    let exec = SshExecutor::new(SshConfig {
+        key,
+        hostkeys: HostKeyCheck { policy, state: state.clone(), user_known_hosts, record_new: record_host_keys },
+        connect_timeout: Duration::from_secs(10),
+        command_timeout: Duration::from_secs(20 * 60),
+    });
+    let ctx = Ctx {
+        spec,
+        state,
+        provider,
+        exec: Arc::new(exec),
+        ui,
+        renderer,
+        password: None,
+        concurrency: 16,
+        machines: Mutex::new(Vec::new()),
+        facts: Mutex::new(BTreeMap::new()),
+    };
+    Ok(Session { ctx, known, _lock: lock })
+}
+
+/// The lab's SSH key pair: made once per cluster, kept beside the state (mode 0600).
+fn lab_key(path: &Path) -> Result<String> {
+    use ssh_key::{Algorithm, LineEnding, PrivateKey, rand_core::OsRng};
+    let err = |m: String| Error::Other(format!("lab SSH key {}: {m}", path.display()));
+    if path.is_file() {
+        let key = PrivateKey::read_openssh_file(path).map_err(|e| err(e.to_string()))?;
+        return key.public_key().to_openssh().map_err(|e| err(e.to_string()));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
+    key.write_openssh_file(path, LineEnding::LF).map_err(|e| err(e.to_string()))?;
+    key.public_key().to_openssh().map_err(|e| err(e.to_string()))
+}
+
+/// Ask before acting; refuse (exit 2) when there is no terminal to ask on.
+pub fn confirm(yes: bool, question: &str) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(
+            "refusing to change anything without --yes: there is no terminal to ask on (pass --yes or set CLOUDFLOW_YES=true)".into(),
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).map_err(|e| Error::Other(e.to_string()))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Error::Other("aborted: nothing was changed".into()))
+    }
+}
+
+/// Print a report the way `-o` asks.
+pub fn print(format: OutputFormat, report: &Report) {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report.json).expect("JSON value")),
+        OutputFormat::Text => print!("{}", report.text),
+    }
+}

@@ -1,0 +1,94 @@
+//! `status`: the nodes as the provider and the swarm's leader see them.
+
+use std::sync::Arc;
+
+use cloudflow_provider_api::Role;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Report, open};
+use crate::cli::Cli;
+use crate::commands;
+use crate::error::Result;
+use crate::exec::Target;
+use crate::ui::Ui;
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub address: String,
+    pub role: Role,
+    /// ready, down, not-joined, stopped, unknown (leader unreachable).
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manager_status: Option<String>,
+}
+
+/// One line of `docker node ls --format '{{json .}}'`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeLine {
+    hostname: String,
+    status: String,
+    #[serde(default)]
+    manager_status: String,
+}
+
+pub async fn status(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
+    let s = open(cli, ui, false, false).await?;
+    let ctx = &s.ctx;
+    let machines = ctx.provider.list().await?;
+    *ctx.machines.lock().unwrap() = machines.clone();
+    let state = ctx.state.snapshot();
+    let hostname = |name: &str| state.hosts.get(name).and_then(|h| h.hostname.clone()).unwrap_or_else(|| name.to_string());
+
+    // Ask a manager cloudflow put in the swarm, else any manager.
+    let leader = machines
+        .iter()
+        .filter(|m| m.running && m.role == Role::Manager)
+        .max_by_key(|m| state.hosts.get(&m.name).is_some_and(|h| h.swarm == Some(Role::Manager)));
+    let mut error = None;
+    let mut nodes: Vec<NodeLine> = Vec::new();
+    if let Some(l) = leader {
+        match ctx.exec.probe(&Target::from(l), "status", &commands::node_ls()).await {
+            Ok(out) if out.code == 0 => {
+                nodes = out.stdout.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+            }
+            Ok(_) => {} // not a swarm manager (yet): every node is not-joined
+            Err(e) => error = Some(e.to_string()),
+        }
+    }
+    let statuses: Vec<NodeStatus> = machines
+        .iter()
+        .map(|m| {
+            let node = nodes.iter().find(|n| n.hostname == hostname(&m.name));
+            let status = if !m.running {
+                "stopped".to_string()
+            } else if error.is_some() {
+                "unknown".to_string()
+            } else {
+                node.map(|n| n.status.to_lowercase()).unwrap_or_else(|| "not-joined".into())
+            };
+            NodeStatus {
+                name: m.name.clone(),
+                address: m.ssh.address.clone(),
+                role: m.role,
+                status,
+                manager_status: node.map(|n| n.manager_status.to_lowercase()).filter(|s| !s.is_empty()),
+            }
+        })
+        .collect();
+    let mut text = format!("cluster {} ({}): {} node(s)\n", ctx.spec.name, ctx.provider.kind(), statuses.len());
+    text.push_str(&format!("  {:<20} {:<16} {:<8} {}\n", "NAME", "ADDRESS", "ROLE", "STATUS"));
+    for n in &statuses {
+        let extra = n.manager_status.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+        text.push_str(&format!("  {:<20} {:<16} {:<8} {}{extra}\n", n.name, n.address, n.role.to_string(), n.status));
+    }
+    if let Some(e) = &error {
+        text.push_str(&format!("warning: could not ask the swarm: {e}\n"));
+    }
+    Ok(Report {
+        json: json!({"cluster": ctx.spec.name, "provider": ctx.provider.kind(), "nodes": statuses, "error": error}),
+        text,
+    })
+}

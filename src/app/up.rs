@@ -1,0 +1,113 @@
+//! `plan` and `up`.
+
+use std::sync::Arc;
+
+use cloudflow_provider_api::{Machine, ProviderAction};
+use serde_json::json;
+
+use super::{Report, Session, confirm, gather_facts, open};
+use crate::cli::{Cli, OutputFormat};
+use crate::error::Result;
+use crate::phase::PHASES;
+use crate::plan::{self, Inputs, PhaseName, Plan};
+use crate::ui::Ui;
+
+/// Running machines the provider keeps: those that facts can be read from now.
+fn reachable(machines: &[Machine], actions: &[ProviderAction]) -> Vec<Machine> {
+    machines
+        .iter()
+        .filter(|m| m.running)
+        .filter(|m| !actions.iter().any(|a| matches!(a, ProviderAction::Destroy { resource } if resource.name == m.name)))
+        .cloned()
+        .collect()
+}
+
+/// List machines, read facts (unless `until` is provision), and plan.
+async fn compute(s: &Session, until: Option<PhaseName>) -> Result<(Plan, Vec<ProviderAction>)> {
+    let ctx = &s.ctx;
+    let machines = ctx.provider.list().await?;
+    *ctx.machines.lock().unwrap() = machines.clone();
+    let actions = ctx.provider.plan(&machines);
+    let facts = if until == Some(PhaseName::Provision) {
+        Default::default()
+    } else {
+        gather_facts(ctx, &reachable(&machines, &actions)).await?
+    };
+    let state = ctx.state.snapshot();
+    let plan = plan::compute(&Inputs {
+        spec: &ctx.spec,
+        state: &state,
+        machines: &machines,
+        provider_actions: &actions,
+        facts: &facts,
+        renderer: &ctx.renderer,
+    })?
+    .until(until);
+    Ok((plan, actions))
+}
+
+pub async fn plan(cli: &Cli, until: Option<PhaseName>, ui: Arc<Ui>) -> Result<Report> {
+    let s = open(cli, ui, false, false).await?;
+    let (plan, _) = compute(&s, until).await?;
+    Ok(Report { json: json!({"cluster": plan.cluster, "changes": plan.actions.len(), "plan": plan}), text: plan.to_string() })
+}
+
+pub async fn up(cli: &Cli, yes: bool, until: Option<PhaseName>, ui: Arc<Ui>) -> Result<Report> {
+    let mut s = open(cli, ui.clone(), true, true).await?;
+    if until != Some(PhaseName::Provision) {
+        s.ctx.password = s.ctx.spec.registry_password()?;
+    }
+    let (mut plan, _) = compute(&s, until).await?;
+    let ctx = &s.ctx;
+    let checked = ctx.machines().len();
+    if plan.is_empty() {
+        let text = format!("up: cluster {}: no changes ({checked} host(s) checked in {:.1}s)\n", plan.cluster, ui.elapsed().as_secs_f64());
+        return Ok(Report {
+            json: json!({"cluster": plan.cluster, "changed": false, "changes": 0, "message": "no changes", "elapsed_seconds": ui.elapsed().as_secs_f64()}),
+            text,
+        });
+    }
+    // The plan goes to stderr: stdout stays one document with -o json.
+    if cli.output == OutputFormat::Text || !yes {
+        eprint!("{plan}");
+    }
+    confirm(yes, &format!("Apply {} change(s) to cluster {}?", plan.actions.len(), plan.cluster))?;
+
+    let mut applied = 0;
+    for phase in PHASES {
+        if until.is_some_and(|u| phase.name() > u) {
+            break;
+        }
+        if phase.name() == PhaseName::Bootstrap && !plan.forecast_hosts.is_empty() {
+            // Hosts made just now: read their facts and plan the rest for real.
+            let (fresh, _) = compute(&s, until).await?;
+            plan = fresh;
+        }
+        if phase.should_run(&plan) {
+            ui.info(&format!("phase {}: {} step(s)", phase.name(), plan.for_phase(phase.name()).count()));
+            phase.run(ctx, &plan).await?;
+            applied += plan.for_phase(phase.name()).count();
+        }
+    }
+    record_hosts(&s)?;
+    let secs = ui.elapsed().as_secs_f64();
+    let text = format!("up: cluster {}: {applied} change(s) applied in {secs:.1}s\n", plan.cluster);
+    Ok(Report {
+        json: json!({"cluster": plan.cluster, "changed": true, "changes": applied, "elapsed_seconds": secs, "plan": plan}),
+        text,
+    })
+}
+
+/// Keep the machines and their hostnames (= swarm node names) in the state for `status`/`down`.
+fn record_hosts(s: &Session) -> Result<()> {
+    let ctx = &s.ctx;
+    let machines = ctx.machines();
+    let facts = ctx.facts.lock().unwrap().clone();
+    ctx.state.update(|st| {
+        st.machines = machines;
+        for (name, f) in &facts {
+            st.host(name).hostname = Some(f.hostname.clone());
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Command-line definitions (clap). No business logic here: see `app`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::plan::PhaseName;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloudflow",
+    version,
+    about = "Stand up a Docker Swarm on machines from a provider (lab containers or bare metal), from one spec file",
+    long_about = "cloudflow reads one spec file, plans what would change (per phase and host), applies it \
+                  idempotently over SSH, records what it did, and takes it all back with `down`.\n\n\
+                  Phases, in order: provision (machines exist), bootstrap (Docker, registry, proxy settings), \
+                  cluster (the swarm).",
+    after_help = "Examples:\n  \
+                  cloudflow -f examples/lab.yaml up --yes       # a 3-host lab swarm on the local Docker engine\n  \
+                  cloudflow -f cluster.yaml plan                # what would change; touches nothing\n  \
+                  cloudflow -f cluster.yaml status -o json      # nodes as JSON\n  \
+                  cloudflow -f cluster.yaml down --yes          # undo everything cloudflow did\n\n\
+                  Every flag can also come from the environment: CLOUDFLOW_FILE, CLOUDFLOW_STATE, CLOUDFLOW_OUTPUT, \
+                  CLOUDFLOW_VERBOSE, CLOUDFLOW_YES, CLOUDFLOW_UNTIL.\n\
+                  Exit codes: 0 done (also when there was nothing to do), 1 runtime failure, 2 bad usage or bad spec."
+)]
+pub struct Cli {
+    /// The spec file.
+    #[arg(short = 'f', long = "file", global = true, env = "CLOUDFLOW_FILE", default_value = "cloudflow.yaml")]
+    pub file: PathBuf,
+
+    /// Where state lives: a directory or file://DIR (default: .cloudflow/ beside the spec).
+    #[arg(long = "state", global = true, env = "CLOUDFLOW_STATE", value_name = "URL")]
+    pub state: Option<String>,
+
+    /// Output format. With json, stdout holds exactly one JSON document; progress goes to stderr.
+    #[arg(short = 'o', long = "output", global = true, env = "CLOUDFLOW_OUTPUT", value_enum, default_value = "text")]
+    pub output: OutputFormat,
+
+    /// Show every remote command (redacted) as it runs.
+    #[arg(short = 'v', long = "verbose", global = true, env = "CLOUDFLOW_VERBOSE")]
+    pub verbose: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the spec: YAML, types, unknown keys, required values. Touches nothing.
+    #[command(after_help = "Example:\n  cloudflow -f cluster.yaml validate\n  cloudflow -f cluster.yaml validate -o json")]
+    Validate,
+
+    /// Show what `up` would change, per phase and host. Reads the hosts' facts over SSH; changes nothing.
+    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml plan\n  cloudflow -f cluster.yaml plan --until provision -o json")]
+    Plan(PlanArgs),
+
+    /// Provision machines, install and configure Docker, form the swarm. Idempotent: a second run changes nothing.
+    #[command(after_help = "Examples:\n  cloudflow -f examples/lab.yaml up --yes\n  \
+                            cloudflow -f cluster.yaml up --yes --until provision   # machines only, no SSH\n  \
+                            CLOUDFLOW_YES=true cloudflow -f cluster.yaml up -o json")]
+    Up(UpArgs),
+
+    /// The cluster's nodes: name, address, role, status.
+    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml status\n  cloudflow -f cluster.yaml status -o json | jq '.nodes[] | select(.status != \"ready\")'")]
+    Status,
+
+    /// Undo everything cloudflow did: lab and cloud machines are destroyed; bare-metal hosts leave the swarm and get their settings back (Docker stays installed).
+    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml down          # shows the plan and asks\n  cloudflow -f cluster.yaml down --yes")]
+    Down(DownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Plan only up to and including this phase.
+    #[arg(long, env = "CLOUDFLOW_UNTIL", value_enum)]
+    pub until: Option<PhaseName>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Do not ask before changing anything (required without a terminal).
+    #[arg(short = 'y', long, env = "CLOUDFLOW_YES")]
+    pub yes: bool,
+
+    /// Stop after this phase (`provision` connects to no machine).
+    #[arg(long, env = "CLOUDFLOW_UNTIL", value_enum)]
+    pub until: Option<PhaseName>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Do not ask before changing anything (required without a terminal).
+    #[arg(short = 'y', long, env = "CLOUDFLOW_YES")]
+    pub yes: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_are_accepted_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["cloudflow", "up", "-f", "x.yaml", "-o", "json", "--yes", "--until", "provision"]).unwrap();
+        assert_eq!(cli.file, PathBuf::from("x.yaml"));
+        assert_eq!(cli.output, OutputFormat::Json);
+        let Command::Up(up) = cli.command else { panic!("up expected") };
+        assert!(up.yes);
+        assert_eq!(up.until, Some(PhaseName::Provision));
+    }
+
+    #[test]
+    fn every_subcommand_has_an_example_in_its_help() {
+        for sub in Cli::command().get_subcommands() {
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains("cloudflow "), "{} --help has no example", sub.get_name());
+        }
+    }
+}
