@@ -32,19 +32,42 @@ pub enum OutputFormat {
 )]
 pub struct Cli {
     /// The spec file.
-    #[arg(short = 'f', long = "file", global = true, env = "CLOUDFLOW_FILE", default_value = "cloudflow.yaml")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        env = "CLOUDFLOW_FILE",
+        default_value = "cloudflow.yaml"
+    )]
     pub file: PathBuf,
 
     /// Where state lives: a directory or file://DIR (default: .cloudflow/ beside the spec).
-    #[arg(long = "state", global = true, env = "CLOUDFLOW_STATE", value_name = "URL")]
+    #[arg(
+        long = "state",
+        global = true,
+        env = "CLOUDFLOW_STATE",
+        value_name = "URL"
+    )]
     pub state: Option<String>,
 
     /// Output format. With json, stdout holds exactly one JSON document; progress goes to stderr.
-    #[arg(short = 'o', long = "output", global = true, env = "CLOUDFLOW_OUTPUT", value_enum, default_value = "text")]
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        env = "CLOUDFLOW_OUTPUT",
+        value_enum,
+        default_value = "text"
+    )]
     pub output: OutputFormat,
 
     /// Show every remote command (redacted) as it runs.
-    #[arg(short = 'v', long = "verbose", global = true, env = "CLOUDFLOW_VERBOSE")]
+    #[arg(
+        short = 'v',
+        long = "verbose",
+        global = true,
+        env = "CLOUDFLOW_VERBOSE"
+    )]
     pub verbose: bool,
 
     #[command(subcommand)]
@@ -54,25 +77,35 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check the spec: YAML, types, unknown keys, required values. Touches nothing.
-    #[command(after_help = "Example:\n  cloudflow -f cluster.yaml validate\n  cloudflow -f cluster.yaml validate -o json")]
+    #[command(
+        after_help = "Example:\n  cloudflow -f cluster.yaml validate\n  cloudflow -f cluster.yaml validate -o json"
+    )]
     Validate,
 
     /// Show what `up` would change, per phase and host. Reads the hosts' facts over SSH; changes nothing.
-    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml plan\n  cloudflow -f cluster.yaml plan --until provision -o json")]
+    #[command(
+        after_help = "Examples:\n  cloudflow -f cluster.yaml plan\n  cloudflow -f cluster.yaml plan --until provision -o json"
+    )]
     Plan(PlanArgs),
 
     /// Provision machines, install and configure Docker, form the swarm. Idempotent: a second run changes nothing.
-    #[command(after_help = "Examples:\n  cloudflow -f examples/lab.yaml up --yes\n  \
+    #[command(
+        after_help = "Examples:\n  cloudflow -f examples/lab.yaml up --yes\n  \
                             cloudflow -f cluster.yaml up --yes --until provision   # machines only, no SSH\n  \
-                            CLOUDFLOW_YES=true cloudflow -f cluster.yaml up -o json")]
+                            CLOUDFLOW_YES=true cloudflow -f cluster.yaml up -o json"
+    )]
     Up(UpArgs),
 
     /// The cluster's nodes: name, address, role, status.
-    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml status\n  cloudflow -f cluster.yaml status -o json | jq '.nodes[] | select(.status != \"ready\")'")]
+    #[command(
+        after_help = "Examples:\n  cloudflow -f cluster.yaml status\n  cloudflow -f cluster.yaml status -o json | jq '.nodes[] | select(.status != \"ready\")'"
+    )]
     Status,
 
     /// Undo everything cloudflow did: lab and cloud machines are destroyed; bare-metal hosts leave the swarm and get their settings back (Docker stays installed).
-    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml down          # shows the plan and asks\n  cloudflow -f cluster.yaml down --yes")]
+    #[command(
+        after_help = "Examples:\n  cloudflow -f cluster.yaml down          # shows the plan and asks\n  cloudflow -f cluster.yaml down --yes"
+    )]
     Down(DownArgs),
 }
 
@@ -113,10 +146,23 @@ mod tests {
 
     #[test]
     fn global_flags_are_accepted_after_the_subcommand() {
-        let cli = Cli::try_parse_from(["cloudflow", "up", "-f", "x.yaml", "-o", "json", "--yes", "--until", "provision"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "cloudflow",
+            "up",
+            "-f",
+            "x.yaml",
+            "-o",
+            "json",
+            "--yes",
+            "--until",
+            "provision",
+        ])
+        .unwrap();
         assert_eq!(cli.file, PathBuf::from("x.yaml"));
         assert_eq!(cli.output, OutputFormat::Json);
-        let Command::Up(up) = cli.command else { panic!("up expected") };
+        let Command::Up(up) = cli.command else {
+            panic!("up expected")
+        };
         assert!(up.yes);
         assert_eq!(up.until, Some(PhaseName::Provision));
     }
@@ -124,8 +170,15 @@ mod tests {
     #[test]
     fn every_subcommand_has_an_example_in_its_help() {
         for sub in Cli::command().get_subcommands() {
-            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
-            assert!(help.contains("cloudflow "), "{} --help has no example", sub.get_name());
+            let help = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains("cloudflow "),
+                "{} --help has no example",
+                sub.get_name()
+            );
         }
     }
 }

@@ -72,7 +72,9 @@ pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
     let mut files = BTreeMap::new();
     let mut logins = BTreeSet::new();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         if let Some(path) = k.strip_prefix("file:") {
             files.insert(path.to_string(), v.to_string());
         } else if let Some(server) = k.strip_prefix("login:") {
@@ -82,7 +84,9 @@ pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
         }
     }
     if kv.get("end") != Some(&"ok") {
-        return Err(FactsError("the facts script did not finish (no end=ok line)".into()));
+        return Err(FactsError(
+            "the facts script did not finish (no end=ok line)".into(),
+        ));
     }
     let get = |k: &str| kv.get(k).copied().unwrap_or("").to_string();
     let swarm = {
@@ -109,7 +113,11 @@ pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
         os_version: get("os_version"),
         os_name: get("os_name"),
         hostname: get("hostname"),
-        init: if get("init") == "systemd" { Init::Systemd } else { Init::None },
+        init: if get("init") == "systemd" {
+            Init::Systemd
+        } else {
+            Init::None
+        },
         dockerd: get("dockerd") == "yes",
         docker_cli: get("docker_cli") == "yes",
         docker_running: get("docker_running") == "yes",
@@ -143,7 +151,14 @@ mod tests {
                     login:10.0.0.2:5000=yes\nend=ok\n";
         let f = parse(text).unwrap();
         assert!(f.docker_installed() && f.docker_running);
-        assert_eq!(f.swarm, SwarmFacts { state: "active".into(), node_id: "abc123".into(), manager: true });
+        assert_eq!(
+            f.swarm,
+            SwarmFacts {
+                state: "active".into(),
+                node_id: "abc123".into(),
+                manager: true
+            }
+        );
         assert_eq!(f.daemon_json.as_deref(), Some("{\"a\":1}"));
         assert_eq!(f.files["/etc/cloudflow/docker.env"], "ff00");
         assert!(f.logins.contains("10.0.0.2:5000"));

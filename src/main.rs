@@ -7,9 +7,16 @@ use cloudflow::error::Error;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.verbose { "cloudflow=debug" } else { "cloudflow=warn" };
+    let level = if cli.verbose {
+        "cloudflow=debug"
+    } else {
+        "cloudflow=warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CLOUDFLOW_LOG").unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLOUDFLOW_LOG")
+                .unwrap_or_else(|_| level.into()),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -43,7 +50,10 @@ fn report_error(format: OutputFormat, e: &Error) {
     }
     if format == OutputFormat::Json {
         let doc = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string(), "exit_code": e.exit_code()}});
-        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON value"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON value")
+        );
     }
 }
 
@@ -51,8 +61,18 @@ fn report_error(format: OutputFormat, e: &Error) {
 fn clone_spec_error(e: &cloudflow::spec::SpecError) -> cloudflow::spec::SpecError {
     use cloudflow::spec::SpecError;
     match e {
-        SpecError::Read { path, message } => SpecError::Read { path: path.clone(), message: message.clone() },
-        SpecError::At { file, line, column, message, src, span } => SpecError::At {
+        SpecError::Read { path, message } => SpecError::Read {
+            path: path.clone(),
+            message: message.clone(),
+        },
+        SpecError::At {
+            file,
+            line,
+            column,
+            message,
+            src,
+            span,
+        } => SpecError::At {
             file: file.clone(),
             line: *line,
             column: *column,

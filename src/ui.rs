@@ -18,8 +18,14 @@ pub struct Ui {
 impl Ui {
     pub fn new(quiet: bool) -> Self {
         let tty = std::io::stderr().is_terminal();
-        let multi = (tty && !quiet).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Ui { started: Instant::now(), multi, bars: Mutex::new(HashMap::new()), quiet }
+        let multi =
+            (tty && !quiet).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Ui {
+            started: Instant::now(),
+            multi,
+            bars: Mutex::new(HashMap::new()),
+            quiet,
+        }
     }
 
     fn stamp(&self) -> String {
@@ -49,7 +55,12 @@ impl Ui {
                 let mut bars = self.bars.lock().unwrap();
                 let bar = bars.entry(host.to_string()).or_insert_with(|| {
                     let b = m.add(ProgressBar::new_spinner());
-                    b.set_style(ProgressStyle::with_template("{spinner} {prefix:<16} {wide_msg} {elapsed:>4}").unwrap());
+                    b.set_style(
+                        ProgressStyle::with_template(
+                            "{spinner} {prefix:<16} {wide_msg} {elapsed:>4}",
+                        )
+                        .unwrap(),
+                    );
                     b.set_prefix(host.to_string());
                     b.enable_steady_tick(Duration::from_millis(120));
                     b

@@ -23,14 +23,22 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
 
     let mut destroy: Vec<ProviderAction> = Vec::new();
     let facts = if owns {
-        destroy.extend(machines.iter().map(|m| ProviderAction::Destroy { resource: Resource::new("container", &m.name) }));
+        destroy.extend(machines.iter().map(|m| ProviderAction::Destroy {
+            resource: Resource::new("container", &m.name),
+        }));
         for r in state.resources.values().filter(|r| r.kind != "container") {
-            destroy.push(ProviderAction::Destroy { resource: Resource::new(&r.kind, &r.name) });
+            destroy.push(ProviderAction::Destroy {
+                resource: Resource::new(&r.kind, &r.name),
+            });
         }
         Default::default()
     } else {
         // Only hosts cloudflow changed need a visit.
-        let touched: Vec<_> = machines.iter().filter(|m| state.hosts.contains_key(&m.name)).cloned().collect();
+        let touched: Vec<_> = machines
+            .iter()
+            .filter(|m| state.hosts.contains_key(&m.name))
+            .cloned()
+            .collect();
         gather_facts(ctx, &touched).await?
     };
     let plan = plan::compute_down(&state, &machines, owns, &destroy, &facts)?;
@@ -40,24 +48,44 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
         }
         return Ok(Report {
             json: json!({"cluster": plan.cluster, "changed": false, "changes": 0, "message": "no changes: nothing to take down"}),
-            text: format!("down: cluster {}: no changes (nothing to take down)\n", plan.cluster),
+            text: format!(
+                "down: cluster {}: no changes (nothing to take down)\n",
+                plan.cluster
+            ),
         });
     }
     if cli.output == OutputFormat::Text || !yes {
         eprint!("{plan}");
     }
-    confirm(yes, &format!("Take down cluster {} ({} change(s))?", plan.cluster, plan.actions.len()))?;
+    confirm(
+        yes,
+        &format!(
+            "Take down cluster {} ({} change(s))?",
+            plan.cluster,
+            plan.actions.len()
+        ),
+    )?;
     for phase in PHASES.iter().rev() {
         phase.undo(ctx, &plan).await?;
     }
     // Anything still only "intended" was never made; everything made is gone: forget the cluster.
-    let leftover: Vec<_> = ctx.state.snapshot().resources.into_values().filter(|r| r.status == ResourceStatus::Created).collect();
+    let leftover: Vec<_> = ctx
+        .state
+        .snapshot()
+        .resources
+        .into_values()
+        .filter(|r| r.status == ResourceStatus::Created)
+        .collect();
     if leftover.is_empty() {
         ctx.state.store().delete(&ctx.spec.name)?;
     }
     let secs = ui.elapsed().as_secs_f64();
     Ok(Report {
         json: json!({"cluster": plan.cluster, "changed": true, "changes": plan.actions.len(), "elapsed_seconds": secs, "plan": plan}),
-        text: format!("down: cluster {}: {} change(s) applied in {secs:.1}s; nothing left\n", plan.cluster, plan.actions.len()),
+        text: format!(
+            "down: cluster {}: {} change(s) applied in {secs:.1}s; nothing left\n",
+            plan.cluster,
+            plan.actions.len()
+        ),
     })
 }

@@ -53,9 +53,14 @@ fn validate(cli: &Cli) -> Result<Report> {
     };
     let mut warnings = Vec::new();
     if let Some(auth) = &spec.registry.auth
-        && std::env::var(&auth.password_env).map(|v| v.is_empty()).unwrap_or(true)
+        && std::env::var(&auth.password_env)
+            .map(|v| v.is_empty())
+            .unwrap_or(true)
     {
-        warnings.push(format!("{} (registry.auth.password_env) is not set here; `up` will need it", auth.password_env));
+        warnings.push(format!(
+            "{} (registry.auth.password_env) is not set here; `up` will need it",
+            auth.password_env
+        ));
     }
     Renderer::new(spec.templates.as_deref())?;
     let mut text = format!(
@@ -84,7 +89,9 @@ pub struct Session {
 /// Where the embedded state (and the lab's SSH key) lives.
 fn state_dir(cli: &Cli, spec: &Spec) -> PathBuf {
     match cli.state.as_deref() {
-        Some(u) if !u.contains("://") || u.starts_with("file://") => PathBuf::from(u.trim_start_matches("file://")),
+        Some(u) if !u.contains("://") || u.starts_with("file://") => {
+            PathBuf::from(u.trim_start_matches("file://"))
+        }
         _ => spec.default_state_dir(),
     }
 }
@@ -95,7 +102,11 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
     let spec = spec::load(&cli.file)?;
     let renderer = Renderer::new(spec.templates.as_deref())?;
     let store = state::open(cli.state.as_deref(), &spec.default_state_dir())?;
-    let lock = if lock { Some(store.lock(&spec.name)?) } else { None };
+    let lock = if lock {
+        Some(store.lock(&spec.name)?)
+    } else {
+        None
+    };
     let existing = store.load(&spec.name)?;
     let known = existing.is_some();
     let record = existing.unwrap_or_else(|| ClusterState::new(&spec.name, spec.provider.kind()));
@@ -110,34 +121,59 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
     let state = StateHandle::new(store, record);
     let dir = state_dir(cli, &spec);
 
-    let (provider, key, policy, user_known_hosts): (Arc<dyn Provider>, PathBuf, HostKeyPolicy, Option<PathBuf>) =
-        match &spec.provider {
-            ProviderSpec::Lab(l) => {
-                let key = dir.join(format!("{}.lab-key", spec.name));
-                let public = lab_key(&key)?;
-                let cfg = LabConfig {
-                    cluster: spec.name.clone(),
-                    hosts: l.hosts,
-                    managers: l.managers,
-                    image: l.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
-                    authorized_key: public,
-                };
-                (Arc::new(Lab::connect(cfg).await?), key, HostKeyPolicy::AcceptNew, None)
-            }
-            ProviderSpec::BareMetal(b) => {
-                let hosts = b.hosts.iter().map(|h| Host { address: h.address.clone(), port: h.port, role: h.role }).collect();
-                let home = std::env::var_os("HOME").map(PathBuf::from);
-                (
-                    Arc::new(BareMetal { user: b.user.clone(), hosts }),
-                    b.ssh_key.clone(),
-                    b.host_key_policy,
-                    home.map(|h| h.join(".ssh/known_hosts")),
-                )
-            }
-        };
+    let (provider, key, policy, user_known_hosts): (
+        Arc<dyn Provider>,
+        PathBuf,
+        HostKeyPolicy,
+        Option<PathBuf>,
+    ) = match &spec.provider {
+        ProviderSpec::Lab(l) => {
+            let key = dir.join(format!("{}.lab-key", spec.name));
+            let public = lab_key(&key)?;
+            let cfg = LabConfig {
+                cluster: spec.name.clone(),
+                hosts: l.hosts,
+                managers: l.managers,
+                image: l.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+                authorized_key: public,
+            };
+            (
+                Arc::new(Lab::connect(cfg).await?),
+                key,
+                HostKeyPolicy::AcceptNew,
+                None,
+            )
+        }
+        ProviderSpec::BareMetal(b) => {
+            let hosts = b
+                .hosts
+                .iter()
+                .map(|h| Host {
+                    address: h.address.clone(),
+                    port: h.port,
+                    role: h.role,
+                })
+                .collect();
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            (
+                Arc::new(BareMetal {
+                    user: b.user.clone(),
+                    hosts,
+                }),
+                b.ssh_key.clone(),
+                b.host_key_policy,
+                home.map(|h| h.join(".ssh/known_hosts")),
+            )
+        }
+    };
     let exec = SshExecutor::new(SshConfig {
         key,
-        hostkeys: HostKeyCheck { policy, state: state.clone(), user_known_hosts, record_new: record_host_keys },
+        hostkeys: HostKeyCheck {
+            policy,
+            state: state.clone(),
+            user_known_hosts,
+            record_new: record_host_keys,
+        },
         connect_timeout: Duration::from_secs(10),
         command_timeout: Duration::from_secs(20 * 60),
     });
@@ -153,7 +189,11 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
         machines: Mutex::new(Vec::new()),
         facts: Mutex::new(BTreeMap::new()),
     };
-    Ok(Session { ctx, known, _lock: lock })
+    Ok(Session {
+        ctx,
+        known,
+        _lock: lock,
+    })
 }
 
 /// The lab's SSH key pair: made once per cluster, kept beside the state (mode 0600).
@@ -162,14 +202,20 @@ fn lab_key(path: &Path) -> Result<String> {
     let err = |m: String| Error::Other(format!("lab SSH key {}: {m}", path.display()));
     if path.is_file() {
         let key = PrivateKey::read_openssh_file(path).map_err(|e| err(e.to_string()))?;
-        return key.public_key().to_openssh().map_err(|e| err(e.to_string()));
+        return key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| err(e.to_string()));
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
     }
     let key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).map_err(|e| err(e.to_string()))?;
-    key.write_openssh_file(path, LineEnding::LF).map_err(|e| err(e.to_string()))?;
-    key.public_key().to_openssh().map_err(|e| err(e.to_string()))
+    key.write_openssh_file(path, LineEnding::LF)
+        .map_err(|e| err(e.to_string()))?;
+    key.public_key()
+        .to_openssh()
+        .map_err(|e| err(e.to_string()))
 }
 
 /// Ask before acting; refuse (exit 2) when there is no terminal to ask on.
@@ -184,7 +230,9 @@ pub fn confirm(yes: bool, question: &str) -> Result<()> {
     }
     eprint!("{question} [y/N] ");
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).map_err(|e| Error::Other(e.to_string()))?;
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Error::Other(e.to_string()))?;
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
@@ -195,7 +243,10 @@ pub fn confirm(yes: bool, question: &str) -> Result<()> {
 /// Print a report the way `-o` asks.
 pub fn print(format: OutputFormat, report: &Report) {
     match format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report.json).expect("JSON value")),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report.json).expect("JSON value")
+        ),
         OutputFormat::Text => print!("{}", report.text),
     }
 }

@@ -40,19 +40,38 @@ pub async fn status(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();
     let state = ctx.state.snapshot();
-    let hostname = |name: &str| state.hosts.get(name).and_then(|h| h.hostname.clone()).unwrap_or_else(|| name.to_string());
+    let hostname = |name: &str| {
+        state
+            .hosts
+            .get(name)
+            .and_then(|h| h.hostname.clone())
+            .unwrap_or_else(|| name.to_string())
+    };
 
     // Ask a manager cloudflow put in the swarm, else any manager.
     let leader = machines
         .iter()
         .filter(|m| m.running && m.role == Role::Manager)
-        .max_by_key(|m| state.hosts.get(&m.name).is_some_and(|h| h.swarm == Some(Role::Manager)));
+        .max_by_key(|m| {
+            state
+                .hosts
+                .get(&m.name)
+                .is_some_and(|h| h.swarm == Some(Role::Manager))
+        });
     let mut error = None;
     let mut nodes: Vec<NodeLine> = Vec::new();
     if let Some(l) = leader {
-        match ctx.exec.probe(&Target::from(l), "status", &commands::node_ls()).await {
+        match ctx
+            .exec
+            .probe(&Target::from(l), "status", &commands::node_ls())
+            .await
+        {
             Ok(out) if out.code == 0 => {
-                nodes = out.stdout.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+                nodes = out
+                    .stdout
+                    .lines()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect();
             }
             Ok(_) => {} // not a swarm manager (yet): every node is not-joined
             Err(e) => error = Some(e.to_string()),
@@ -67,22 +86,43 @@ pub async fn status(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
             } else if error.is_some() {
                 "unknown".to_string()
             } else {
-                node.map(|n| n.status.to_lowercase()).unwrap_or_else(|| "not-joined".into())
+                node.map(|n| n.status.to_lowercase())
+                    .unwrap_or_else(|| "not-joined".into())
             };
             NodeStatus {
                 name: m.name.clone(),
                 address: m.ssh.address.clone(),
                 role: m.role,
                 status,
-                manager_status: node.map(|n| n.manager_status.to_lowercase()).filter(|s| !s.is_empty()),
+                manager_status: node
+                    .map(|n| n.manager_status.to_lowercase())
+                    .filter(|s| !s.is_empty()),
             }
         })
         .collect();
-    let mut text = format!("cluster {} ({}): {} node(s)\n", ctx.spec.name, ctx.provider.kind(), statuses.len());
-    text.push_str(&format!("  {:<20} {:<16} {:<8} {}\n", "NAME", "ADDRESS", "ROLE", "STATUS"));
+    let mut text = format!(
+        "cluster {} ({}): {} node(s)\n",
+        ctx.spec.name,
+        ctx.provider.kind(),
+        statuses.len()
+    );
+    text.push_str(&format!(
+        "  {:<20} {:<16} {:<8} {}\n",
+        "NAME", "ADDRESS", "ROLE", "STATUS"
+    ));
     for n in &statuses {
-        let extra = n.manager_status.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
-        text.push_str(&format!("  {:<20} {:<16} {:<8} {}{extra}\n", n.name, n.address, n.role.to_string(), n.status));
+        let extra = n
+            .manager_status
+            .as_deref()
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "  {:<20} {:<16} {:<8} {}{extra}\n",
+            n.name,
+            n.address,
+            n.role.to_string(),
+            n.status
+        ));
     }
     if let Some(e) = &error {
         text.push_str(&format!("warning: could not ask the swarm: {e}\n"));

@@ -17,7 +17,11 @@ fn reachable(machines: &[Machine], actions: &[ProviderAction]) -> Vec<Machine> {
     machines
         .iter()
         .filter(|m| m.running)
-        .filter(|m| !actions.iter().any(|a| matches!(a, ProviderAction::Destroy { resource } if resource.name == m.name)))
+        .filter(|m| {
+            !actions.iter().any(
+                |a| matches!(a, ProviderAction::Destroy { resource } if resource.name == m.name),
+            )
+        })
         .cloned()
         .collect()
 }
@@ -49,7 +53,10 @@ async fn compute(s: &Session, until: Option<PhaseName>) -> Result<(Plan, Vec<Pro
 pub async fn plan(cli: &Cli, until: Option<PhaseName>, ui: Arc<Ui>) -> Result<Report> {
     let s = open(cli, ui, false, false).await?;
     let (plan, _) = compute(&s, until).await?;
-    Ok(Report { json: json!({"cluster": plan.cluster, "changes": plan.actions.len(), "plan": plan}), text: plan.to_string() })
+    Ok(Report {
+        json: json!({"cluster": plan.cluster, "changes": plan.actions.len(), "plan": plan}),
+        text: plan.to_string(),
+    })
 }
 
 pub async fn up(cli: &Cli, yes: bool, until: Option<PhaseName>, ui: Arc<Ui>) -> Result<Report> {
@@ -61,7 +68,11 @@ pub async fn up(cli: &Cli, yes: bool, until: Option<PhaseName>, ui: Arc<Ui>) -> 
     let ctx = &s.ctx;
     let checked = ctx.machines().len();
     if plan.is_empty() {
-        let text = format!("up: cluster {}: no changes ({checked} host(s) checked in {:.1}s)\n", plan.cluster, ui.elapsed().as_secs_f64());
+        let text = format!(
+            "up: cluster {}: no changes ({checked} host(s) checked in {:.1}s)\n",
+            plan.cluster,
+            ui.elapsed().as_secs_f64()
+        );
         return Ok(Report {
             json: json!({"cluster": plan.cluster, "changed": false, "changes": 0, "message": "no changes", "elapsed_seconds": ui.elapsed().as_secs_f64()}),
             text,
@@ -71,7 +82,14 @@ pub async fn up(cli: &Cli, yes: bool, until: Option<PhaseName>, ui: Arc<Ui>) -> 
     if cli.output == OutputFormat::Text || !yes {
         eprint!("{plan}");
     }
-    confirm(yes, &format!("Apply {} change(s) to cluster {}?", plan.actions.len(), plan.cluster))?;
+    confirm(
+        yes,
+        &format!(
+            "Apply {} change(s) to cluster {}?",
+            plan.actions.len(),
+            plan.cluster
+        ),
+    )?;
 
     let mut applied = 0;
     for phase in PHASES {
@@ -84,14 +102,21 @@ pub async fn up(cli: &Cli, yes: bool, until: Option<PhaseName>, ui: Arc<Ui>) -> 
             plan = fresh;
         }
         if phase.should_run(&plan) {
-            ui.info(&format!("phase {}: {} step(s)", phase.name(), plan.for_phase(phase.name()).count()));
+            ui.info(&format!(
+                "phase {}: {} step(s)",
+                phase.name(),
+                plan.for_phase(phase.name()).count()
+            ));
             phase.run(ctx, &plan).await?;
             applied += plan.for_phase(phase.name()).count();
         }
     }
     record_hosts(&s)?;
     let secs = ui.elapsed().as_secs_f64();
-    let text = format!("up: cluster {}: {applied} change(s) applied in {secs:.1}s\n", plan.cluster);
+    let text = format!(
+        "up: cluster {}: {applied} change(s) applied in {secs:.1}s\n",
+        plan.cluster
+    );
     Ok(Report {
         json: json!({"cluster": plan.cluster, "changed": true, "changes": applied, "elapsed_seconds": secs, "plan": plan}),
         text,

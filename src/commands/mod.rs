@@ -49,7 +49,13 @@ impl Cmd {
     }
 
     pub fn script(step: &str, effect: Effect, text: impl Into<String>) -> Self {
-        Cmd { step: step.into(), body: Body::Script(text.into()), stdin: None, redact: Vec::new(), effect }
+        Cmd {
+            step: step.into(),
+            body: Body::Script(text.into()),
+            stdin: None,
+            redact: Vec::new(),
+            effect,
+        }
     }
 
     /// The exact command line the executor sends to the host.
@@ -62,7 +68,10 @@ impl Cmd {
 
     /// Replace every redacted value in `text` by `***`.
     pub fn redact_text(&self, text: &str) -> String {
-        self.redact.iter().filter(|r| !r.is_empty()).fold(text.to_string(), |t, r| t.replace(r.as_str(), "***"))
+        self.redact
+            .iter()
+            .filter(|r| !r.is_empty())
+            .fold(text.to_string(), |t, r| t.replace(r.as_str(), "***"))
     }
 
     /// A short, redacted rendering for messages: argv in full, a script by its first line.
@@ -70,7 +79,11 @@ impl Cmd {
         let text = match &self.body {
             Body::Argv(argv) => join(argv),
             Body::Script(s) => {
-                let first = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("# ");
+                let first = s
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim_start_matches("# ");
                 format!("sh -c <script: {first}>")
             }
         };
@@ -86,13 +99,19 @@ impl fmt::Display for Cmd {
 
 fn join(argv: &[String]) -> String {
     argv.iter()
-        .map(|a| shlex::try_quote(a).map(|c| c.into_owned()).unwrap_or_else(|_| a.replace('\0', "")))
+        .map(|a| {
+            shlex::try_quote(a)
+                .map(|c| c.into_owned())
+                .unwrap_or_else(|_| a.replace('\0', ""))
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
 
 fn quote(s: &str) -> String {
-    shlex::try_quote(s).map(|c| c.into_owned()).unwrap_or_default()
+    shlex::try_quote(s)
+        .map(|c| c.into_owned())
+        .unwrap_or_default()
 }
 
 // ---- host files ------------------------------------------------------------------------------
@@ -109,7 +128,11 @@ pub const MANAGED_FILES: &[&str] = &[DOCKER_PROXY_SYSTEMD, DOCKER_PROXY_ENV, APT
 /// The content travels base64-encoded, so no quoting of it can go wrong.
 pub fn write_file(step: &str, path: &str, content: &str) -> Cmd {
     let b64 = base64::engine::general_purpose::STANDARD.encode(content);
-    let dir = path.rsplit_once('/').map(|(d, _)| d).filter(|d| !d.is_empty()).unwrap_or("/");
+    let dir = path
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("/");
     let p = quote(path);
     Cmd::script(
         step,
@@ -125,7 +148,13 @@ pub fn write_file(step: &str, path: &str, content: &str) -> Cmd {
 pub fn remove_files(step: &str, paths: &[String]) -> Cmd {
     let mut argv = vec!["rm".to_string(), "-f".to_string()];
     argv.extend(paths.iter().cloned());
-    Cmd { step: step.into(), body: Body::Argv(argv), stdin: None, redact: vec![], effect: Effect::Mutate }
+    Cmd {
+        step: step.into(),
+        body: Body::Argv(argv),
+        stdin: None,
+        redact: vec![],
+        effect: Effect::Mutate,
+    }
 }
 
 // ---- scripts from templates ------------------------------------------------------------------
@@ -134,26 +163,54 @@ pub fn facts(r: &Renderer, registries: &[String]) -> Result<Cmd, RenderError> {
     let mut ctx = Context::new();
     ctx.insert("files", MANAGED_FILES);
     // Registry names are matched literally in the facts script; keep them shell-safe.
-    let safe: Vec<&String> = registries.iter().filter(|r| r.chars().all(|c| c.is_ascii_alphanumeric() || ".-:_/".contains(c))).collect();
+    let safe: Vec<&String> = registries
+        .iter()
+        .filter(|r| {
+            r.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:_/".contains(c))
+        })
+        .collect();
     ctx.insert("registries", &safe);
-    Ok(Cmd::script("facts", Effect::Read, r.render("facts.sh", &ctx)?))
+    Ok(Cmd::script(
+        "facts",
+        Effect::Read,
+        r.render("facts.sh", &ctx)?,
+    ))
 }
 
 pub fn install_docker(r: &Renderer) -> Result<Cmd, RenderError> {
-    Ok(Cmd::script("install-docker", Effect::Mutate, r.render("install-docker.sh", &Context::new())?))
+    Ok(Cmd::script(
+        "install-docker",
+        Effect::Mutate,
+        r.render("install-docker.sh", &Context::new())?,
+    ))
 }
 
 pub fn start_docker(r: &Renderer, init: Init, restart: bool) -> Result<Cmd, RenderError> {
     let mut ctx = Context::new();
     ctx.insert("init", init.as_str());
     ctx.insert("restart", &restart);
-    let step = if restart { "restart-docker" } else { "start-docker" };
-    Ok(Cmd::script(step, Effect::Mutate, r.render("start-docker.sh", &ctx)?))
+    let step = if restart {
+        "restart-docker"
+    } else {
+        "start-docker"
+    };
+    Ok(Cmd::script(
+        step,
+        Effect::Mutate,
+        r.render("start-docker.sh", &ctx)?,
+    ))
 }
 
 /// The proxy files a host should have, `(path, content)`, for its init system.
-pub fn proxy_files(r: &Renderer, proxy: &ProxySpec, init: Init) -> Result<Vec<(String, String)>, RenderError> {
-    let Some(http) = &proxy.http_proxy else { return Ok(Vec::new()) };
+pub fn proxy_files(
+    r: &Renderer,
+    proxy: &ProxySpec,
+    init: Init,
+) -> Result<Vec<(String, String)>, RenderError> {
+    let Some(http) = &proxy.http_proxy else {
+        return Ok(Vec::new());
+    };
     let mut ctx = Context::new();
     ctx.insert("http_proxy", http);
     ctx.insert("https_proxy", proxy.https_proxy.as_ref().unwrap_or(http));
@@ -164,7 +221,10 @@ pub fn proxy_files(r: &Renderer, proxy: &ProxySpec, init: Init) -> Result<Vec<(S
         Init::Systemd => (DOCKER_PROXY_SYSTEMD, r.render("docker-proxy.conf", &ctx)?),
         Init::None => (DOCKER_PROXY_ENV, r.render("docker-proxy.env", &ctx)?),
     };
-    Ok(vec![(docker.0.to_string(), docker.1), (APT_PROXY.to_string(), r.render("apt-proxy.conf", &ctx)?)])
+    Ok(vec![
+        (docker.0.to_string(), docker.1),
+        (APT_PROXY.to_string(), r.render("apt-proxy.conf", &ctx)?),
+    ])
 }
 
 // ---- docker and swarm ------------------------------------------------------------------------
@@ -174,22 +234,41 @@ pub fn registry_login(server: &str, username: &str, password: SecretString) -> C
     let mut c = Cmd::argv(
         "registry-login",
         Effect::Mutate,
-        &["docker", "login", "--username", username, "--password-stdin", server],
+        &[
+            "docker",
+            "login",
+            "--username",
+            username,
+            "--password-stdin",
+            server,
+        ],
     );
     c.stdin = Some(password);
     c
 }
 
 pub fn registry_logout(server: &str) -> Cmd {
-    Cmd::argv("registry-logout", Effect::Mutate, &["docker", "logout", server])
+    Cmd::argv(
+        "registry-logout",
+        Effect::Mutate,
+        &["docker", "logout", server],
+    )
 }
 
 pub fn swarm_init(advertise: &str) -> Cmd {
-    Cmd::argv("swarm-init", Effect::Mutate, &["docker", "swarm", "init", "--advertise-addr", advertise])
+    Cmd::argv(
+        "swarm-init",
+        Effect::Mutate,
+        &["docker", "swarm", "init", "--advertise-addr", advertise],
+    )
 }
 
 pub fn swarm_join_token(role: cloudflow_provider_api::Role) -> Cmd {
-    Cmd::argv("swarm-join-token", Effect::Read, &["docker", "swarm", "join-token", "-q", &role.to_string()])
+    Cmd::argv(
+        "swarm-join-token",
+        Effect::Read,
+        &["docker", "swarm", "join-token", "-q", &role.to_string()],
+    )
 }
 
 /// Join a swarm. The token is a secret that must go in argv: it is marked for redaction.
@@ -198,23 +277,44 @@ pub fn swarm_join(token: &str, advertise: &str, manager: &str) -> Cmd {
     let mut c = Cmd::argv(
         "swarm-join",
         Effect::Mutate,
-        &["docker", "swarm", "join", "--token", token, "--advertise-addr", advertise, &remote],
+        &[
+            "docker",
+            "swarm",
+            "join",
+            "--token",
+            token,
+            "--advertise-addr",
+            advertise,
+            &remote,
+        ],
     );
     c.redact.push(token.to_string());
     c
 }
 
 pub fn swarm_leave() -> Cmd {
-    Cmd::argv("swarm-leave", Effect::Mutate, &["docker", "swarm", "leave", "--force"])
+    Cmd::argv(
+        "swarm-leave",
+        Effect::Mutate,
+        &["docker", "swarm", "leave", "--force"],
+    )
 }
 
 pub fn node_ls() -> Cmd {
-    Cmd::argv("node-ls", Effect::Read, &["docker", "node", "ls", "--format", "{{json .}}"])
+    Cmd::argv(
+        "node-ls",
+        Effect::Read,
+        &["docker", "node", "ls", "--format", "{{json .}}"],
+    )
 }
 
 /// Remove a node that left from the managers' list (by node id).
 pub fn node_rm(id: &str) -> Cmd {
-    Cmd::argv("node-rm", Effect::Mutate, &["docker", "node", "rm", "--force", id])
+    Cmd::argv(
+        "node-rm",
+        Effect::Mutate,
+        &["docker", "node", "rm", "--force", id],
+    )
 }
 
 #[cfg(test)]

@@ -11,19 +11,37 @@ fn renderer() -> Renderer {
 #[test]
 fn registry_login_puts_the_password_on_stdin_only() {
     let c = registry_login("reg:5000", "ci", SecretString::from("s3cret"));
-    assert_eq!(c.command_line(), "docker login --username ci --password-stdin reg:5000");
+    assert_eq!(
+        c.command_line(),
+        "docker login --username ci --password-stdin reg:5000"
+    );
     assert_eq!(c.stdin.as_ref().unwrap().expose_secret(), "s3cret");
-    assert!(!format!("{c:?}").contains("s3cret"), "Debug must not show the password");
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "Debug must not show the password"
+    );
     assert_eq!(c.effect, Effect::Mutate);
 }
 
 #[test]
 fn swarm_commands_exact_argv() {
-    assert_eq!(swarm_init("10.0.0.5").command_line(), "docker swarm init --advertise-addr 10.0.0.5");
-    assert_eq!(swarm_join_token(Role::Worker).command_line(), "docker swarm join-token -q worker");
-    assert_eq!(swarm_join_token(Role::Manager).command_line(), "docker swarm join-token -q manager");
+    assert_eq!(
+        swarm_init("10.0.0.5").command_line(),
+        "docker swarm init --advertise-addr 10.0.0.5"
+    );
+    assert_eq!(
+        swarm_join_token(Role::Worker).command_line(),
+        "docker swarm join-token -q worker"
+    );
+    assert_eq!(
+        swarm_join_token(Role::Manager).command_line(),
+        "docker swarm join-token -q manager"
+    );
     assert_eq!(swarm_leave().command_line(), "docker swarm leave --force");
-    assert_eq!(node_ls().command_line(), "docker node ls --format '{{json .}}'");
+    assert_eq!(
+        node_ls().command_line(),
+        "docker node ls --format '{{json .}}'"
+    );
     assert_eq!(node_rm("abc").command_line(), "docker node rm --force abc");
 }
 
@@ -34,14 +52,26 @@ fn swarm_join_redacts_the_token_in_display() {
         c.command_line(),
         "docker swarm join --token SWMTKN-1-secret --advertise-addr 10.0.0.6 10.0.0.5:2377"
     );
-    assert_eq!(c.display(), "docker swarm join --token *** --advertise-addr 10.0.0.6 10.0.0.5:2377");
-    assert_eq!(c.redact_text("error: SWMTKN-1-secret is invalid"), "error: *** is invalid");
+    assert_eq!(
+        c.display(),
+        "docker swarm join --token *** --advertise-addr 10.0.0.6 10.0.0.5:2377"
+    );
+    assert_eq!(
+        c.redact_text("error: SWMTKN-1-secret is invalid"),
+        "error: *** is invalid"
+    );
 }
 
 #[test]
 fn write_file_is_atomic_and_quotes_nothing_from_the_content() {
-    let c = write_file("daemon-json", "/etc/docker/daemon.json", "{\"a\": \"it's\"}\n");
-    let Body::Script(s) = &c.body else { panic!("script expected") };
+    let c = write_file(
+        "daemon-json",
+        "/etc/docker/daemon.json",
+        "{\"a\": \"it's\"}\n",
+    );
+    let Body::Script(s) = &c.body else {
+        panic!("script expected")
+    };
     assert_eq!(
         s,
         "# write /etc/docker/daemon.json\nset -e\nmkdir -p /etc/docker\n\
@@ -49,7 +79,10 @@ fn write_file_is_atomic_and_quotes_nothing_from_the_content() {
          mv /etc/docker/daemon.json.cloudflow-tmp /etc/docker/daemon.json\n"
     );
     assert_eq!(c.display(), "sh -c <script: write /etc/docker/daemon.json>");
-    assert_eq!(shlex::split(&c.command_line()).unwrap(), ["sh".to_string(), "-c".to_string(), s.clone()]);
+    assert_eq!(
+        shlex::split(&c.command_line()).unwrap(),
+        ["sh".to_string(), "-c".to_string(), s.clone()]
+    );
 }
 
 #[test]
@@ -62,11 +95,17 @@ fn remove_files_argv() {
 fn start_docker_without_systemd_starts_dockerd_detached_with_a_pid_file() {
     let c = start_docker(&renderer(), Init::None, false).unwrap();
     let Body::Script(s) = &c.body else { panic!() };
-    assert!(s.contains("setsid nohup dockerd > /var/log/dockerd.log 2>&1 < /dev/null &"), "{s}");
+    assert!(
+        s.contains("setsid nohup dockerd > /var/log/dockerd.log 2>&1 < /dev/null &"),
+        "{s}"
+    );
     assert!(s.contains("echo $! > \"$pidfile\""));
     assert!(s.contains(". /etc/cloudflow/docker.env"));
     assert!(!s.contains("systemctl"));
-    assert!(!s.contains("kill $pid"), "a plain start must not kill anything");
+    assert!(
+        !s.contains("kill $pid"),
+        "a plain start must not kill anything"
+    );
     assert_eq!(c.step, "start-docker");
     let r = start_docker(&renderer(), Init::None, true).unwrap();
     let Body::Script(s) = &r.body else { panic!() };
@@ -76,16 +115,25 @@ fn start_docker_without_systemd_starts_dockerd_detached_with_a_pid_file() {
 
 #[test]
 fn start_docker_with_systemd_uses_systemctl() {
-    let Body::Script(s) = start_docker(&renderer(), Init::Systemd, true).unwrap().body else { panic!() };
-    assert!(s.contains("systemctl daemon-reload\nsystemctl restart docker\n"), "{s}");
+    let Body::Script(s) = start_docker(&renderer(), Init::Systemd, true).unwrap().body else {
+        panic!()
+    };
+    assert!(
+        s.contains("systemctl daemon-reload\nsystemctl restart docker\n"),
+        "{s}"
+    );
     assert!(!s.contains("nohup"));
     assert!(s.contains("journalctl -u docker"));
 }
 
 #[test]
 fn install_docker_asks_for_docker_cli_where_the_distribution_has_it() {
-    let Body::Script(s) = install_docker(&renderer()).unwrap().body else { panic!() };
-    assert!(s.contains("if apt-cache show docker-cli > /dev/null 2>&1; then pkgs=\"$pkgs docker-cli\"; fi"));
+    let Body::Script(s) = install_docker(&renderer()).unwrap().body else {
+        panic!()
+    };
+    assert!(s.contains(
+        "if apt-cache show docker-cli > /dev/null 2>&1; then pkgs=\"$pkgs docker-cli\"; fi"
+    ));
     assert!(s.contains("exit 101"), "the package must not start dockerd");
     assert!(s.contains("this host runs ${PRETTY_NAME:-$ID}"));
 }
@@ -94,9 +142,15 @@ fn install_docker_asks_for_docker_cli_where_the_distribution_has_it() {
 fn facts_script_keeps_docker_go_templates_and_lists_managed_files_and_registries() {
     let c = facts(&renderer(), &["reg:5000".into(), "bad'name".into()]).unwrap();
     let Body::Script(s) = &c.body else { panic!() };
-    assert!(s.contains("--format '{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}} {{.Swarm.ControlAvailable}}'"));
-    assert!(s.contains("[ -f /etc/cloudflow/docker.env ] && echo \"file:/etc/cloudflow/docker.env="));
-    assert!(s.contains("grep -qsF '\"reg:5000\"' \"$HOME/.docker/config.json\" && echo \"login:reg:5000=yes\""));
+    assert!(s.contains(
+        "--format '{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}} {{.Swarm.ControlAvailable}}'"
+    ));
+    assert!(
+        s.contains("[ -f /etc/cloudflow/docker.env ] && echo \"file:/etc/cloudflow/docker.env=")
+    );
+    assert!(s.contains(
+        "grep -qsF '\"reg:5000\"' \"$HOME/.docker/config.json\" && echo \"login:reg:5000=yes\""
+    ));
     assert!(!s.contains("bad'name"));
     assert!(s.trim_end().ends_with("echo \"end=ok\""));
     assert_eq!(c.effect, Effect::Read);
@@ -127,5 +181,9 @@ fn proxy_files_per_init_system() {
     let plain = proxy_files(&renderer(), &proxy, Init::None).unwrap();
     assert_eq!(plain[0].0, DOCKER_PROXY_ENV);
     assert!(plain[0].1.contains("\nNO_PROXY=localhost,10.0.0.0/8\n"));
-    assert!(proxy_files(&renderer(), &ProxySpec::default(), Init::None).unwrap().is_empty());
+    assert!(
+        proxy_files(&renderer(), &ProxySpec::default(), Init::None)
+            .unwrap()
+            .is_empty()
+    );
 }

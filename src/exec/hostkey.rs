@@ -14,7 +14,10 @@ use super::ExecError;
 
 /// OpenSSH-style fingerprint: `SHA256:<base64 without padding>`.
 pub fn fingerprint(key: &[u8]) -> String {
-    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(key)))
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(key))
+    )
 }
 
 pub struct HostKeyCheck {
@@ -80,13 +83,25 @@ impl HostKeyCheck {
             }
         }
         if self.policy == HostKeyPolicy::Strict {
-            return Err(ExecError::HostKeyUnknown { host: host.into(), address: id, offered: format!("{key_type} {offered}") });
+            return Err(ExecError::HostKeyUnknown {
+                host: host.into(),
+                address: id,
+                offered: format!("{key_type} {offered}"),
+            });
         }
         if !self.record_new {
             return Ok(Verdict::Recorded);
         }
         self.state
-            .update(|s| s.known_hosts.insert(id, KnownKey { key_type: key_type.to_string(), key: b64 }))
+            .update(|s| {
+                s.known_hosts.insert(
+                    id,
+                    KnownKey {
+                        key_type: key_type.to_string(),
+                        key: b64,
+                    },
+                )
+            })
             .map_err(|e| ExecError::Local(format!("cannot record the host key of {host}: {e}")))?;
         Ok(Verdict::Recorded)
     }

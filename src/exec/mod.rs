@@ -25,7 +25,12 @@ pub struct Target {
 
 impl From<&cloudflow_provider_api::Machine> for Target {
     fn from(m: &cloudflow_provider_api::Machine) -> Self {
-        Target { name: m.name.clone(), address: m.ssh.address.clone(), port: m.ssh.port, user: m.ssh.user.clone() }
+        Target {
+            name: m.name.clone(),
+            address: m.ssh.address.clone(),
+            port: m.ssh.port,
+            user: m.ssh.user.clone(),
+        }
     }
 }
 
@@ -40,31 +45,69 @@ pub struct Output {
 pub enum ExecError {
     /// The host could not be reached at all.
     #[error("host {host} ({address}) is unreachable: {message}")]
-    Unreachable { host: String, address: String, message: String },
+    Unreachable {
+        host: String,
+        address: String,
+        message: String,
+    },
     /// The SSH key was refused.
-    #[error("host {host}: SSH key {key} was refused for user {user}; check ssh_key and that its public half is in ~{user}/.ssh/authorized_keys")]
-    Auth { host: String, user: String, key: String },
+    #[error(
+        "host {host}: SSH key {key} was refused for user {user}; check ssh_key and that its public half is in ~{user}/.ssh/authorized_keys"
+    )]
+    Auth {
+        host: String,
+        user: String,
+        key: String,
+    },
     /// The host offered a different key than the one recorded.
     #[error(
         "host {host} ({address}): HOST KEY CHANGED — refusing to connect.\n  recorded: {known}\n  offered:  {offered}\n  \
          If the host was really reinstalled, remove its entry (cloudflow down, or delete the state) and run again."
     )]
-    HostKeyChanged { host: String, address: String, known: String, offered: String },
+    HostKeyChanged {
+        host: String,
+        address: String,
+        known: String,
+        offered: String,
+    },
     /// `host_key_policy: strict` and the host is not in any known_hosts.
     #[error(
         "host {host} ({address}) is not in known_hosts and host_key_policy is strict; offered key {offered}.\n  \
          Add it to ~/.ssh/known_hosts (ssh-keyscan -p PORT ADDRESS) after checking the fingerprint, or use accept-new."
     )]
-    HostKeyUnknown { host: String, address: String, offered: String },
+    HostKeyUnknown {
+        host: String,
+        address: String,
+        offered: String,
+    },
     /// The SSH session failed (handshake, channel).
     #[error("host {host}: SSH {what}: {message}")]
-    Session { host: String, what: String, message: String },
+    Session {
+        host: String,
+        what: String,
+        message: String,
+    },
     /// A remote command exited non-zero.
     #[error("host {host}: phase {phase}, step {step}: `{command}` exited {code}\n{tail}")]
-    Failed { host: String, phase: String, step: String, command: String, code: i32, tail: String },
+    Failed {
+        host: String,
+        phase: String,
+        step: String,
+        command: String,
+        code: i32,
+        tail: String,
+    },
     /// A remote command ran past its time limit.
-    #[error("host {host}: phase {phase}, step {step}: `{command}` still running after {secs}s; gave up waiting for it")]
-    TimedOut { host: String, phase: String, step: String, command: String, secs: u64 },
+    #[error(
+        "host {host}: phase {phase}, step {step}: `{command}` still running after {secs}s; gave up waiting for it"
+    )]
+    TimedOut {
+        host: String,
+        phase: String,
+        step: String,
+        command: String,
+        secs: u64,
+    },
     /// Local trouble (a thread pool task died, a key file missing).
     #[error("{0}")]
     Local(String),
@@ -72,10 +115,21 @@ pub enum ExecError {
 
 impl ExecError {
     pub fn failed(target: &Target, phase: &str, cmd: &Cmd, out: &Output) -> Self {
-        let text = if out.stderr.trim().is_empty() { &out.stdout } else { &out.stderr };
+        let text = if out.stderr.trim().is_empty() {
+            &out.stdout
+        } else {
+            &out.stderr
+        };
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = lines[lines.len().saturating_sub(8)..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>();
-        let tail = if tail.is_empty() { "  (no output)".to_string() } else { tail.join("\n") };
+        let tail = lines[lines.len().saturating_sub(8)..]
+            .iter()
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>();
+        let tail = if tail.is_empty() {
+            "  (no output)".to_string()
+        } else {
+            tail.join("\n")
+        };
         ExecError::Failed {
             host: target.name.clone(),
             phase: phase.to_string(),
@@ -109,5 +163,8 @@ where
     // futures ("FnOnce is not general enough").
     let futures: Vec<std::pin::Pin<Box<dyn Future<Output = R> + Send + 'a>>> =
         items.iter().map(|i| Box::pin(f(i)) as _).collect();
-    futures::stream::iter(futures).buffered(limit.max(1)).collect().await
+    futures::stream::iter(futures)
+        .buffered(limit.max(1))
+        .collect()
+        .await
 }

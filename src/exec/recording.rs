@@ -17,15 +17,29 @@ pub struct Recording {
 
 impl Recording {
     pub fn answer(&self, host: &str, step: &str, out: Output) {
-        self.answers.lock().unwrap().insert((host.to_string(), step.to_string()), out);
+        self.answers
+            .lock()
+            .unwrap()
+            .insert((host.to_string(), step.to_string()), out);
     }
 
     pub fn steps(&self, host: &str) -> Vec<String> {
-        self.log.lock().unwrap().iter().filter(|l| l.0 == host).map(|l| l.1.clone()).collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.0 == host)
+            .map(|l| l.1.clone())
+            .collect()
     }
 
     fn output(&self, target: &Target, cmd: &Cmd) -> Output {
-        self.log.lock().unwrap().push((target.name.clone(), cmd.step.clone(), cmd.command_line(), cmd.stdin.is_some()));
+        self.log.lock().unwrap().push((
+            target.name.clone(),
+            cmd.step.clone(),
+            cmd.command_line(),
+            cmd.stdin.is_some(),
+        ));
         let answers = self.answers.lock().unwrap();
         answers
             .get(&(target.name.clone(), cmd.step.clone()))

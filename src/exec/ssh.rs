@@ -29,7 +29,10 @@ pub struct SshExecutor {
 
 impl SshExecutor {
     pub fn new(cfg: SshConfig) -> Self {
-        SshExecutor { cfg: Arc::new(cfg), sessions: Mutex::new(HashMap::new()) }
+        SshExecutor {
+            cfg: Arc::new(cfg),
+            sessions: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Drop a host's session (e.g. after the host was replaced).
@@ -47,7 +50,10 @@ impl SshExecutor {
             .await
             .map_err(|e| ExecError::Local(format!("SSH connect task failed: {e}")))??;
         let sess = Arc::new(Mutex::new(sess));
-        self.sessions.lock().unwrap().insert(target.name.clone(), sess.clone());
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(target.name.clone(), sess.clone());
         Ok(sess)
     }
 
@@ -69,7 +75,11 @@ impl SshExecutor {
                     command: c.display(),
                     secs: timeout.as_secs(),
                 },
-                ChannelError::Ssh(m) => ExecError::Session { host: t.name.clone(), what: format!("running {}", c.step), message: m },
+                ChannelError::Ssh(m) => ExecError::Session {
+                    host: t.name.clone(),
+                    what: format!("running {}", c.step),
+                    message: m,
+                },
             })
         })
         .await
@@ -84,7 +94,12 @@ fn wrap_for_user(user: &str, line: &str) -> String {
     if user == "root" {
         line.to_string()
     } else {
-        format!("sudo -n -H sh -c {}", shlex::try_quote(line).map(|c| c.into_owned()).unwrap_or_default())
+        format!(
+            "sudo -n -H sh -c {}",
+            shlex::try_quote(line)
+                .map(|c| c.into_owned())
+                .unwrap_or_default()
+        )
     }
 }
 
@@ -99,8 +114,12 @@ fn connect(cfg: &SshConfig, t: &Target) -> Result<ssh2::Session, ExecError> {
         .map_err(|e| unreachable(format!("cannot resolve: {e}")))?
         .next()
         .ok_or_else(|| unreachable("no address".into()))?;
-    let tcp = TcpStream::connect_timeout(&addr, cfg.connect_timeout)
-        .map_err(|e| unreachable(format!("{e} (after up to {}s)", cfg.connect_timeout.as_secs())))?;
+    let tcp = TcpStream::connect_timeout(&addr, cfg.connect_timeout).map_err(|e| {
+        unreachable(format!(
+            "{e} (after up to {}s)",
+            cfg.connect_timeout.as_secs()
+        ))
+    })?;
     let session_err = |what: &str, e: ssh2::Error| ExecError::Session {
         host: t.name.clone(),
         what: what.to_string(),
@@ -109,9 +128,12 @@ fn connect(cfg: &SshConfig, t: &Target) -> Result<ssh2::Session, ExecError> {
     let mut sess = ssh2::Session::new().map_err(|e| session_err("init", e))?;
     sess.set_tcp_stream(tcp);
     sess.set_timeout(cfg.connect_timeout.as_millis() as u32);
-    sess.handshake().map_err(|e| unreachable(format!("SSH handshake failed: {}", e.message())))?;
+    sess.handshake()
+        .map_err(|e| unreachable(format!("SSH handshake failed: {}", e.message())))?;
 
-    let (key, kind) = sess.host_key().ok_or_else(|| unreachable("the host offered no host key".into()))?;
+    let (key, kind) = sess
+        .host_key()
+        .ok_or_else(|| unreachable("the host offered no host key".into()))?;
     let key_type = match kind {
         ssh2::HostKeyType::Rsa => "ssh-rsa",
         ssh2::HostKeyType::Dss => "ssh-dss",
@@ -122,7 +144,8 @@ fn connect(cfg: &SshConfig, t: &Target) -> Result<ssh2::Session, ExecError> {
         ssh2::HostKeyType::Unknown => "unknown",
     };
     let key = key.to_vec();
-    cfg.hostkeys.check(&sess, &t.name, &t.address, t.port, &key, key_type)?;
+    cfg.hostkeys
+        .check(&sess, &t.name, &t.address, t.port, &key, key_type)?;
 
     if !cfg.key.is_file() {
         return Err(ExecError::Local(format!(
@@ -130,8 +153,16 @@ fn connect(cfg: &SshConfig, t: &Target) -> Result<ssh2::Session, ExecError> {
             cfg.key.display()
         )));
     }
-    if sess.userauth_pubkey_file(&t.user, None, &cfg.key, None).is_err() || !sess.authenticated() {
-        return Err(ExecError::Auth { host: t.name.clone(), user: t.user.clone(), key: cfg.key.display().to_string() });
+    if sess
+        .userauth_pubkey_file(&t.user, None, &cfg.key, None)
+        .is_err()
+        || !sess.authenticated()
+    {
+        return Err(ExecError::Auth {
+            host: t.name.clone(),
+            user: t.user.clone(),
+            key: cfg.key.display().to_string(),
+        });
     }
     sess.set_keepalive(true, 30);
     sess.set_timeout(60_000);
@@ -157,7 +188,12 @@ impl From<std::io::Error> for ChannelError {
 
 /// Run one command on a fresh channel. Both output streams are drained together
 /// (non-blocking), so a chatty stderr can never stall the remote side.
-fn run_channel(sess: &ssh2::Session, line: &str, stdin: Option<&str>, timeout: Duration) -> Result<Output, ChannelError> {
+fn run_channel(
+    sess: &ssh2::Session,
+    line: &str,
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> Result<Output, ChannelError> {
     sess.set_blocking(true);
     let mut ch = sess.channel_session()?;
     ch.exec(line)?;
@@ -178,7 +214,11 @@ fn run_channel(sess: &ssh2::Session, line: &str, stdin: Option<&str>, timeout: D
                     Ok(0) => {}
                     Ok(n) => {
                         progressed = true;
-                        if stream_id == 0 { out.extend_from_slice(&buf[..n]) } else { err.extend_from_slice(&buf[..n]) }
+                        if stream_id == 0 {
+                            out.extend_from_slice(&buf[..n])
+                        } else {
+                            err.extend_from_slice(&buf[..n])
+                        }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(ChannelError::from(e)),
@@ -227,6 +267,9 @@ mod tests {
     #[test]
     fn non_root_users_go_through_sudo_without_a_prompt() {
         assert_eq!(wrap_for_user("root", "docker info"), "docker info");
-        assert_eq!(wrap_for_user("deploy", "docker info"), "sudo -n -H sh -c 'docker info'");
+        assert_eq!(
+            wrap_for_user("deploy", "docker info"),
+            "sudo -n -H sh -c 'docker info'"
+        );
     }
 }

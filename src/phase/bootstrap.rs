@@ -31,23 +31,35 @@ impl Phase for Bootstrap {
 /// Run each host's steps of `phase` in order; hosts in parallel. Every host finishes its own
 /// work even when another fails; the error lists all failed hosts.
 pub(super) async fn run_hosts(ctx: &Ctx, plan: &Plan, phase: PhaseName) -> Result<()> {
-    let mut hosts: Vec<String> = plan.for_phase(phase).filter_map(|a| a.host.clone()).collect();
+    let mut hosts: Vec<String> = plan
+        .for_phase(phase)
+        .filter_map(|a| a.host.clone())
+        .collect();
     hosts.dedup();
     let results = for_each_host(&hosts, ctx.concurrency, |host| async move {
         let steps = plan.host_steps(phase, host);
-        let target = ctx.target(host).ok_or_else(|| ExecError::Local(format!("host {host} is not a known machine")))?;
+        let target = ctx
+            .target(host)
+            .ok_or_else(|| ExecError::Local(format!("host {host} is not a known machine")))?;
         for step in &steps {
             ctx.ui.host(host, &step.to_string());
-            apply(ctx, &target, phase, step).await.inspect_err(|_| ctx.ui.host_done(host, "failed"))?;
+            apply(ctx, &target, phase, step)
+                .await
+                .inspect_err(|_| ctx.ui.host_done(host, "failed"))?;
         }
-        ctx.ui.host_done(host, &format!("{phase}: {} step(s) done", steps.len()));
+        ctx.ui
+            .host_done(host, &format!("{phase}: {} step(s) done", steps.len()));
         Ok(())
     })
     .await;
     collect_hosts(results).map(|_| ())
 }
 
-fn record(ctx: &Ctx, host: &str, f: impl FnOnce(&mut crate::state::HostRecord)) -> Result<(), ExecError> {
+fn record(
+    ctx: &Ctx,
+    host: &str,
+    f: impl FnOnce(&mut crate::state::HostRecord),
+) -> Result<(), ExecError> {
     ctx.state
         .update(|s| f(s.host(host)))
         .map_err(|e| ExecError::Local(format!("host {host}: cannot record in the state: {e}")))
@@ -68,7 +80,12 @@ pub(super) fn advertise_ip(t: &Target) -> String {
 }
 
 /// One step on one host: record first, then act.
-pub(super) async fn apply(ctx: &Ctx, t: &Target, phase: PhaseName, step: &Step) -> Result<(), ExecError> {
+pub(super) async fn apply(
+    ctx: &Ctx,
+    t: &Target,
+    phase: PhaseName,
+    step: &Step,
+) -> Result<(), ExecError> {
     let host = t.name.as_str();
     let p = phase.to_string();
     let init = ctx.facts_of(host).map(|f| f.init).unwrap_or(Init::None);
@@ -80,15 +97,27 @@ pub(super) async fn apply(ctx: &Ctx, t: &Target, phase: PhaseName, step: &Step) 
                     h.files.push(path.clone());
                 }
             })?;
-            ctx.exec.run(t, &p, &commands::write_file("write-file", path, content)).await?;
+            ctx.exec
+                .run(t, &p, &commands::write_file("write-file", path, content))
+                .await?;
         }
         Step::InstallDocker => {
             record(ctx, host, |h| h.installed_docker = true)?;
-            ctx.exec.run(t, &p, &render(commands::install_docker(&ctx.renderer))?).await?;
+            ctx.exec
+                .run(t, &p, &render(commands::install_docker(&ctx.renderer))?)
+                .await?;
         }
-        Step::WriteDaemonJson { content, added_insecure, added_mirrors, created_file } => {
+        Step::WriteDaemonJson {
+            content,
+            added_insecure,
+            added_mirrors,
+            created_file,
+        } => {
             record(ctx, host, |h| {
-                let rec = h.daemon_json.get_or_insert_with(|| DaemonJsonRecord { created_file: *created_file, ..Default::default() });
+                let rec = h.daemon_json.get_or_insert_with(|| DaemonJsonRecord {
+                    created_file: *created_file,
+                    ..Default::default()
+                });
                 for a in added_insecure {
                     if !rec.added_insecure.contains(a) {
                         rec.added_insecure.push(a.clone());
@@ -100,28 +129,49 @@ pub(super) async fn apply(ctx: &Ctx, t: &Target, phase: PhaseName, step: &Step) 
                     }
                 }
             })?;
-            ctx.exec.run(t, &p, &commands::write_file("daemon-json", commands::DAEMON_JSON, content)).await?;
+            ctx.exec
+                .run(
+                    t,
+                    &p,
+                    &commands::write_file("daemon-json", commands::DAEMON_JSON, content),
+                )
+                .await?;
         }
         Step::StartDocker => {
-            ctx.exec.run(t, &p, &render(commands::start_docker(&ctx.renderer, init, false))?).await?;
+            ctx.exec
+                .run(
+                    t,
+                    &p,
+                    &render(commands::start_docker(&ctx.renderer, init, false))?,
+                )
+                .await?;
         }
         Step::RestartDocker => {
-            ctx.exec.run(t, &p, &render(commands::start_docker(&ctx.renderer, init, true))?).await?;
+            ctx.exec
+                .run(
+                    t,
+                    &p,
+                    &render(commands::start_docker(&ctx.renderer, init, true))?,
+                )
+                .await?;
         }
         Step::RegistryLogin { server, username } => {
-            let password = ctx
-                .password
-                .clone()
-                .ok_or_else(|| ExecError::Local("registry password missing (registry.auth.password_env)".into()))?;
+            let password = ctx.password.clone().ok_or_else(|| {
+                ExecError::Local("registry password missing (registry.auth.password_env)".into())
+            })?;
             record(ctx, host, |h| {
                 if !h.logged_in.contains(server) {
                     h.logged_in.push(server.clone());
                 }
             })?;
-            ctx.exec.run(t, &p, &commands::registry_login(server, username, password)).await?;
+            ctx.exec
+                .run(t, &p, &commands::registry_login(server, username, password))
+                .await?;
         }
         Step::RegistryLogout { server } => {
-            ctx.exec.run(t, &p, &commands::registry_logout(server)).await?;
+            ctx.exec
+                .run(t, &p, &commands::registry_logout(server))
+                .await?;
             record(ctx, host, |h| h.logged_in.retain(|s| s != server))?;
         }
         Step::RestoreDaemonJson { content } => {
@@ -133,11 +183,15 @@ pub(super) async fn apply(ctx: &Ctx, t: &Target, phase: PhaseName, step: &Step) 
             record(ctx, host, |h| h.daemon_json = None)?;
         }
         Step::RemoveFiles { paths } => {
-            ctx.exec.run(t, &p, &commands::remove_files("remove-files", paths)).await?;
+            ctx.exec
+                .run(t, &p, &commands::remove_files("remove-files", paths))
+                .await?;
             record(ctx, host, |h| h.files.retain(|f| !paths.contains(f)))?;
         }
         Step::SwarmInit | Step::SwarmJoin { .. } | Step::SwarmLeave => {
-            return Err(ExecError::Local(format!("{step} belongs to the cluster phase")));
+            return Err(ExecError::Local(format!(
+                "{step} belongs to the cluster phase"
+            )));
         }
     }
     Ok(())

@@ -34,7 +34,9 @@ impl Phase for Cluster {
             let t = ctx.target(host).ok_or_else(|| missing(host))?;
             ctx.ui.host(host, "swarm init");
             record(ctx, host, Some(Role::Manager))?;
-            ctx.exec.run(&t, phase, &commands::swarm_init(&advertise_ip(&t))).await?;
+            ctx.exec
+                .run(&t, phase, &commands::swarm_init(&advertise_ip(&t)))
+                .await?;
             ctx.ui.host_done(host, "swarm initialised (leader)");
         }
         let joins: Vec<(String, Role, String)> = actions
@@ -44,24 +46,39 @@ impl Phase for Cluster {
                 _ => None,
             })
             .collect();
-        let Some((_, _, via)) = joins.first() else { return Ok(()) };
+        let Some((_, _, via)) = joins.first() else {
+            return Ok(());
+        };
         let leader = ctx.target(via).ok_or_else(|| missing(via))?;
         let mut tokens = Vec::new();
         for role in [Role::Worker, Role::Manager] {
             if joins.iter().any(|j| j.1 == role) {
-                let out = ctx.exec.run(&leader, phase, &commands::swarm_join_token(role)).await?;
+                let out = ctx
+                    .exec
+                    .run(&leader, phase, &commands::swarm_join_token(role))
+                    .await?;
                 tokens.push((role, out.stdout.trim().to_string()));
             }
         }
         let leader_ip = advertise_ip(&leader);
         let results = for_each_host(&joins, ctx.concurrency, |(host, role, _)| {
-            let token = tokens.iter().find(|t| t.0 == *role).map(|t| t.1.clone()).unwrap_or_default();
+            let token = tokens
+                .iter()
+                .find(|t| t.0 == *role)
+                .map(|t| t.1.clone())
+                .unwrap_or_default();
             let leader_ip = leader_ip.clone();
             async move {
                 let t = ctx.target(host).ok_or_else(|| missing(host))?;
                 ctx.ui.host(host, &format!("joining the swarm as {role}"));
                 record(ctx, host, Some(*role))?;
-                ctx.exec.run(&t, phase, &commands::swarm_join(&token, &advertise_ip(&t), &leader_ip)).await?;
+                ctx.exec
+                    .run(
+                        &t,
+                        phase,
+                        &commands::swarm_join(&token, &advertise_ip(&t), &leader_ip),
+                    )
+                    .await?;
                 ctx.ui.host_done(host, &format!("joined as {role}"));
                 Ok(())
             }
@@ -73,10 +90,16 @@ impl Phase for Cluster {
     async fn undo(&self, ctx: &Ctx, plan: &Plan) -> Result<()> {
         // In plan order (workers first): a manager leaving first could break quorum for the rest.
         for a in plan.for_phase(PhaseName::Cluster) {
-            let (Some(host), Step::SwarmLeave) = (a.host.as_deref(), &a.step) else { continue };
-            let t = ctx.target(host).ok_or_else(|| ExecError::Local(format!("host {host} is not a known machine")))?;
+            let (Some(host), Step::SwarmLeave) = (a.host.as_deref(), &a.step) else {
+                continue;
+            };
+            let t = ctx
+                .target(host)
+                .ok_or_else(|| ExecError::Local(format!("host {host} is not a known machine")))?;
             ctx.ui.host(host, "leaving the swarm");
-            ctx.exec.run(&t, "cluster", &commands::swarm_leave()).await?;
+            ctx.exec
+                .run(&t, "cluster", &commands::swarm_leave())
+                .await?;
             record(ctx, host, None)?;
             ctx.ui.host_done(host, "left the swarm");
         }

@@ -45,7 +45,12 @@ impl Ctx {
     }
 
     pub fn machine(&self, name: &str) -> Option<Machine> {
-        self.machines.lock().unwrap().iter().find(|m| m.name == name).cloned()
+        self.machines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == name)
+            .cloned()
     }
 
     pub fn target(&self, name: &str) -> Option<Target> {

@@ -19,7 +19,10 @@ impl Phase for Provision {
         let created: Vec<String> = plan
             .for_phase(PhaseName::Provision)
             .filter_map(|a| match &a.step {
-                Step::Provider(ProviderAction::Create { resource, role: Some(_) }) => Some(resource.name.clone()),
+                Step::Provider(ProviderAction::Create {
+                    resource,
+                    role: Some(_),
+                }) => Some(resource.name.clone()),
                 _ => None,
             })
             .collect();
@@ -27,7 +30,8 @@ impl Phase for Provision {
         ctx.state.update(|s| {
             // A machine made just now is a new host: forget any key an earlier one had at its address.
             for m in machines.iter().filter(|m| created.contains(&m.name)) {
-                s.known_hosts.remove(&format!("{}:{}", m.ssh.address, m.ssh.port));
+                s.known_hosts
+                    .remove(&format!("{}:{}", m.ssh.address, m.ssh.port));
             }
             s.machines = machines.clone();
         })?;
@@ -47,7 +51,11 @@ impl Phase for Provision {
         if report.left.is_empty() {
             return Ok(());
         }
-        let left: Vec<String> = report.left.iter().map(|(r, why)| format!("  - {r}: {why}")).collect();
+        let left: Vec<String> = report
+            .left
+            .iter()
+            .map(|(r, why)| format!("  - {r}: {why}"))
+            .collect();
         Err(Error::Other(format!(
             "{} provider could not remove everything; still present:\n{}",
             ctx.provider.kind(),

@@ -23,9 +23,17 @@ fn parse(current: Option<&str>) -> Result<Map<String, Value>, String> {
     }
 }
 
-fn add_all(map: &mut Map<String, Value>, key: &str, wanted: &[String]) -> Result<Vec<String>, String> {
-    let entry = map.entry(key.to_string()).or_insert_with(|| Value::Array(vec![]));
-    let Value::Array(list) = entry else { return Err(format!("has `{key}` that is not a list")) };
+fn add_all(
+    map: &mut Map<String, Value>,
+    key: &str,
+    wanted: &[String],
+) -> Result<Vec<String>, String> {
+    let entry = map
+        .entry(key.to_string())
+        .or_insert_with(|| Value::Array(vec![]));
+    let Value::Array(list) = entry else {
+        return Err(format!("has `{key}` that is not a list"));
+    };
     let mut added = Vec::new();
     for w in wanted {
         if !list.iter().any(|v| v.as_str() == Some(w)) {
@@ -46,14 +54,23 @@ fn render(map: &Map<String, Value>) -> String {
 }
 
 /// `None` when nothing needs to change.
-pub fn merge(current: Option<&str>, insecure: &[String], mirrors: &[String]) -> Result<Option<Merged>, String> {
+pub fn merge(
+    current: Option<&str>,
+    insecure: &[String],
+    mirrors: &[String],
+) -> Result<Option<Merged>, String> {
     let mut map = parse(current)?;
     let added_insecure = add_all(&mut map, "insecure-registries", insecure)?;
     let added_mirrors = add_all(&mut map, "registry-mirrors", mirrors)?;
     if added_insecure.is_empty() && added_mirrors.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Merged { content: render(&map), added_insecure, added_mirrors, created_file: current.is_none() }))
+    Ok(Some(Merged {
+        content: render(&map),
+        added_insecure,
+        added_mirrors,
+        created_file: current.is_none(),
+    }))
 }
 
 /// What the file should become once cloudflow's additions are taken out:
@@ -68,7 +85,10 @@ pub fn unmerge(
     let Some(text) = current else { return Ok(None) };
     let mut map = parse(Some(text))?;
     let mut changed = false;
-    for (key, added) in [("insecure-registries", added_insecure), ("registry-mirrors", added_mirrors)] {
+    for (key, added) in [
+        ("insecure-registries", added_insecure),
+        ("registry-mirrors", added_mirrors),
+    ] {
         if let Some(Value::Array(list)) = map.get_mut(key) {
             let before = list.len();
             list.retain(|v| !v.as_str().is_some_and(|s| added.iter().any(|a| a == s)));
@@ -94,7 +114,9 @@ mod tests {
 
     #[test]
     fn merge_into_missing_file_creates_it() {
-        let m = merge(None, &s(&["10.0.0.2:5000"]), &s(&["http://10.0.0.2:5000"])).unwrap().unwrap();
+        let m = merge(None, &s(&["10.0.0.2:5000"]), &s(&["http://10.0.0.2:5000"]))
+            .unwrap()
+            .unwrap();
         assert_eq!(
             m.content,
             "{\n  \"insecure-registries\": [\n    \"10.0.0.2:5000\"\n  ],\n  \"registry-mirrors\": [\n    \"http://10.0.0.2:5000\"\n  ]\n}\n"
@@ -106,33 +128,61 @@ mod tests {
     #[test]
     fn merge_keeps_user_keys_and_entries_and_is_idempotent() {
         let cur = r#"{"log-driver": "journald", "insecure-registries": ["mine:5000"]}"#;
-        let m = merge(Some(cur), &s(&["mine:5000", "reg:5000"]), &[]).unwrap().unwrap();
+        let m = merge(Some(cur), &s(&["mine:5000", "reg:5000"]), &[])
+            .unwrap()
+            .unwrap();
         assert_eq!(m.added_insecure, ["reg:5000"]);
         assert!(!m.created_file);
         let v: Value = serde_json::from_str(&m.content).unwrap();
         assert_eq!(v["log-driver"], "journald");
-        assert_eq!(v["insecure-registries"], serde_json::json!(["mine:5000", "reg:5000"]));
-        assert_eq!(merge(Some(&m.content), &s(&["mine:5000", "reg:5000"]), &[]).unwrap(), None);
+        assert_eq!(
+            v["insecure-registries"],
+            serde_json::json!(["mine:5000", "reg:5000"])
+        );
+        assert_eq!(
+            merge(Some(&m.content), &s(&["mine:5000", "reg:5000"]), &[]).unwrap(),
+            None
+        );
         assert_eq!(merge(None, &[], &[]).unwrap(), None);
     }
 
     #[test]
     fn merge_refuses_to_clobber_a_broken_file() {
-        assert!(merge(Some("{not json"), &s(&["r"]), &[]).unwrap_err().contains("not valid JSON"));
-        assert!(merge(Some(r#"{"insecure-registries": "x"}"#), &s(&["r"]), &[]).unwrap_err().contains("not a list"));
+        assert!(
+            merge(Some("{not json"), &s(&["r"]), &[])
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
+        assert!(
+            merge(Some(r#"{"insecure-registries": "x"}"#), &s(&["r"]), &[])
+                .unwrap_err()
+                .contains("not a list")
+        );
     }
 
     #[test]
     fn unmerge_takes_out_only_what_cloudflow_added() {
         let cur = r#"{"log-driver": "journald", "insecure-registries": ["mine:5000", "reg:5000"]}"#;
-        let out = unmerge(Some(cur), &s(&["reg:5000"]), &[], false).unwrap().unwrap().unwrap();
+        let out = unmerge(Some(cur), &s(&["reg:5000"]), &[], false)
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v, serde_json::json!({"log-driver": "journald", "insecure-registries": ["mine:5000"]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"log-driver": "journald", "insecure-registries": ["mine:5000"]})
+        );
         // A file cloudflow created and that holds nothing else is removed.
         let created = merge(None, &s(&["reg:5000"]), &[]).unwrap().unwrap();
-        assert_eq!(unmerge(Some(&created.content), &s(&["reg:5000"]), &[], true).unwrap(), Some(None));
+        assert_eq!(
+            unmerge(Some(&created.content), &s(&["reg:5000"]), &[], true).unwrap(),
+            Some(None)
+        );
         // Nothing of ours left: leave the file alone.
-        assert_eq!(unmerge(Some(r#"{"a": 1}"#), &s(&["reg:5000"]), &[], false).unwrap(), None);
+        assert_eq!(
+            unmerge(Some(r#"{"a": 1}"#), &s(&["reg:5000"]), &[], false).unwrap(),
+            None
+        );
         assert_eq!(unmerge(None, &s(&["reg:5000"]), &[], true).unwrap(), None);
     }
 }

@@ -44,7 +44,11 @@ impl fmt::Display for PhaseName {
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
     Provider(ProviderAction),
-    WriteFile { path: String, #[serde(skip)] content: String },
+    WriteFile {
+        path: String,
+        #[serde(skip)]
+        content: String,
+    },
     InstallDocker,
     WriteDaemonJson {
         #[serde(skip)]
@@ -55,14 +59,27 @@ pub enum Step {
     },
     StartDocker,
     RestartDocker,
-    RegistryLogin { server: String, username: String },
+    RegistryLogin {
+        server: String,
+        username: String,
+    },
     SwarmInit,
-    SwarmJoin { role: Role, via: String },
+    SwarmJoin {
+        role: Role,
+        via: String,
+    },
     // ---- undo (down) ----
     SwarmLeave,
-    RegistryLogout { server: String },
-    RestoreDaemonJson { #[serde(skip)] content: Option<String> },
-    RemoveFiles { paths: Vec<String> },
+    RegistryLogout {
+        server: String,
+    },
+    RestoreDaemonJson {
+        #[serde(skip)]
+        content: Option<String>,
+    },
+    RemoveFiles {
+        paths: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -95,7 +112,10 @@ impl Plan {
 
     /// Steps for one host in one phase, in order.
     pub fn host_steps(&self, phase: PhaseName, host: &str) -> Vec<&Step> {
-        self.for_phase(phase).filter(|a| a.host.as_deref() == Some(host)).map(|a| &a.step).collect()
+        self.for_phase(phase)
+            .filter(|a| a.host.as_deref() == Some(host))
+            .map(|a| &a.step)
+            .collect()
     }
 
     pub fn until(mut self, last: Option<PhaseName>) -> Self {
@@ -137,32 +157,57 @@ pub struct Inputs<'a> {
 
 /// The hosts there will be once provisioning is done: existing ones (not being destroyed)
 /// plus those the provider creates, managers first as the provider ordered them.
-pub fn planned_hosts(machines: &[Machine], provider_actions: &[ProviderAction]) -> Vec<PlannedHost> {
+pub fn planned_hosts(
+    machines: &[Machine],
+    provider_actions: &[ProviderAction],
+) -> Vec<PlannedHost> {
     let destroyed = |name: &str| {
-        provider_actions.iter().any(|a| matches!(a, ProviderAction::Destroy { resource } if resource.name == name))
+        provider_actions
+            .iter()
+            .any(|a| matches!(a, ProviderAction::Destroy { resource } if resource.name == name))
     };
     let mut hosts: Vec<PlannedHost> = machines
         .iter()
         .filter(|m| !destroyed(&m.name))
-        .map(|m| PlannedHost { name: m.name.clone(), role: m.role })
+        .map(|m| PlannedHost {
+            name: m.name.clone(),
+            role: m.role,
+        })
         .collect();
     for a in provider_actions {
-        if let ProviderAction::Create { resource, role: Some(role) } = a {
-            hosts.push(PlannedHost { name: resource.name.clone(), role: *role });
+        if let ProviderAction::Create {
+            resource,
+            role: Some(role),
+        } = a
+        {
+            hosts.push(PlannedHost {
+                name: resource.name.clone(),
+                role: *role,
+            });
         }
     }
     hosts
 }
 
 fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The plan for `up`.
 pub fn compute(i: &Inputs) -> Result<Plan, PlanError> {
-    let mut plan = Plan { cluster: i.spec.name.clone(), ..Default::default() };
+    let mut plan = Plan {
+        cluster: i.spec.name.clone(),
+        ..Default::default()
+    };
     for a in i.provider_actions {
-        plan.actions.push(Action { phase: PhaseName::Provision, host: None, step: Step::Provider(a.clone()) });
+        plan.actions.push(Action {
+            phase: PhaseName::Provision,
+            host: None,
+            step: Step::Provider(a.clone()),
+        });
     }
     let hosts = planned_hosts(i.machines, i.provider_actions);
     for h in &hosts {
@@ -171,15 +216,26 @@ pub fn compute(i: &Inputs) -> Result<Plan, PlanError> {
             plan.forecast_hosts.push(h.name.clone());
         }
         for step in bootstrap_steps(i, &h.name, facts)? {
-            plan.actions.push(Action { phase: PhaseName::Bootstrap, host: Some(h.name.clone()), step });
+            plan.actions.push(Action {
+                phase: PhaseName::Bootstrap,
+                host: Some(h.name.clone()),
+                step,
+            });
         }
     }
     cluster_steps(&hosts, i.facts, &mut plan);
     Ok(plan)
 }
 
-fn bootstrap_steps(i: &Inputs, host: &str, facts: Option<&HostFacts>) -> Result<Vec<Step>, PlanError> {
-    let host_err = |message: String| PlanError::Host { host: host.to_string(), message };
+fn bootstrap_steps(
+    i: &Inputs,
+    host: &str,
+    facts: Option<&HostFacts>,
+) -> Result<Vec<Step>, PlanError> {
+    let host_err = |message: String| PlanError::Host {
+        host: host.to_string(),
+        message,
+    };
     let mut steps = Vec::new();
     let init = facts.map(|f| f.init).unwrap_or(Init::None);
 
@@ -196,7 +252,9 @@ fn bootstrap_steps(i: &Inputs, host: &str, facts: Option<&HostFacts>) -> Result<
     if !installed {
         if let Some(f) = facts {
             let debian_like = ["debian", "ubuntu"].contains(&f.os_id.as_str())
-                || f.os_like.split_whitespace().any(|l| l == "debian" || l == "ubuntu");
+                || f.os_like
+                    .split_whitespace()
+                    .any(|l| l == "debian" || l == "ubuntu");
             if !debian_like {
                 return Err(host_err(format!(
                     "Docker is not installed and this host runs {}; cloudflow installs Docker only from Debian/Ubuntu \
@@ -210,7 +268,12 @@ fn bootstrap_steps(i: &Inputs, host: &str, facts: Option<&HostFacts>) -> Result<
 
     let current = facts.and_then(|f| f.daemon_json.as_deref());
     let merged = daemon_json::merge(current, &i.spec.registry.insecure, &i.spec.registry.mirrors)
-        .map_err(|e| host_err(format!("{} {e}; fix it by hand, cloudflow will not overwrite it", commands::DAEMON_JSON)))?;
+        .map_err(|e| {
+        host_err(format!(
+            "{} {e}; fix it by hand, cloudflow will not overwrite it",
+            commands::DAEMON_JSON
+        ))
+    })?;
     let daemon_changed = merged.is_some();
     if let Some(m) = merged {
         steps.push(Step::WriteDaemonJson {
@@ -231,25 +294,41 @@ fn bootstrap_steps(i: &Inputs, host: &str, facts: Option<&HostFacts>) -> Result<
     if let Some(auth) = &i.spec.registry.auth
         && !facts.is_some_and(|f| f.logins.contains(&auth.server))
     {
-        steps.push(Step::RegistryLogin { server: auth.server.clone(), username: auth.username.clone() });
+        steps.push(Step::RegistryLogin {
+            server: auth.server.clone(),
+            username: auth.username.clone(),
+        });
     }
     let _ = i.state; // recorded state does not change what must be done: facts are the truth.
     Ok(steps)
 }
 
 /// The manager that leads: the first manager already active in a swarm, else the first manager.
-pub fn leader<'a>(hosts: &'a [PlannedHost], facts: &BTreeMap<String, HostFacts>) -> Option<&'a PlannedHost> {
+pub fn leader<'a>(
+    hosts: &'a [PlannedHost],
+    facts: &BTreeMap<String, HostFacts>,
+) -> Option<&'a PlannedHost> {
     let managers = || hosts.iter().filter(|h| h.role == Role::Manager);
     managers()
-        .find(|h| facts.get(&h.name).is_some_and(|f| f.swarm.active() && f.swarm.manager))
+        .find(|h| {
+            facts
+                .get(&h.name)
+                .is_some_and(|f| f.swarm.active() && f.swarm.manager)
+        })
         .or_else(|| managers().next())
 }
 
 fn cluster_steps(hosts: &[PlannedHost], facts: &BTreeMap<String, HostFacts>, plan: &mut Plan) {
-    let Some(lead) = leader(hosts, facts) else { return };
+    let Some(lead) = leader(hosts, facts) else {
+        return;
+    };
     let active = |name: &str| facts.get(name).is_some_and(|f| f.swarm.active());
     if !active(&lead.name) {
-        plan.actions.push(Action { phase: PhaseName::Cluster, host: Some(lead.name.clone()), step: Step::SwarmInit });
+        plan.actions.push(Action {
+            phase: PhaseName::Cluster,
+            host: Some(lead.name.clone()),
+            step: Step::SwarmInit,
+        });
     }
     for h in hosts.iter().filter(|h| h.name != lead.name) {
         match facts.get(&h.name) {
@@ -266,7 +345,10 @@ fn cluster_steps(hosts: &[PlannedHost], facts: &BTreeMap<String, HostFacts>, pla
             _ => plan.actions.push(Action {
                 phase: PhaseName::Cluster,
                 host: Some(h.name.clone()),
-                step: Step::SwarmJoin { role: h.role, via: lead.name.clone() },
+                step: Step::SwarmJoin {
+                    role: h.role,
+                    via: lead.name.clone(),
+                },
             }),
         }
     }
@@ -281,7 +363,10 @@ pub fn compute_down(
     destroy: &[ProviderAction],
     facts: &BTreeMap<String, HostFacts>,
 ) -> Result<Plan, PlanError> {
-    let mut plan = Plan { cluster: state.cluster.clone(), ..Default::default() };
+    let mut plan = Plan {
+        cluster: state.cluster.clone(),
+        ..Default::default()
+    };
     if !owns_machines {
         // Cluster: workers leave first, the leader last.
         let mut leaving: Vec<&Machine> = machines
@@ -289,28 +374,54 @@ pub fn compute_down(
             .filter(|m| state.hosts.get(&m.name).is_some_and(|h| h.swarm.is_some()))
             .filter(|m| facts.get(&m.name).is_some_and(|f| f.swarm.active()))
             .collect();
-        leaving.sort_by_key(|m| (m.role == Role::Manager, facts.get(&m.name).is_some_and(|f| f.swarm.manager)));
+        leaving.sort_by_key(|m| {
+            (
+                m.role == Role::Manager,
+                facts.get(&m.name).is_some_and(|f| f.swarm.manager),
+            )
+        });
         for m in leaving {
-            plan.actions.push(Action { phase: PhaseName::Cluster, host: Some(m.name.clone()), step: Step::SwarmLeave });
+            plan.actions.push(Action {
+                phase: PhaseName::Cluster,
+                host: Some(m.name.clone()),
+                step: Step::SwarmLeave,
+            });
         }
         for m in machines {
-            let (Some(rec), Some(f)) = (state.hosts.get(&m.name), facts.get(&m.name)) else { continue };
+            let (Some(rec), Some(f)) = (state.hosts.get(&m.name), facts.get(&m.name)) else {
+                continue;
+            };
             let mut steps = Vec::new();
             for server in &rec.logged_in {
                 if f.logins.contains(server) {
-                    steps.push(Step::RegistryLogout { server: server.clone() });
+                    steps.push(Step::RegistryLogout {
+                        server: server.clone(),
+                    });
                 }
             }
             let mut restart = false;
             if let Some(d) = &rec.daemon_json {
-                let restored = daemon_json::unmerge(f.daemon_json.as_deref(), &d.added_insecure, &d.added_mirrors, d.created_file)
-                    .map_err(|e| PlanError::Host { host: m.name.clone(), message: format!("{} {e}", commands::DAEMON_JSON) })?;
+                let restored = daemon_json::unmerge(
+                    f.daemon_json.as_deref(),
+                    &d.added_insecure,
+                    &d.added_mirrors,
+                    d.created_file,
+                )
+                .map_err(|e| PlanError::Host {
+                    host: m.name.clone(),
+                    message: format!("{} {e}", commands::DAEMON_JSON),
+                })?;
                 if let Some(content) = restored {
                     steps.push(Step::RestoreDaemonJson { content });
                     restart = true;
                 }
             }
-            let present: Vec<String> = rec.files.iter().filter(|p| f.files.contains_key(*p)).cloned().collect();
+            let present: Vec<String> = rec
+                .files
+                .iter()
+                .filter(|p| f.files.contains_key(*p))
+                .cloned()
+                .collect();
             if !present.is_empty() {
                 restart |= present.iter().any(|p| p != commands::APT_PROXY);
                 steps.push(Step::RemoveFiles { paths: present });
@@ -319,12 +430,20 @@ pub fn compute_down(
                 steps.push(Step::RestartDocker);
             }
             for step in steps {
-                plan.actions.push(Action { phase: PhaseName::Bootstrap, host: Some(m.name.clone()), step });
+                plan.actions.push(Action {
+                    phase: PhaseName::Bootstrap,
+                    host: Some(m.name.clone()),
+                    step,
+                });
             }
         }
     }
     for a in destroy {
-        plan.actions.push(Action { phase: PhaseName::Provision, host: None, step: Step::Provider(a.clone()) });
+        plan.actions.push(Action {
+            phase: PhaseName::Provision,
+            host: None,
+            step: Step::Provider(a.clone()),
+        });
     }
     Ok(plan)
 }

@@ -32,13 +32,21 @@ fn machine(name: &str, role: Role) -> Machine {
         name: name.into(),
         id: name.into(),
         role,
-        ssh: SshEndpoint { address: name.into(), port: 22, user: "root".into() },
+        ssh: SshEndpoint {
+            address: name.into(),
+            port: 22,
+            user: "root".into(),
+        },
         running: true,
     }
 }
 
 fn machines() -> Vec<Machine> {
-    vec![machine("m1", Role::Manager), machine("w1", Role::Worker), machine("w2", Role::Worker)]
+    vec![
+        machine("m1", Role::Manager),
+        machine("w1", Role::Worker),
+        machine("w2", Role::Worker),
+    ]
 }
 
 fn fresh() -> HostFacts {
@@ -47,14 +55,20 @@ fn fresh() -> HostFacts {
 
 /// A host after a full `up`: docker running, settings merged, logged in, in the swarm.
 fn done(manager: bool) -> HostFacts {
-    let merged = daemon_json::merge(None, &["reg:5000".into()], &["http://reg:5000".into()]).unwrap().unwrap();
+    let merged = daemon_json::merge(None, &["reg:5000".into()], &["http://reg:5000".into()])
+        .unwrap()
+        .unwrap();
     let mut f = fresh();
     f.dockerd = true;
     f.docker_cli = true;
     f.docker_running = true;
     f.daemon_json = Some(merged.content);
     f.logins.insert("reg:5000".into());
-    f.swarm = facts::SwarmFacts { state: "active".into(), node_id: "x".into(), manager };
+    f.swarm = facts::SwarmFacts {
+        state: "active".into(),
+        node_id: "x".into(),
+        manager,
+    };
     f
 }
 
@@ -63,16 +77,37 @@ fn plan_with(facts: &BTreeMap<String, HostFacts>) -> Plan {
     let state = ClusterState::new("demo", "bare-metal");
     let r = Renderer::new(None).unwrap();
     let m = machines();
-    compute(&Inputs { spec: &spec, state: &state, machines: &m, provider_actions: &[], facts, renderer: &r }).unwrap()
+    compute(&Inputs {
+        spec: &spec,
+        state: &state,
+        machines: &m,
+        provider_actions: &[],
+        facts,
+        renderer: &r,
+    })
+    .unwrap()
 }
 
 fn lines(plan: &Plan) -> Vec<String> {
-    plan.actions.iter().map(|a| format!("{} {}: {}", a.phase, a.host.as_deref().unwrap_or("-"), a.step)).collect()
+    plan.actions
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}: {}",
+                a.phase,
+                a.host.as_deref().unwrap_or("-"),
+                a.step
+            )
+        })
+        .collect()
 }
 
 #[test]
 fn fresh_hosts_get_the_whole_bootstrap_then_init_and_joins() {
-    let facts: BTreeMap<_, _> = ["m1", "w1", "w2"].iter().map(|h| (h.to_string(), fresh())).collect();
+    let facts: BTreeMap<_, _> = ["m1", "w1", "w2"]
+        .iter()
+        .map(|h| (h.to_string(), fresh()))
+        .collect();
     let plan = plan_with(&facts);
     let l = lines(&plan);
     assert_eq!(
@@ -97,8 +132,10 @@ fn fresh_hosts_get_the_whole_bootstrap_then_init_and_joins() {
 
 #[test]
 fn a_converged_cluster_plans_nothing() {
-    let facts: BTreeMap<_, _> =
-        [("m1", done(true)), ("w1", done(false)), ("w2", done(false))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let facts: BTreeMap<_, _> = [("m1", done(true)), ("w1", done(false)), ("w2", done(false))]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let plan = plan_with(&facts);
     assert!(plan.is_empty(), "{plan}");
     assert!(plan.to_string().contains("no changes"));
@@ -108,8 +145,10 @@ fn a_converged_cluster_plans_nothing() {
 fn changed_registry_settings_on_a_running_host_restart_dockerd() {
     let mut f = done(false);
     f.daemon_json = Some("{\"log-driver\": \"local\"}".into());
-    let facts: BTreeMap<_, _> =
-        [("m1", done(true)), ("w1", f), ("w2", done(false))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let facts: BTreeMap<_, _> = [("m1", done(true)), ("w1", f), ("w2", done(false))]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     assert_eq!(
         lines(&plan_with(&facts)),
         [
@@ -123,16 +162,24 @@ fn changed_registry_settings_on_a_running_host_restart_dockerd() {
 fn a_host_that_left_the_swarm_rejoins_via_the_active_leader() {
     let mut w1 = done(false);
     w1.swarm = Default::default();
-    let facts: BTreeMap<_, _> =
-        [("m1", done(true)), ("w1", w1), ("w2", done(false))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    assert_eq!(lines(&plan_with(&facts)), ["cluster w1: join the swarm as worker via m1"]);
+    let facts: BTreeMap<_, _> = [("m1", done(true)), ("w1", w1), ("w2", done(false))]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_eq!(
+        lines(&plan_with(&facts)),
+        ["cluster w1: join the swarm as worker via m1"]
+    );
 }
 
 #[test]
 fn unknown_hosts_are_a_forecast_and_non_debian_without_docker_is_an_error() {
     let plan = plan_with(&BTreeMap::new());
     assert_eq!(plan.forecast_hosts, ["m1", "w1", "w2"]);
-    assert!(plan.to_string().contains("(forecast: host not reachable yet)"));
+    assert!(
+        plan.to_string()
+            .contains("(forecast: host not reachable yet)")
+    );
 
     let mut fedora = fresh();
     fedora.os_id = "fedora".into();
@@ -142,28 +189,61 @@ fn unknown_hosts_are_a_forecast_and_non_debian_without_docker_is_an_error() {
     let state = ClusterState::new("demo", "bare-metal");
     let r = Renderer::new(None).unwrap();
     let m = machines();
-    let e = compute(&Inputs { spec: &spec, state: &state, machines: &m, provider_actions: &[], facts: &facts, renderer: &r })
-        .unwrap_err()
-        .to_string();
-    assert!(e.starts_with("host w1: Docker is not installed and this host runs Fedora Linux 40"), "{e}");
+    let e = compute(&Inputs {
+        spec: &spec,
+        state: &state,
+        machines: &m,
+        provider_actions: &[],
+        facts: &facts,
+        renderer: &r,
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with("host w1: Docker is not installed and this host runs Fedora Linux 40"),
+        "{e}"
+    );
 }
 
 #[test]
 fn provider_creations_become_planned_hosts_and_until_cuts_phases() {
     let actions = vec![
-        ProviderAction::Create { resource: Resource::new("network", "n"), role: None },
-        ProviderAction::Create { resource: Resource::new("container", "cf-a-1"), role: Some(Role::Manager) },
-        ProviderAction::Create { resource: Resource::new("container", "cf-a-2"), role: Some(Role::Worker) },
+        ProviderAction::Create {
+            resource: Resource::new("network", "n"),
+            role: None,
+        },
+        ProviderAction::Create {
+            resource: Resource::new("container", "cf-a-1"),
+            role: Some(Role::Manager),
+        },
+        ProviderAction::Create {
+            resource: Resource::new("container", "cf-a-2"),
+            role: Some(Role::Worker),
+        },
     ];
     let hosts = planned_hosts(&[], &actions);
-    assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["cf-a-1", "cf-a-2"]);
-    let spec = spec::parse(Path::new("c.yaml"), "name: a\nprovider:\n  lab: { hosts: 2 }\n").unwrap();
+    assert_eq!(
+        hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(),
+        ["cf-a-1", "cf-a-2"]
+    );
+    let spec = spec::parse(
+        Path::new("c.yaml"),
+        "name: a\nprovider:\n  lab: { hosts: 2 }\n",
+    )
+    .unwrap();
     let state = ClusterState::new("a", "lab");
     let r = Renderer::new(None).unwrap();
     let facts = BTreeMap::new();
-    let plan = compute(&Inputs { spec: &spec, state: &state, machines: &[], provider_actions: &actions, facts: &facts, renderer: &r })
-        .unwrap()
-        .until(Some(PhaseName::Provision));
+    let plan = compute(&Inputs {
+        spec: &spec,
+        state: &state,
+        machines: &[],
+        provider_actions: &actions,
+        facts: &facts,
+        renderer: &r,
+    })
+    .unwrap()
+    .until(Some(PhaseName::Provision));
     assert_eq!(plan.actions.len(), 3);
     assert!(plan.actions.iter().all(|a| a.phase == PhaseName::Provision));
 }
@@ -187,8 +267,10 @@ fn down_on_bare_metal_undoes_only_what_cloudflow_did_workers_leave_first() {
         );
     }
     // w2 was already in a swarm that cloudflow did not make: no record, left alone.
-    let facts: BTreeMap<_, _> =
-        [("m1", done(true)), ("w1", done(false)), ("w2", done(false))].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let facts: BTreeMap<_, _> = [("m1", done(true)), ("w1", done(false)), ("w2", done(false))]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let plan = compute_down(&state, &machines(), false, &[], &facts).unwrap();
     assert_eq!(
         lines(&plan),
@@ -208,14 +290,19 @@ fn down_on_bare_metal_undoes_only_what_cloudflow_did_workers_leave_first() {
 #[test]
 fn down_of_a_lab_is_only_the_provider_destroy() {
     let state = ClusterState::new("demo", "lab");
-    let destroy = vec![ProviderAction::Destroy { resource: Resource::new("container", "cf-demo-1") }];
+    let destroy = vec![ProviderAction::Destroy {
+        resource: Resource::new("container", "cf-demo-1"),
+    }];
     let plan = compute_down(&state, &machines(), true, &destroy, &BTreeMap::new()).unwrap();
     assert_eq!(lines(&plan), ["provision -: destroy container cf-demo-1"]);
 }
 
 #[test]
 fn plan_json_has_phase_host_and_step_but_no_file_contents() {
-    let facts: BTreeMap<_, _> = ["m1", "w1", "w2"].iter().map(|h| (h.to_string(), fresh())).collect();
+    let facts: BTreeMap<_, _> = ["m1", "w1", "w2"]
+        .iter()
+        .map(|h| (h.to_string(), fresh()))
+        .collect();
     let json = serde_json::to_value(plan_with(&facts)).unwrap();
     let first = &json["actions"][1];
     assert_eq!(first["phase"], "bootstrap");

@@ -8,11 +8,26 @@ use tera::{Context, Tera};
 /// Every template cloudflow ships, by name.
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("facts.sh", include_str!("../../templates/facts.sh.tera")),
-    ("install-docker.sh", include_str!("../../templates/install-docker.sh.tera")),
-    ("start-docker.sh", include_str!("../../templates/start-docker.sh.tera")),
-    ("docker-proxy.conf", include_str!("../../templates/docker-proxy.conf.tera")),
-    ("docker-proxy.env", include_str!("../../templates/docker-proxy.env.tera")),
-    ("apt-proxy.conf", include_str!("../../templates/apt-proxy.conf.tera")),
+    (
+        "install-docker.sh",
+        include_str!("../../templates/install-docker.sh.tera"),
+    ),
+    (
+        "start-docker.sh",
+        include_str!("../../templates/start-docker.sh.tera"),
+    ),
+    (
+        "docker-proxy.conf",
+        include_str!("../../templates/docker-proxy.conf.tera"),
+    ),
+    (
+        "docker-proxy.env",
+        include_str!("../../templates/docker-proxy.env.tera"),
+    ),
+    (
+        "apt-proxy.conf",
+        include_str!("../../templates/apt-proxy.conf.tera"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +59,9 @@ impl Renderer {
         let mut tera = Tera::default();
         tera.autoescape_on(vec![]);
         for (name, body) in EMBEDDED {
-            let custom = override_dir.map(|d| d.join(format!("{name}.tera"))).filter(|p| p.is_file());
+            let custom = override_dir
+                .map(|d| d.join(format!("{name}.tera")))
+                .filter(|p| p.is_file());
             let body = match &custom {
                 Some(p) => std::fs::read_to_string(p).map_err(|e| RenderError::Template {
                     name: p.display().to_string(),
@@ -52,10 +69,13 @@ impl Renderer {
                 })?,
                 None => body.to_string(),
             };
-            tera.add_raw_template(name, &body).map_err(|e| RenderError::Template {
-                name: custom.map(|p| p.display().to_string()).unwrap_or_else(|| name.to_string()),
-                message: describe(&e),
-            })?;
+            tera.add_raw_template(name, &body)
+                .map_err(|e| RenderError::Template {
+                    name: custom
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| name.to_string()),
+                    message: describe(&e),
+                })?;
         }
         Ok(Renderer { tera })
     }
@@ -63,7 +83,10 @@ impl Renderer {
     pub fn render(&self, name: &str, ctx: &Context) -> Result<String, RenderError> {
         self.tera
             .render(name, ctx)
-            .map_err(|e| RenderError::Template { name: name.to_string(), message: describe(&e) })
+            .map_err(|e| RenderError::Template {
+                name: name.to_string(),
+                message: describe(&e),
+            })
     }
 }
 
@@ -74,14 +97,25 @@ mod tests {
     #[test]
     fn override_directory_replaces_one_template_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("apt-proxy.conf.tera"), "custom {{ http_proxy }}\n").unwrap();
+        std::fs::write(
+            dir.path().join("apt-proxy.conf.tera"),
+            "custom {{ http_proxy }}\n",
+        )
+        .unwrap();
         let r = Renderer::new(Some(dir.path())).unwrap();
         let mut ctx = Context::new();
         ctx.insert("http_proxy", "http://p:1");
-        assert_eq!(r.render("apt-proxy.conf", &ctx).unwrap(), "custom http://p:1\n");
+        assert_eq!(
+            r.render("apt-proxy.conf", &ctx).unwrap(),
+            "custom http://p:1\n"
+        );
         ctx.insert("https_proxy", "http://p:1");
         ctx.insert("no_proxy", "");
-        assert!(r.render("docker-proxy.env", &ctx).unwrap().contains("HTTP_PROXY=http://p:1"));
+        assert!(
+            r.render("docker-proxy.env", &ctx)
+                .unwrap()
+                .contains("HTTP_PROXY=http://p:1")
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ use super::Location;
 pub enum SpecError {
     /// The spec file could not be read.
     #[error("cannot read spec {path}: {message}")]
-    #[diagnostic(help("pass the spec with -f FILE (or CLOUDFLOW_FILE); the default is ./cloudflow.yaml"))]
+    #[diagnostic(help(
+        "pass the spec with -f FILE (or CLOUDFLOW_FILE); the default is ./cloudflow.yaml"
+    ))]
     Read { path: String, message: String },
 
     /// The spec is not valid YAML, has an unknown key, a wrong type, or fails validation.
@@ -41,7 +43,10 @@ impl SpecError {
     pub fn from_yaml(file: &str, source: &str, err: &serde_saphyr::Error) -> Self {
         let loc = err
             .location()
-            .map(|l| Location { line: l.line(), column: l.column() })
+            .map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            })
             .unwrap_or_default();
         SpecError::at(file, source, loc, clean_message(&err.to_string()))
     }
@@ -86,5 +91,10 @@ fn offset_of(source: &str, loc: Location) -> Option<usize> {
 }
 
 fn token_len(source: &str, offset: usize) -> usize {
-    source[offset..].chars().take_while(|c| !c.is_whitespace() && *c != ':' && *c != ',').map(char::len_utf8).sum::<usize>().max(1)
+    source[offset..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ':' && *c != ',')
+        .map(char::len_utf8)
+        .sum::<usize>()
+        .max(1)
 }

@@ -119,7 +119,10 @@ pub struct Location {
 
 impl Location {
     fn of<T>(s: &Spanned<T>) -> Self {
-        Location { line: s.referenced.line(), column: s.referenced.column() }
+        Location {
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+        }
     }
 }
 
@@ -264,28 +267,42 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         RawProvider::Lab(lab) => {
             let hosts = lab.hosts.value;
             if !(1..=50).contains(&hosts) {
-                return Err(at(Location::of(&lab.hosts), format!("lab hosts must be 1 to 50, not {hosts}")));
+                return Err(at(
+                    Location::of(&lab.hosts),
+                    format!("lab hosts must be 1 to 50, not {hosts}"),
+                ));
             }
             let managers = match &lab.managers {
                 None => 1,
                 Some(m) if m.value == 0 || m.value > hosts => {
                     return Err(at(
                         Location::of(m),
-                        format!("lab managers must be between 1 and hosts ({hosts}), not {}", m.value),
+                        format!(
+                            "lab managers must be between 1 and hosts ({hosts}), not {}",
+                            m.value
+                        ),
                     ));
                 }
                 Some(m) => m.value,
             };
-            ProviderSpec::Lab(LabSpec { hosts, managers, image: lab.image })
+            ProviderSpec::Lab(LabSpec {
+                hosts,
+                managers,
+                image: lab.image,
+            })
         }
         RawProvider::BareMetal(bm) => {
             if bm.hosts.value.is_empty() {
-                return Err(at(Location::of(&bm.hosts), "bare_metal needs at least one host".into()));
+                return Err(at(
+                    Location::of(&bm.hosts),
+                    "bare_metal needs at least one host".into(),
+                ));
             }
             if !bm.hosts.value.iter().any(|h| h.role == Role::Manager) {
                 return Err(at(
                     Location::of(&bm.hosts),
-                    "no manager: at least one host needs `role: manager` (hosts default to worker)".into(),
+                    "no manager: at least one host needs `role: manager` (hosts default to worker)"
+                        .into(),
                 ));
             }
             let mut hosts: Vec<HostSpec> = Vec::new();
@@ -296,9 +313,16 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                     return Err(at(Location::of(&h.address), "empty host address".into()));
                 }
                 if hosts.iter().any(|o| o.address == address && o.port == port) {
-                    return Err(at(Location::of(&h.address), format!("host {address}:{port} is listed twice")));
+                    return Err(at(
+                        Location::of(&h.address),
+                        format!("host {address}:{port} is listed twice"),
+                    ));
                 }
-                hosts.push(HostSpec { address, port, role: h.role });
+                hosts.push(HostSpec {
+                    address,
+                    port,
+                    role: h.role,
+                });
             }
             let ssh_key = expand_path(&bm.ssh_key.value, &base);
             ProviderSpec::BareMetal(BareMetalSpec {
@@ -315,7 +339,10 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         if !(m.value.starts_with("http://") || m.value.starts_with("https://")) {
             return Err(at(
                 Location::of(m),
-                format!("registry mirror {:?} must be a URL starting with http:// or https://", m.value),
+                format!(
+                    "registry mirror {:?} must be a URL starting with http:// or https://",
+                    m.value
+                ),
             ));
         }
     }
@@ -330,12 +357,24 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
     {
         return Err(at(
             a.password_env_at,
-            format!("password_env must name an environment variable (like REGISTRY_PASSWORD), not {:?}", a.password_env),
+            format!(
+                "password_env must name an environment variable (like REGISTRY_PASSWORD), not {:?}",
+                a.password_env
+            ),
         ));
     }
-    for p in [&raw.proxy.http_proxy, &raw.proxy.https_proxy].into_iter().flatten() {
+    for p in [&raw.proxy.http_proxy, &raw.proxy.https_proxy]
+        .into_iter()
+        .flatten()
+    {
         if !p.value.contains("://") {
-            return Err(at(Location::of(p), format!("proxy {:?} must be a URL like http://proxy.corp:3128", p.value)));
+            return Err(at(
+                Location::of(p),
+                format!(
+                    "proxy {:?} must be a URL like http://proxy.corp:3128",
+                    p.value
+                ),
+            ));
         }
     }
 
@@ -365,7 +404,9 @@ impl Spec {
     /// Read the registry password from the environment variable the spec names.
     /// The error names the variable and where the spec names it, never a value.
     pub fn registry_password(&self) -> Result<Option<secrecy::SecretString>, SpecError> {
-        let Some(auth) = &self.registry.auth else { return Ok(None) };
+        let Some(auth) = &self.registry.auth else {
+            return Ok(None);
+        };
         match std::env::var(&auth.password_env) {
             Ok(v) if !v.is_empty() => Ok(Some(secrecy::SecretString::from(v))),
             _ => {
@@ -385,7 +426,11 @@ impl Spec {
 
     /// The directory the embedded state store lives in by default: `.cloudflow/` beside the spec.
     pub fn default_state_dir(&self) -> PathBuf {
-        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         dir.join(".cloudflow")
     }
 }
@@ -394,7 +439,8 @@ fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 40
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -407,11 +453,17 @@ fn valid_env_name(name: &str) -> bool {
 
 fn expand_path(p: &str, base: &Path) -> PathBuf {
     if let Some(rest) = p.strip_prefix("~/") {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
         return home.join(rest);
     }
     let path = PathBuf::from(p);
-    if path.is_absolute() { path } else { base.join(path) }
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
 }
 
 #[cfg(test)]

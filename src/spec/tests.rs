@@ -7,7 +7,9 @@ fn parse_str(text: &str) -> Result<Spec, SpecError> {
 }
 
 fn err(text: &str) -> String {
-    parse_str(text).expect_err("spec should be rejected").to_string()
+    parse_str(text)
+        .expect_err("spec should be rejected")
+        .to_string()
 }
 
 const BARE: &str = "name: demo
@@ -32,23 +34,45 @@ fn full_bare_metal_spec_parses_with_defaults() {
     let spec = parse_str(BARE).unwrap();
     assert_eq!(spec.name, "demo");
     assert_eq!(spec.orchestrator, Orchestrator::Swarm);
-    let ProviderSpec::BareMetal(bm) = &spec.provider else { panic!("bare metal expected") };
+    let ProviderSpec::BareMetal(bm) = &spec.provider else {
+        panic!("bare metal expected")
+    };
     assert_eq!(bm.user, "root");
     assert_eq!(bm.port, 22);
     assert_eq!(bm.host_key_policy, HostKeyPolicy::AcceptNew);
-    assert_eq!(bm.hosts[0], HostSpec { address: "10.0.0.5".into(), port: 22, role: Role::Manager });
+    assert_eq!(
+        bm.hosts[0],
+        HostSpec {
+            address: "10.0.0.5".into(),
+            port: 22,
+            role: Role::Manager
+        }
+    );
     assert_eq!(bm.hosts[1].role, Role::Worker);
     assert_eq!(spec.registry.mirrors, ["http://10.0.0.2:5000"]);
     let auth = spec.registry.auth.as_ref().unwrap();
     assert_eq!(auth.password_env, "REGISTRY_PASSWORD");
-    assert_eq!(auth.password_env_at, Location { line: 11, column: 69 });
+    assert_eq!(
+        auth.password_env_at,
+        Location {
+            line: 11,
+            column: 69
+        }
+    );
     assert_eq!(spec.proxy.no_proxy, ["localhost", "10.0.0.0/8"]);
 }
 
 #[test]
 fn lab_spec_defaults_to_one_manager() {
     let spec = parse_str("name: lab1\nprovider:\n  lab: { hosts: 3 }\n").unwrap();
-    assert_eq!(spec.provider, ProviderSpec::Lab(LabSpec { hosts: 3, managers: 1, image: None }));
+    assert_eq!(
+        spec.provider,
+        ProviderSpec::Lab(LabSpec {
+            hosts: 3,
+            managers: 1,
+            image: None
+        })
+    );
 }
 
 #[test]
@@ -82,17 +106,31 @@ fn missing_manager_points_at_hosts() {
 #[test]
 fn duplicate_host_and_bad_name_and_kubernetes_are_rejected() {
     let dup = "name: demo\nprovider:\n  bare_metal:\n    ssh_key: k\n    hosts:\n      - { address: a, role: manager }\n      - { address: a }\n";
-    assert!(err(dup).starts_with("cluster.yaml:7:20: host a:22 is listed twice"), "{}", err(dup));
-    assert!(err("name: Demo_1\nprovider:\n  lab: { hosts: 1 }\n").starts_with("cluster.yaml:1:7: invalid cluster name"));
+    assert!(
+        err(dup).starts_with("cluster.yaml:7:20: host a:22 is listed twice"),
+        "{}",
+        err(dup)
+    );
+    assert!(
+        err("name: Demo_1\nprovider:\n  lab: { hosts: 1 }\n")
+            .starts_with("cluster.yaml:1:7: invalid cluster name")
+    );
     let k8s = err("name: d\nprovider:\n  lab: { hosts: 1 }\norchestrator: kubernetes\n");
-    assert!(k8s.starts_with("cluster.yaml:4:15: orchestrator `kubernetes` is not supported yet"), "{k8s}");
+    assert!(
+        k8s.starts_with("cluster.yaml:4:15: orchestrator `kubernetes` is not supported yet"),
+        "{k8s}"
+    );
 }
 
 #[test]
 fn lab_bounds_and_mirror_urls_are_checked() {
     assert!(err("name: d\nprovider:\n  lab: { hosts: 0 }\n").contains("lab hosts must be 1 to 50"));
-    assert!(err("name: d\nprovider:\n  lab: { hosts: 2, managers: 3 }\n").contains("lab managers must be between 1 and hosts"));
-    let m = err("name: d\nprovider:\n  lab: { hosts: 1 }\nregistry:\n  mirrors: [\"10.0.0.2:5000\"]\n");
+    assert!(
+        err("name: d\nprovider:\n  lab: { hosts: 2, managers: 3 }\n")
+            .contains("lab managers must be between 1 and hosts")
+    );
+    let m =
+        err("name: d\nprovider:\n  lab: { hosts: 1 }\nregistry:\n  mirrors: [\"10.0.0.2:5000\"]\n");
     assert!(m.starts_with("cluster.yaml:5:13: registry mirror"), "{m}");
 }
 
@@ -112,12 +150,19 @@ fn missing_password_env_is_an_error_naming_the_variable_not_a_value() {
 fn state_dir_is_beside_the_spec() {
     let spec = parse_str("name: d\nprovider:\n  lab: { hosts: 1 }\n").unwrap();
     assert_eq!(spec.default_state_dir(), Path::new("./.cloudflow"));
-    let spec = parse(Path::new("/x/y/c.yaml"), "name: d\nprovider:\n  lab: { hosts: 1 }\n").unwrap();
+    let spec = parse(
+        Path::new("/x/y/c.yaml"),
+        "name: d\nprovider:\n  lab: { hosts: 1 }\n",
+    )
+    .unwrap();
     assert_eq!(spec.default_state_dir(), Path::new("/x/y/.cloudflow"));
 }
 
 #[test]
 fn unknown_provider_lists_the_known_ones() {
     let e = err("name: demo\nprovider:\n  lib: {}\n");
-    assert_eq!(e, "cluster.yaml:3:3: unknown variant `lib`, expected one of lab, bare_metal");
+    assert_eq!(
+        e,
+        "cluster.yaml:3:3: unknown variant `lib`, expected one of lab, bare_metal"
+    );
 }

@@ -17,9 +17,14 @@ pub struct Embedded {
 
 impl Embedded {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        let err = |m: String| StateError::Store { location: dir.display().to_string(), message: m };
+        let err = |m: String| StateError::Store {
+            location: dir.display().to_string(),
+            message: m,
+        };
         std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create directory: {e}")))?;
-        let store = Embedded { dir: dir.to_path_buf() };
+        let store = Embedded {
+            dir: dir.to_path_buf(),
+        };
         store.db()?;
         Ok(store)
     }
@@ -28,14 +33,21 @@ impl Embedded {
         use backon::{BlockingRetryable, ConstantBuilder};
         let path = self.dir.join("state.redb");
         (|| Database::create(&path))
-            .retry(ConstantBuilder::default().with_delay(std::time::Duration::from_millis(50)).with_max_times(200))
+            .retry(
+                ConstantBuilder::default()
+                    .with_delay(std::time::Duration::from_millis(50))
+                    .with_max_times(200),
+            )
             .when(|e| matches!(e, redb::DatabaseError::DatabaseAlreadyOpen))
             .call()
             .map_err(|e| self.err(e))
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
-        StateError::Store { location: self.location(), message: e.to_string() }
+        StateError::Store {
+            location: self.location(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -52,7 +64,9 @@ impl StateStore for Embedded {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(self.err(e)),
         };
-        let Some(value) = table.get(cluster).map_err(|e| self.err(e))? else { return Ok(None) };
+        let Some(value) = table.get(cluster).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
         serde_json::from_str(value.value())
             .map(Some)
             .map_err(|e| self.err(format!("record for cluster {cluster} is unreadable: {e}")))
@@ -64,7 +78,9 @@ impl StateStore for Embedded {
         let txn = db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut table = txn.open_table(CLUSTERS).map_err(|e| self.err(e))?;
-            table.insert(state.cluster.as_str(), json.as_str()).map_err(|e| self.err(e))?;
+            table
+                .insert(state.cluster.as_str(), json.as_str())
+                .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
     }
@@ -89,10 +105,13 @@ impl StateStore for Embedded {
             .map_err(|e| self.err(format!("cannot open lock {}: {e}", path.display())))?;
         match file.try_lock() {
             Ok(()) => Ok(StateLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(StateError::Locked { cluster: cluster.to_string(), location: path.display().to_string() })
+            Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked {
+                cluster: cluster.to_string(),
+                location: path.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(self.err(format!("cannot lock {}: {e}", path.display())))
             }
-            Err(std::fs::TryLockError::Error(e)) => Err(self.err(format!("cannot lock {}: {e}", path.display()))),
         }
     }
 }

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 pub use embedded::Embedded;
-pub use record::{ClusterState, DaemonJsonRecord, HostRecord, KnownKey, ResourceRecord, ResourceStatus};
+pub use record::{
+    ClusterState, DaemonJsonRecord, HostRecord, KnownKey, ResourceRecord, ResourceStatus,
+};
 
 use cloudflow_provider_api::{Journal, ProviderError, Resource};
 
@@ -21,7 +23,9 @@ pub enum StateError {
     #[error("state store {location}: {message}")]
     Store { location: String, message: String },
     /// Another cloudflow holds the cluster's lock.
-    #[error("cluster {cluster} is locked by another cloudflow process ({location}); wait for it to finish")]
+    #[error(
+        "cluster {cluster} is locked by another cloudflow process ({location}); wait for it to finish"
+    )]
     Locked { cluster: String, location: String },
     /// A `--state` URL names a backend that is not available.
     #[error("unsupported --state {url:?}: {why}")]
@@ -50,12 +54,17 @@ pub fn open(url: Option<&str>, default_dir: &Path) -> Result<Arc<dyn StateStore>
         None | Some("") => Ok(Arc::new(Embedded::open(default_dir)?)),
         Some(u) if u.starts_with("etcd://") || u.starts_with("etcd+") => Err(StateError::Url {
             url: u.to_string(),
-            why: "the etcd backend is not available in this build yet; use a directory or file://DIR".into(),
+            why:
+                "the etcd backend is not available in this build yet; use a directory or file://DIR"
+                    .into(),
         }),
         Some(u) => {
             let dir = u.strip_prefix("file://").unwrap_or(u);
             if dir.contains("://") {
-                return Err(StateError::Url { url: u.to_string(), why: "expected a directory or file://DIR".into() });
+                return Err(StateError::Url {
+                    url: u.to_string(),
+                    why: "expected a directory or file://DIR".into(),
+                });
             }
             Ok(Arc::new(Embedded::open(Path::new(dir))?))
         }
@@ -71,7 +80,10 @@ pub struct StateHandle {
 
 impl StateHandle {
     pub fn new(store: Arc<dyn StateStore>, state: ClusterState) -> Self {
-        StateHandle { store, state: Arc::new(Mutex::new(state)) }
+        StateHandle {
+            store,
+            state: Arc::new(Mutex::new(state)),
+        }
     }
 
     pub fn snapshot(&self) -> ClusterState {
@@ -97,20 +109,26 @@ impl StateHandle {
 }
 
 fn journal_error(resource: &Resource, e: StateError) -> ProviderError {
-    ProviderError::Journal { resource: resource.to_string(), message: e.to_string() }
+    ProviderError::Journal {
+        resource: resource.to_string(),
+        message: e.to_string(),
+    }
 }
 
 impl Journal for StateHandle {
     fn intend(&self, resource: &Resource) -> Result<(), ProviderError> {
-        self.update(|s| s.set_resource(resource, ResourceStatus::Intended)).map_err(|e| journal_error(resource, e))
+        self.update(|s| s.set_resource(resource, ResourceStatus::Intended))
+            .map_err(|e| journal_error(resource, e))
     }
 
     fn created(&self, resource: &Resource) -> Result<(), ProviderError> {
-        self.update(|s| s.set_resource(resource, ResourceStatus::Created)).map_err(|e| journal_error(resource, e))
+        self.update(|s| s.set_resource(resource, ResourceStatus::Created))
+            .map_err(|e| journal_error(resource, e))
     }
 
     fn removed(&self, resource: &Resource) -> Result<(), ProviderError> {
-        self.update(|s| s.remove_resource(resource)).map_err(|e| journal_error(resource, e))
+        self.update(|s| s.remove_resource(resource))
+            .map_err(|e| journal_error(resource, e))
     }
 }
 
@@ -127,9 +145,15 @@ mod tests {
         let net = Resource::new("network", "cloudflow-demo");
         handle.intend(&net).unwrap();
         let loaded = store.load("demo").unwrap().unwrap();
-        assert_eq!(loaded.resources["network/cloudflow-demo"].status, ResourceStatus::Intended);
+        assert_eq!(
+            loaded.resources["network/cloudflow-demo"].status,
+            ResourceStatus::Intended
+        );
         handle.created(&net).unwrap();
-        assert_eq!(store.load("demo").unwrap().unwrap().resources["network/cloudflow-demo"].status, ResourceStatus::Created);
+        assert_eq!(
+            store.load("demo").unwrap().unwrap().resources["network/cloudflow-demo"].status,
+            ResourceStatus::Created
+        );
         handle.removed(&net).unwrap();
         assert!(store.load("demo").unwrap().unwrap().resources.is_empty());
         store.delete("demo").unwrap();
@@ -139,16 +163,28 @@ mod tests {
     #[test]
     fn a_second_lock_on_the_same_cluster_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(Some(&format!("file://{}", dir.path().display())), Path::new("/nonexistent")).unwrap();
+        let store = open(
+            Some(&format!("file://{}", dir.path().display())),
+            Path::new("/nonexistent"),
+        )
+        .unwrap();
         let _held = store.lock("demo").unwrap();
         let second = open(None, dir.path()).unwrap();
-        assert!(matches!(second.lock("demo"), Err(StateError::Locked { .. })));
+        assert!(matches!(
+            second.lock("demo"),
+            Err(StateError::Locked { .. })
+        ));
         assert!(second.lock("other").is_ok());
     }
 
     #[test]
     fn etcd_urls_are_refused_clearly() {
-        let e = open(Some("etcd://127.0.0.1:2379"), Path::new(".")).err().unwrap();
-        assert!(e.to_string().contains("etcd backend is not available"), "{e}");
+        let e = open(Some("etcd://127.0.0.1:2379"), Path::new("."))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("etcd backend is not available"),
+            "{e}"
+        );
     }
 }

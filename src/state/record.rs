@@ -101,7 +101,11 @@ impl ClusterState {
     pub fn set_resource(&mut self, r: &Resource, status: ResourceStatus) {
         self.resources.insert(
             format!("{}/{}", r.kind, r.name),
-            ResourceRecord { kind: r.kind.clone(), name: r.name.clone(), status },
+            ResourceRecord {
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+                status,
+            },
         );
     }
 

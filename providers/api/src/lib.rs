@@ -61,7 +61,10 @@ pub struct Resource {
 
 impl Resource {
     pub fn new(kind: impl Into<String>, name: impl Into<String>) -> Self {
-        Resource { kind: kind.into(), name: name.into() }
+        Resource {
+            kind: kind.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -75,18 +78,31 @@ impl fmt::Display for Resource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum ProviderAction {
-    Create { resource: Resource, role: Option<Role> },
-    Start { resource: Resource },
-    Destroy { resource: Resource },
+    Create {
+        resource: Resource,
+        role: Option<Role>,
+    },
+    Start {
+        resource: Resource,
+    },
+    Destroy {
+        resource: Resource,
+    },
 }
 
 impl fmt::Display for ProviderAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProviderAction::Create { resource, role: Some(role) } => {
+            ProviderAction::Create {
+                resource,
+                role: Some(role),
+            } => {
                 write!(f, "create {resource} ({role})")
             }
-            ProviderAction::Create { resource, role: None } => write!(f, "create {resource}"),
+            ProviderAction::Create {
+                resource,
+                role: None,
+            } => write!(f, "create {resource}"),
             ProviderAction::Start { resource } => write!(f, "start {resource}"),
             ProviderAction::Destroy { resource } => write!(f, "destroy {resource}"),
         }
@@ -121,16 +137,27 @@ pub struct DestroyReport {
 pub enum ProviderError {
     /// The provider's backend (Docker engine, cloud API) refused or failed a call.
     #[error("{provider}: {action} failed: {message}")]
-    Api { provider: &'static str, action: String, message: String },
+    Api {
+        provider: &'static str,
+        action: String,
+        message: String,
+    },
     /// Something the machine running cloudflow lacks (a tool, a daemon).
     #[error("{provider}: {message}\n  hint: {hint}")]
-    Missing { provider: &'static str, message: String, hint: String },
+    Missing {
+        provider: &'static str,
+        message: String,
+        hint: String,
+    },
     /// The journal (state store) could not record a resource; nothing was created.
     #[error("could not record {resource} in the state before creating it: {message}")]
     Journal { resource: String, message: String },
     /// The provider cannot do this (e.g. bare metal cannot add machines).
     #[error("{provider} provider cannot {what}")]
-    Unsupported { provider: &'static str, what: String },
+    Unsupported {
+        provider: &'static str,
+        what: String,
+    },
 }
 
 /// The interface every provider implements.
@@ -174,6 +201,9 @@ pub trait Provider: Send + Sync {
         _journal: &dyn Journal,
         _progress: &dyn Progress,
     ) -> Result<Vec<Machine>, ProviderError> {
-        Err(ProviderError::Unsupported { provider: self.kind(), what: "scale workers".into() })
+        Err(ProviderError::Unsupported {
+            provider: self.kind(),
+            what: "scale workers".into(),
+        })
     }
 }

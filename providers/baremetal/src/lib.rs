@@ -30,7 +30,11 @@ impl BareMetal {
                 name: h.address.clone(),
                 id: format!("{}:{}", h.address, h.port),
                 role: h.role,
-                ssh: SshEndpoint { address: h.address.clone(), port: h.port, user: self.user.clone() },
+                ssh: SshEndpoint {
+                    address: h.address.clone(),
+                    port: h.port,
+                    user: self.user.clone(),
+                },
                 running: true,
             })
             .collect()
@@ -81,8 +85,16 @@ mod tests {
         let bm = BareMetal {
             user: "root".into(),
             hosts: vec![
-                Host { address: "10.0.0.5".into(), port: 22, role: Role::Manager },
-                Host { address: "10.0.0.6".into(), port: 2222, role: Role::Worker },
+                Host {
+                    address: "10.0.0.5".into(),
+                    port: 22,
+                    role: Role::Manager,
+                },
+                Host {
+                    address: "10.0.0.6".into(),
+                    port: 2222,
+                    role: Role::Worker,
+                },
             ],
         };
         let m = bm.machines();

@@ -14,18 +14,28 @@ pub const DEFAULT_IMAGE: &str = "cloudflow-lab-host:v1";
 const PACKAGES: &str = "openssh-server,ca-certificates,iproute2,procps,gnupg";
 
 fn missing(message: impl Into<String>, hint: impl Into<String>) -> ProviderError {
-    ProviderError::Missing { provider: "lab", message: message.into(), hint: hint.into() }
+    ProviderError::Missing {
+        provider: "lab",
+        message: message.into(),
+        hint: hint.into(),
+    }
 }
 
 /// Make sure `image` exists locally; build it when it is the default image.
-pub async fn ensure(docker: &Docker, image: &str, progress: &dyn Progress) -> Result<(), ProviderError> {
+pub async fn ensure(
+    docker: &Docker,
+    image: &str,
+    progress: &dyn Progress,
+) -> Result<(), ProviderError> {
     if docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
     if image != DEFAULT_IMAGE {
         return Err(missing(
             format!("lab host image {image} does not exist locally"),
-            format!("build it, or remove `image:` from the spec to let cloudflow build {DEFAULT_IMAGE}"),
+            format!(
+                "build it, or remove `image:` from the spec to let cloudflow build {DEFAULT_IMAGE}"
+            ),
         ));
     }
     build(docker, image, progress).await
@@ -34,7 +44,9 @@ pub async fn ensure(docker: &Docker, image: &str, progress: &dyn Progress) -> Re
 async fn build(docker: &Docker, image: &str, progress: &dyn Progress) -> Result<(), ProviderError> {
     let debootstrap = which("debootstrap").ok_or_else(|| {
         missing(
-            format!("building the lab host image {image} needs debootstrap, which is not installed"),
+            format!(
+                "building the lab host image {image} needs debootstrap, which is not installed"
+            ),
             "apt-get install -y debootstrap",
         )
     })?;
@@ -51,19 +63,39 @@ async fn build(docker: &Docker, image: &str, progress: &dyn Progress) -> Result<
     let tmp = tempfile::Builder::new()
         .prefix("cloudflow-lab-rootfs")
         .tempdir_in("/var/tmp")
-        .map_err(|e| missing(format!("cannot make a build directory in /var/tmp: {e}"), "free some disk space"))?;
+        .map_err(|e| {
+            missing(
+                format!("cannot make a build directory in /var/tmp: {e}"),
+                "free some disk space",
+            )
+        })?;
     let rootfs = tmp.path().join("rootfs");
-    progress.step(&format!("building lab host image {image}: debootstrap {suite} from {mirror} (about 2 minutes, once)"));
+    progress.step(&format!(
+        "building lab host image {image}: debootstrap {suite} from {mirror} (about 2 minutes, once)"
+    ));
     let out = tokio::process::Command::new(&debootstrap)
-        .args(["--variant=minbase", &format!("--include={PACKAGES}"), &suite])
+        .args([
+            "--variant=minbase",
+            &format!("--include={PACKAGES}"),
+            &suite,
+        ])
         .arg(&rootfs)
         .arg(&mirror)
         .output()
         .await
-        .map_err(|e| missing(format!("cannot run debootstrap: {e}"), "run cloudflow as root"))?;
+        .map_err(|e| {
+            missing(
+                format!("cannot run debootstrap: {e}"),
+                "run cloudflow as root",
+            )
+        })?;
     if !out.status.success() {
         return Err(missing(
-            format!("debootstrap {suite} failed ({}): {}", out.status, tail(&out.stderr, &out.stdout)),
+            format!(
+                "debootstrap {suite} failed ({}): {}",
+                out.status,
+                tail(&out.stderr, &out.stdout)
+            ),
             "check that this machine's apt mirror is reachable and that cloudflow runs as root",
         ));
     }
@@ -80,20 +112,34 @@ async fn build(docker: &Docker, image: &str, progress: &dyn Progress) -> Result<
         .status()
         .map_err(|e| missing(format!("cannot run tar: {e}"), "apt-get install -y tar"))?;
     if !status.success() {
-        return Err(missing(format!("tar of the lab rootfs failed ({status})"), "check free disk space in /var/tmp"));
+        return Err(missing(
+            format!("tar of the lab rootfs failed ({status})"),
+            "check free disk space in /var/tmp",
+        ));
     }
     import(docker, image, &tarball).await
 }
 
 async fn import(docker: &Docker, image: &str, tarball: &Path) -> Result<(), ProviderError> {
     let (repo, tag) = image.rsplit_once(':').unwrap_or((image, "latest"));
-    let bytes = tokio::fs::read(tarball)
-        .await
-        .map_err(|e| missing(format!("cannot read {}: {e}", tarball.display()), "check /var/tmp"))?;
-    let opts = CreateImageOptionsBuilder::default().from_src("-").repo(repo).tag(tag).build();
+    let bytes = tokio::fs::read(tarball).await.map_err(|e| {
+        missing(
+            format!("cannot read {}: {e}", tarball.display()),
+            "check /var/tmp",
+        )
+    })?;
+    let opts = CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(repo)
+        .tag(tag)
+        .build();
     let mut stream = docker.create_image(Some(opts), Some(bollard::body_full(bytes.into())), None);
     while let Some(item) = stream.next().await {
-        item.map_err(|e| ProviderError::Api { provider: "lab", action: format!("import {image}"), message: e.to_string() })?;
+        item.map_err(|e| ProviderError::Api {
+            provider: "lab",
+            action: format!("import {image}"),
+            message: e.to_string(),
+        })?;
     }
     Ok(())
 }
@@ -132,7 +178,9 @@ fn read_apt_sources() -> String {
 /// The first Debian mirror in apt sources, one-line (`deb URL suite ...`) or deb822 (`URIs:`)
 /// style; security and updates archives are skipped. Pure, for tests.
 pub fn apt_mirror_from_sources(text: &str) -> Option<String> {
-    let usable = |u: &str| (u.starts_with("http://") || u.starts_with("https://")) && !u.contains("security");
+    let usable = |u: &str| {
+        (u.starts_with("http://") || u.starts_with("https://")) && !u.contains("security")
+    };
     for line in text.lines() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("deb ") {
@@ -165,19 +213,28 @@ mod tests {
     #[test]
     fn mirror_from_deb822_skips_security() {
         let text = "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: x\n\nTypes: deb\nURIs: http://mirror.example/debian/\n";
-        assert_eq!(apt_mirror_from_sources(text).as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(
+            apt_mirror_from_sources(text).as_deref(),
+            Some("http://mirror.example/debian")
+        );
     }
 
     #[test]
     fn mirror_from_one_line_sources_with_options() {
         let text = "# comment\ndeb [arch=amd64] https://m.example/debian bookworm main\n";
-        assert_eq!(apt_mirror_from_sources(text).as_deref(), Some("https://m.example/debian"));
+        assert_eq!(
+            apt_mirror_from_sources(text).as_deref(),
+            Some("https://m.example/debian")
+        );
         assert_eq!(apt_mirror_from_sources("deb cdrom:/ x main\n"), None);
     }
 
     #[test]
     fn suite_from_os_release() {
-        assert_eq!(host_suite("ID=debian\nVERSION_CODENAME=trixie\n").as_deref(), Some("trixie"));
+        assert_eq!(
+            host_suite("ID=debian\nVERSION_CODENAME=trixie\n").as_deref(),
+            Some("trixie")
+        );
         assert_eq!(host_suite("ID=debian\n"), None);
     }
 }

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -51,7 +53,11 @@ impl LabConfig {
     pub fn wanted(&self) -> Vec<(String, Role)> {
         (1..=self.hosts)
             .map(|i| {
-                let role = if i <= self.managers { Role::Manager } else { Role::Worker };
+                let role = if i <= self.managers {
+                    Role::Manager
+                } else {
+                    Role::Worker
+                };
                 (self.host_name(i), role)
             })
             .collect()
@@ -64,13 +70,20 @@ pub struct Lab {
 }
 
 fn api(action: impl Into<String>, e: impl std::fmt::Display) -> ProviderError {
-    ProviderError::Api { provider: "lab", action: action.into(), message: e.to_string() }
+    ProviderError::Api {
+        provider: "lab",
+        action: action.into(),
+        message: e.to_string(),
+    }
 }
 
 fn journal_err(r: &Resource, e: ProviderError) -> ProviderError {
     match e {
         ProviderError::Journal { .. } => e,
-        other => ProviderError::Journal { resource: r.to_string(), message: other.to_string() },
+        other => ProviderError::Journal {
+            resource: r.to_string(),
+            message: other.to_string(),
+        },
     }
 }
 
@@ -79,12 +92,18 @@ fn host_config(network: &str) -> HostConfig {
     HostConfig {
         cap_add: Some(vec!["ALL".into()]),
         cap_drop: Some(vec!["SYS_RESOURCE".into()]),
-        security_opt: Some(vec!["seccomp=unconfined".into(), "apparmor=unconfined".into()]),
+        security_opt: Some(vec![
+            "seccomp=unconfined".into(),
+            "apparmor=unconfined".into(),
+        ]),
         // `--security-opt systempaths=unconfined` is a CLI spelling of these two:
         masked_paths: Some(vec![]),
         readonly_paths: Some(vec![]),
         binds: Some(vec!["/sys/fs/cgroup:/sys/fs/cgroup:rw".into()]),
-        tmpfs: Some(HashMap::from([("/var/lib/docker".to_string(), "exec".to_string())])),
+        tmpfs: Some(HashMap::from([(
+            "/var/lib/docker".to_string(),
+            "exec".to_string(),
+        )])),
         network_mode: Some(network.to_string()),
         ..Default::default()
     }
@@ -101,20 +120,35 @@ if [ ! -f /etc/ssh/.cloudflow-hostkeys ]; then
 fi
 exec /usr/sbin/sshd -D -e"#;
 
-impl Lab {
-    /// Connect to the local engine and negotiate the API version (engine 20.10 speaks 1.41).
-    pub async fn connect(cfg: LabConfig) -> Result<Self, ProviderError> {
-        let docker = Docker::connect_with_local_defaults().map_err(|e| ProviderError::Missing {
-            provider: "lab",
-            message: format!("cannot reach the local Docker engine: {e}"),
-            hint: "install docker.io and start dockerd (the README's setup command does both)".into(),
-        })?;
-        let docker = docker.negotiate_version().await.map_err(|e| ProviderError::Missing {
+/// Connect to the local engine and negotiate the API version (engine 20.10 speaks 1.41).
+async fn connect_docker() -> Result<Docker, ProviderError> {
+    let docker = Docker::connect_with_local_defaults().map_err(|e| ProviderError::Missing {
+        provider: "lab",
+        message: format!("cannot reach the local Docker engine: {e}"),
+        hint: "install docker.io and start dockerd (the README's setup command does both)".into(),
+    })?;
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|e| ProviderError::Missing {
             provider: "lab",
             message: format!("the local Docker engine does not answer: {e}"),
             hint: "start dockerd (e.g. `dockerd >/var/log/dockerd.log 2>&1 &`)".into(),
         })?;
-        Ok(Lab { cfg, docker })
+    Ok(docker)
+}
+
+/// Find, or build once, the lab host image. Tests that make their own "bare-metal" hosts use it.
+pub async fn ensure_host_image(image: &str, progress: &dyn Progress) -> Result<(), ProviderError> {
+    image::ensure(&connect_docker().await?, image, progress).await
+}
+
+impl Lab {
+    pub async fn connect(cfg: LabConfig) -> Result<Self, ProviderError> {
+        Ok(Lab {
+            cfg,
+            docker: connect_docker().await?,
+        })
     }
 
     pub fn config(&self) -> &LabConfig {
@@ -122,19 +156,33 @@ impl Lab {
     }
 
     fn label_filter(&self) -> HashMap<String, Vec<String>> {
-        HashMap::from([("label".to_string(), vec![format!("{LABEL_CLUSTER}={}", self.cfg.cluster)])])
+        HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_CLUSTER}={}", self.cfg.cluster)],
+        )])
     }
 
     async fn networks(&self) -> Result<Vec<String>, ProviderError> {
-        let opts = ListNetworksOptionsBuilder::default().filters(&self.label_filter()).build();
-        let nets = self.docker.list_networks(Some(opts)).await.map_err(|e| api("list networks", e))?;
+        let opts = ListNetworksOptionsBuilder::default()
+            .filters(&self.label_filter())
+            .build();
+        let nets = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(|e| api("list networks", e))?;
         Ok(nets.into_iter().filter_map(|n| n.name).collect())
     }
 
     async fn containers(&self) -> Result<Vec<bollard::models::ContainerSummary>, ProviderError> {
-        let opts =
-            ListContainersOptionsBuilder::default().all(true).filters(&self.label_filter()).build();
-        self.docker.list_containers(Some(opts)).await.map_err(|e| api("list containers", e))
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&self.label_filter())
+            .build();
+        self.docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| api("list containers", e))
     }
 
     async fn ensure_network(&self, journal: &dyn Journal) -> Result<(), ProviderError> {
@@ -147,14 +195,25 @@ impl Lab {
         let req = NetworkCreateRequest {
             name: name.clone(),
             driver: Some("bridge".into()),
-            labels: Some(HashMap::from([(LABEL_CLUSTER.to_string(), self.cfg.cluster.clone())])),
+            labels: Some(HashMap::from([(
+                LABEL_CLUSTER.to_string(),
+                self.cfg.cluster.clone(),
+            )])),
             ..Default::default()
         };
-        self.docker.create_network(req).await.map_err(|e| api(format!("create network {name}"), e))?;
+        self.docker
+            .create_network(req)
+            .await
+            .map_err(|e| api(format!("create network {name}"), e))?;
         journal.created(&res)
     }
 
-    async fn create_host(&self, name: &str, role: Role, journal: &dyn Journal) -> Result<(), ProviderError> {
+    async fn create_host(
+        &self,
+        name: &str,
+        role: Role,
+        journal: &dyn Journal,
+    ) -> Result<(), ProviderError> {
         let res = Resource::new("container", name);
         journal.intend(&res).map_err(|e| journal_err(&res, e))?;
         let network = self.cfg.network_name();
@@ -162,14 +221,20 @@ impl Lab {
             image: Some(self.cfg.image.clone()),
             hostname: Some(name.to_string()),
             cmd: Some(vec!["/bin/sh".into(), "-c".into(), ENTRYPOINT.into()]),
-            env: Some(vec![format!("CLOUDFLOW_AUTHORIZED_KEY={}", self.cfg.authorized_key)]),
+            env: Some(vec![format!(
+                "CLOUDFLOW_AUTHORIZED_KEY={}",
+                self.cfg.authorized_key
+            )]),
             labels: Some(HashMap::from([
                 (LABEL_CLUSTER.to_string(), self.cfg.cluster.clone()),
                 (LABEL_ROLE.to_string(), role.to_string()),
             ])),
             host_config: Some(host_config(&network)),
             networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(network.clone(), EndpointSettings::default())])),
+                endpoints_config: Some(HashMap::from([(
+                    network.clone(),
+                    EndpointSettings::default(),
+                )])),
             }),
             ..Default::default()
         };
@@ -179,7 +244,10 @@ impl Lab {
             .await
             .map_err(|e| api(format!("create container {name}"), e))?;
         journal.created(&res)?;
-        self.docker.start_container(name, None).await.map_err(|e| api(format!("start container {name}"), e))
+        self.docker
+            .start_container(name, None)
+            .await
+            .map_err(|e| api(format!("start container {name}"), e))
     }
 
     async fn machine(&self, name: &str, role: Role) -> Result<Machine, ProviderError> {
@@ -200,7 +268,11 @@ impl Lab {
             name: name.to_string(),
             id: info.id.unwrap_or_default(),
             role,
-            ssh: SshEndpoint { address, port: 22, user: "root".into() },
+            ssh: SshEndpoint {
+                address,
+                port: 22,
+                user: "root".into(),
+            },
             running,
         })
     }
@@ -211,7 +283,11 @@ impl Lab {
         let addr = format!("{}:{}", m.ssh.address, m.ssh.port);
         let attempt = || async { tokio::net::TcpStream::connect(&addr).await.map(|_| ()) };
         attempt
-            .retry(ConstantBuilder::default().with_delay(Duration::from_millis(200)).with_max_times(150))
+            .retry(
+                ConstantBuilder::default()
+                    .with_delay(Duration::from_millis(200))
+                    .with_max_times(150),
+            )
             .await
             .map_err(|e| api(format!("wait for sshd on {} ({addr})", m.name), e))
     }
@@ -230,8 +306,17 @@ impl Provider for Lab {
     async fn list(&self) -> Result<Vec<Machine>, ProviderError> {
         let mut out = Vec::new();
         for c in self.containers().await? {
-            let name = c.names.unwrap_or_default().first().map(|n| n.trim_start_matches('/').to_string());
-            let role = match c.labels.as_ref().and_then(|l| l.get(LABEL_ROLE)).map(String::as_str) {
+            let name = c
+                .names
+                .unwrap_or_default()
+                .first()
+                .map(|n| n.trim_start_matches('/').to_string());
+            let role = match c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_ROLE))
+                .map(String::as_str)
+            {
                 Some("manager") => Role::Manager,
                 _ => Role::Worker,
             };
@@ -241,7 +326,15 @@ impl Provider for Lab {
         }
         // Hosts in their wanted order (cf-x-2 before cf-x-10), strays after.
         let order: Vec<String> = self.cfg.wanted().into_iter().map(|(n, _)| n).collect();
-        out.sort_by_key(|m| (order.iter().position(|n| *n == m.name).unwrap_or(usize::MAX), m.name.clone()));
+        out.sort_by_key(|m| {
+            (
+                order
+                    .iter()
+                    .position(|n| *n == m.name)
+                    .unwrap_or(usize::MAX),
+                m.name.clone(),
+            )
+        });
         Ok(out)
     }
 
@@ -249,7 +342,11 @@ impl Provider for Lab {
         plan_hosts(&self.cfg, existing)
     }
 
-    async fn create(&self, journal: &dyn Journal, progress: &dyn Progress) -> Result<Vec<Machine>, ProviderError> {
+    async fn create(
+        &self,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Machine>, ProviderError> {
         image::ensure(&self.docker, &self.cfg.image, progress).await?;
         self.ensure_network(journal).await?;
         let existing = self.list().await?;
@@ -258,8 +355,13 @@ impl Provider for Lab {
                 // The network was ensured above; only hosts are left here.
                 ProviderAction::Create { resource, .. } if resource.kind != "container" => {}
                 ProviderAction::Create { resource, role } => {
-                    progress.step(&format!("creating lab host {}", resource.name));
-                    self.create_host(&resource.name, role.unwrap_or(Role::Worker), journal).await?;
+                    progress.step(&format!(
+                        "creating lab host {} ({})",
+                        resource.name,
+                        role.unwrap_or(Role::Worker)
+                    ));
+                    self.create_host(&resource.name, role.unwrap_or(Role::Worker), journal)
+                        .await?;
                 }
                 ProviderAction::Start { resource } => {
                     progress.step(&format!("starting lab host {}", resource.name));
@@ -269,8 +371,14 @@ impl Provider for Lab {
                         .map_err(|e| api(format!("start container {}", resource.name), e))?;
                 }
                 ProviderAction::Destroy { resource } => {
-                    progress.step(&format!("removing lab host {} (beyond hosts: {})", resource.name, self.cfg.hosts));
-                    let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+                    progress.step(&format!(
+                        "removing lab host {} (beyond hosts: {})",
+                        resource.name, self.cfg.hosts
+                    ));
+                    let opts = RemoveContainerOptionsBuilder::default()
+                        .force(true)
+                        .v(true)
+                        .build();
                     self.docker
                         .remove_container(&resource.name, Some(opts))
                         .await
@@ -288,7 +396,11 @@ impl Provider for Lab {
         Ok(machines)
     }
 
-    async fn destroy(&self, journal: &dyn Journal, progress: &dyn Progress) -> Result<DestroyReport, ProviderError> {
+    async fn destroy(
+        &self,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<DestroyReport, ProviderError> {
         let mut report = DestroyReport::default();
         for c in self.containers().await? {
             let Some(id) = c.id else { continue };
@@ -299,7 +411,10 @@ impl Provider for Lab {
                 .map(|n| n.trim_start_matches('/').to_string())
                 .unwrap_or_else(|| id.clone());
             progress.step(&format!("removing lab host {name}"));
-            let opts = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+            let opts = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
             let res = Resource::new("container", &name);
             match self.docker.remove_container(&id, Some(opts)).await {
                 Ok(()) => {
@@ -324,12 +439,18 @@ impl Provider for Lab {
         for c in self.containers().await? {
             let name = c.names.unwrap_or_default().join(",");
             if !report.left.iter().any(|(r, _)| r.name == name) {
-                report.left.push((Resource::new("container", name), "still present after removal".into()));
+                report.left.push((
+                    Resource::new("container", name),
+                    "still present after removal".into(),
+                ));
             }
         }
         for net in self.networks().await? {
             if !report.left.iter().any(|(r, _)| r.name == net) {
-                report.left.push((Resource::new("network", net), "still present after removal".into()));
+                report.left.push((
+                    Resource::new("network", net),
+                    "still present after removal".into(),
+                ));
             }
         }
         Ok(report)
@@ -340,7 +461,10 @@ impl Provider for Lab {
 pub fn plan_hosts(cfg: &LabConfig, existing: &[Machine]) -> Vec<ProviderAction> {
     let mut actions = Vec::new();
     if existing.is_empty() {
-        actions.push(ProviderAction::Create { resource: Resource::new("network", cfg.network_name()), role: None });
+        actions.push(ProviderAction::Create {
+            resource: Resource::new("network", cfg.network_name()),
+            role: None,
+        });
     }
     let wanted = cfg.wanted();
     for (name, role) in &wanted {
@@ -349,13 +473,17 @@ pub fn plan_hosts(cfg: &LabConfig, existing: &[Machine]) -> Vec<ProviderAction> 
                 resource: Resource::new("container", name),
                 role: Some(*role),
             }),
-            Some(m) if !m.running => actions.push(ProviderAction::Start { resource: Resource::new("container", name) }),
+            Some(m) if !m.running => actions.push(ProviderAction::Start {
+                resource: Resource::new("container", name),
+            }),
             Some(_) => {}
         }
     }
     for m in existing {
         if !wanted.iter().any(|(n, _)| *n == m.name) {
-            actions.push(ProviderAction::Destroy { resource: Resource::new("container", &m.name) });
+            actions.push(ProviderAction::Destroy {
+                resource: Resource::new("container", &m.name),
+            });
         }
     }
     actions
@@ -380,7 +508,11 @@ mod tests {
             name: name.into(),
             id: name.into(),
             role: Role::Worker,
-            ssh: SshEndpoint { address: "1.2.3.4".into(), port: 22, user: "root".into() },
+            ssh: SshEndpoint {
+                address: "1.2.3.4".into(),
+                port: 22,
+                user: "root".into(),
+            },
             running,
         }
     }
@@ -405,13 +537,19 @@ mod tests {
         let all = [machine("cf-demo-1", true), machine("cf-demo-2", true)];
         assert!(plan_hosts(&cfg(2), &all).is_empty());
         let one_stopped = [machine("cf-demo-1", true), machine("cf-demo-2", false)];
-        assert_eq!(plan_hosts(&cfg(2), &one_stopped)[0].to_string(), "start container cf-demo-2");
+        assert_eq!(
+            plan_hosts(&cfg(2), &one_stopped)[0].to_string(),
+            "start container cf-demo-2"
+        );
     }
 
     #[test]
     fn hosts_beyond_the_count_are_planned_for_removal() {
         let all = [machine("cf-demo-1", true), machine("cf-demo-2", true)];
-        let text: Vec<String> = plan_hosts(&cfg(1), &all).iter().map(|a| a.to_string()).collect();
+        let text: Vec<String> = plan_hosts(&cfg(1), &all)
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         assert_eq!(text, ["destroy container cf-demo-2"]);
     }
 }
