@@ -79,3 +79,6 @@ pub trait Phase: Sync {
 
 /// Apply order. `down` walks it backwards.
 pub const PHASES: &[&dyn Phase] = &[&Provision, &Bootstrap, &Cluster];
+
+#[cfg(test)]
+mod tests;

@@ -82,3 +82,24 @@ fn up_without_yes_and_without_a_terminal_refuses_and_until_provision_plans_no_ss
     assert_eq!(actions.len(), 3, "network and two hosts: {plan}");
     assert!(actions.iter().all(|a| a["phase"] == "provision"));
 }
+
+/// Every file in examples/ parses and validates (the lab one also runs, in `lab`).
+#[test]
+fn every_example_validates() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let run = cloudflow(
+            root,
+            &["validate", "-f", path.to_str().unwrap(), "-o", "json"],
+        )
+        .ok();
+        assert_eq!(run.json()["valid"], true, "{}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 2);
+}
