@@ -6,18 +6,32 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use cloudflow_provider_api::{Machine, Role, SshEndpoint};
-use cloudflow_provider_baremetal::{BareMetal, Host};
+use cloudflow_provider_baremetal::BareMetal;
 
 use super::*;
 use crate::exec::{Output, Recording};
 use crate::facts;
 use crate::plan::{self, Inputs};
-use crate::state::{self, ClusterState, StateHandle};
+use crate::state::{self, ClusterState, StateHandle, StateStore};
 
-const SPEC: &str = "name: rec\nprovider:\n  bare_metal:\n    ssh_key: /k\n    hosts:\n      - { address: m1, role: manager }\n      - { address: w1 }\nregistry:\n  insecure: [\"reg:5000\"]\n  auth: { server: \"reg:5000\", username: ci, password_env: PW }\n";
+const SPEC: &str = "name: rec\nprovider:\n  bare_metal:\n    ssh_key: /k\n    hosts:\n      - { address: m1, role: manager }\n      - { address: w1 }\nregistry:\n  insecure: [\"reg:5000\"]\n";
+const AUTH: &str = "  auth: { server: \"reg:5000\", username: ci, password_env: PW }\n";
 
-fn machine(name: &str, role: Role) -> Machine {
-    Machine {
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn StateStore>,
+    rec: Arc<Recording>,
+    ctx: Ctx,
+    plan: Plan,
+}
+
+/// Two fresh Debian hosts (m1 manager, w1 worker) planned from `spec_text`, run by `rec`.
+fn fixture(spec_text: &str, rec: Recording, password: Option<&str>) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = crate::spec::parse(Path::new("c.yaml"), spec_text).unwrap();
+    let store = state::open(None, dir.path()).unwrap();
+    let handle = StateHandle::new(store.clone(), ClusterState::new("rec", "bare-metal"));
+    let machine = |name: &str, role| Machine {
         name: name.into(),
         id: name.into(),
         role,
@@ -27,24 +41,7 @@ fn machine(name: &str, role: Role) -> Machine {
             user: "root".into(),
         },
         running: true,
-    }
-}
-
-#[tokio::test]
-async fn fresh_hosts_bootstrap_in_order_and_join_with_the_leaders_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = crate::spec::parse(Path::new("c.yaml"), SPEC).unwrap();
-    let store = state::open(None, dir.path()).unwrap();
-    let handle = StateHandle::new(store.clone(), ClusterState::new("rec", "bare-metal"));
-    let rec = Arc::new(Recording::default());
-    rec.answer(
-        "m1",
-        "swarm-join-token",
-        Output {
-            stdout: "SWMTKN-1-abc\n".into(),
-            ..Default::default()
-        },
-    );
+    };
     let machines = vec![machine("m1", Role::Manager), machine("w1", Role::Worker)];
     let fresh = facts::parse("os_id=debian\nhostname=h\ninit=none\nend=ok\n").unwrap();
     let facts: BTreeMap<_, _> = machines
@@ -61,39 +58,50 @@ async fn fresh_hosts_bootstrap_in_order_and_join_with_the_leaders_token() {
         renderer: &renderer,
     })
     .unwrap();
+    let rec = Arc::new(rec);
     let ctx = Ctx {
         spec,
         state: handle,
         provider: Arc::new(BareMetal {
             user: "root".into(),
-            hosts: vec![
-                Host {
-                    address: "m1".into(),
-                    port: 22,
-                    role: Role::Manager,
-                },
-                Host {
-                    address: "w1".into(),
-                    port: 22,
-                    role: Role::Worker,
-                },
-            ],
+            hosts: vec![],
         }),
         exec: rec.clone(),
         ui: Arc::new(crate::ui::Ui::new(true)),
         renderer,
-        password: Some(secrecy::SecretString::from("pw")),
+        password: password.map(secrecy::SecretString::from),
         concurrency: 4,
         machines: Mutex::new(machines),
         facts: Mutex::new(facts),
     };
+    Fixture {
+        _dir: dir,
+        store,
+        rec,
+        ctx,
+        plan,
+    }
+}
+
+#[tokio::test]
+async fn fresh_hosts_bootstrap_in_order_and_join_with_the_leaders_token() {
+    let rec = Recording::default();
+    rec.answer(
+        "m1",
+        "swarm-join-token",
+        Output {
+            stdout: "SWMTKN-1-abc\n".into(),
+            ..Default::default()
+        },
+    );
+    let f = fixture(&format!("{SPEC}{AUTH}"), rec, Some("pw"));
     for phase in PHASES {
-        if phase.should_run(&plan) {
-            phase.run(&ctx, &plan).await.unwrap();
+        if phase.should_run(&f.plan) {
+            phase.run(&f.ctx, &f.plan).await.unwrap();
         }
     }
     assert_eq!(
-        rec.steps("m1"),
+        f.rec.steps("m1"),
         [
             "install-docker",
             "daemon-json",
@@ -104,7 +112,7 @@ async fn fresh_hosts_bootstrap_in_order_and_join_with_the_leaders_token() {
         ]
     );
     assert_eq!(
-        rec.steps("w1"),
+        f.rec.steps("w1"),
         [
             "install-docker",
             "daemon-json",
@@ -113,7 +121,7 @@ async fn fresh_hosts_bootstrap_in_order_and_join_with_the_leaders_token() {
             "swarm-join"
         ]
     );
-    let log = rec.log.lock().unwrap().clone();
+    let log = f.rec.log.lock().unwrap().clone();
     let join = log.iter().find(|l| l.1 == "swarm-join").unwrap();
     assert_eq!(
         join.2,
@@ -127,7 +135,7 @@ async fn fresh_hosts_bootstrap_in_order_and_join_with_the_leaders_token() {
     assert!(!login.2.contains("pw "), "and never in argv");
 
     // What down needs to know was recorded (and saved) by the phases themselves.
-    let saved = store.load("rec").unwrap().unwrap();
+    let saved = f.store.load("rec").unwrap().unwrap();
     let m1 = &saved.hosts["m1"];
     assert!(m1.installed_docker);
     assert_eq!(m1.swarm, Some(Role::Manager));
@@ -141,73 +149,31 @@ async fn fresh_hosts_bootstrap_in_order_and_join_with_the_leaders_token() {
 
 #[tokio::test]
 async fn a_failing_host_is_named_with_step_and_output_and_the_other_host_finishes() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = crate::spec::parse(
-        Path::new("c.yaml"),
-        SPEC.replace(
-            "  auth: { server: \"reg:5000\", username: ci, password_env: PW }\n",
-            "",
-        )
-        .as_str(),
-    )
-    .unwrap();
-    let handle = StateHandle::new(
-        state::open(None, dir.path()).unwrap(),
-        ClusterState::new("rec", "bare-metal"),
-    );
-    let rec = Arc::new(Recording::default());
-    rec.answer(
-        "w1",
-        "install-docker",
-        Output {
-            code: 100,
-            stderr: "E: Unable to locate package docker.io\n".into(),
-            ..Default::default()
-        },
-    );
-    let machines = vec![machine("m1", Role::Manager), machine("w1", Role::Worker)];
-    let fresh = facts::parse("os_id=debian\nhostname=h\ninit=none\nend=ok\n").unwrap();
-    let facts: BTreeMap<_, _> = machines
-        .iter()
-        .map(|m| (m.name.clone(), fresh.clone()))
-        .collect();
-    let renderer = crate::render::Renderer::new(None).unwrap();
-    let plan = plan::compute(&Inputs {
-        spec: &spec,
-        state: &handle.snapshot(),
-        machines: &machines,
-        provider_actions: &[],
-        facts: &facts,
-        renderer: &renderer,
-    })
-    .unwrap();
-    let ctx = Ctx {
-        spec,
-        state: handle,
-        provider: Arc::new(BareMetal {
-            user: "root".into(),
-            hosts: vec![],
-        }),
-        exec: rec.clone(),
-        ui: Arc::new(crate::ui::Ui::new(true)),
-        renderer,
-        password: None,
-        concurrency: 4,
-        machines: Mutex::new(machines),
-        facts: Mutex::new(facts),
+    let rec = Recording::default();
+    let failure = Output {
+        code: 100,
+        stderr: "E: Unable to locate package docker.io\n".into(),
+        ..Default::default()
     };
-    let err = Bootstrap.run(&ctx, &plan).await.unwrap_err().to_string();
+    rec.answer("w1", "install-docker", failure);
+    let f = fixture(SPEC, rec, None);
+    let err = Bootstrap
+        .run(&f.ctx, &f.plan)
+        .await
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
-        "host w1: phase bootstrap, step install-docker: `sh -c <script: cloudflow: install Docker from the distribution's own packages.>` exited 100\n  | E: Unable to locate package docker.io"
+        "host w1: phase bootstrap, step install-docker: `sh -c <script: cloudflow: install Docker from the \
+         distribution's own packages.>` exited 100\n  | E: Unable to locate package docker.io"
     );
     assert_eq!(
-        rec.steps("m1"),
+        f.rec.steps("m1"),
         ["install-docker", "daemon-json", "start-docker"],
         "m1 finished its own work"
     );
     assert_eq!(
-        rec.steps("w1"),
+        f.rec.steps("w1"),
         ["install-docker"],
         "w1 stopped at the failure"
     );
