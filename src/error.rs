@@ -37,6 +37,7 @@ impl Error {
         match self {
             Error::Spec(_) | Error::Usage(_) | Error::Render(_) => 2,
             Error::State(StateError::Url { .. }) => 2,
+            Error::Provider(ProviderError::Spec { .. }) => 2,
             _ => 1,
         }
     }

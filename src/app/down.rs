@@ -23,10 +23,21 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
 
     let mut destroy: Vec<ProviderAction> = Vec::new();
     let facts = if owns {
+        let kind = if ctx.provider.kind() == "lab" {
+            "container"
+        } else {
+            "instance"
+        };
         destroy.extend(machines.iter().map(|m| ProviderAction::Destroy {
-            resource: Resource::new("container", &m.name),
+            resource: Resource::new(kind, &m.name),
         }));
-        for r in state.resources.values().filter(|r| r.kind != "container") {
+        // Machines are listed above; batch records ("instances") are not resources of their own.
+        let machine_kinds = ["container", "instance", "instances"];
+        for r in state
+            .resources
+            .values()
+            .filter(|r| !machine_kinds.contains(&r.kind.as_str()))
+        {
             destroy.push(ProviderAction::Destroy {
                 resource: Resource::new(&r.kind, &r.name),
             });

@@ -3,6 +3,7 @@
 
 mod down;
 mod facts;
+mod nodes;
 mod status;
 mod up;
 
@@ -13,14 +14,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudflow_provider_api::Provider;
+use cloudflow_provider_aws::{Aws, AwsConfig, NetworkChoice};
 use cloudflow_provider_baremetal::{BareMetal, Host};
 use cloudflow_provider_lab::{DEFAULT_IMAGE, Lab, LabConfig};
 use serde_json::json;
 
 use crate::cli::{Cli, Command, OutputFormat};
+use crate::commands;
 use crate::error::{Error, Result};
 use crate::exec::{HostKeyCheck, SshConfig, SshExecutor};
+use crate::facts::Init;
 use crate::phase::Ctx;
+use crate::plan::daemon_json;
 use crate::render::Renderer;
 use crate::spec::{self, HostKeyPolicy, ProviderSpec, Spec};
 use crate::state::{self, ClusterState, StateHandle, StateLock};
@@ -42,6 +47,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
         Command::Up(a) => up::up(&cli, a.yes, a.until, ui).await,
         Command::Status => status::status(&cli, ui).await,
         Command::Down(a) => down::down(&cli, a.yes, ui).await,
+        Command::Nodes(crate::cli::NodesCommand::Scale(a)) => nodes::scale(&cli, &a.size, ui).await,
     }
 }
 
@@ -50,6 +56,7 @@ fn validate(cli: &Cli) -> Result<Report> {
     let hosts = match &spec.provider {
         ProviderSpec::Lab(l) => l.hosts as usize,
         ProviderSpec::BareMetal(b) => b.hosts.len(),
+        ProviderSpec::Aws(a) => (a.managers + a.workers) as usize,
     };
     let mut warnings = Vec::new();
     if let Some(auth) = &spec.registry.auth
@@ -118,6 +125,7 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
             spec.provider.kind()
         )));
     }
+    let live_workers = record.workers;
     let state = StateHandle::new(store, record);
     let dir = state_dir(cli, &spec);
 
@@ -140,6 +148,15 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
             (
                 Arc::new(Lab::connect(cfg).await?),
                 key,
+                HostKeyPolicy::AcceptNew,
+                None,
+            )
+        }
+        ProviderSpec::Aws(a) => {
+            let cfg = aws_config(&spec, a, &renderer, live_workers)?;
+            (
+                Arc::new(Aws::connect(cfg).await?),
+                a.ssh_key.clone(),
                 HostKeyPolicy::AcceptNew,
                 None,
             )
@@ -194,6 +211,59 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
         known,
         _lock: lock,
     })
+}
+
+/// The AWS provider's view of the spec: user-data rendered here (templates are the core's).
+fn aws_config(
+    spec: &Spec,
+    a: &spec::AwsSpec,
+    renderer: &Renderer,
+    live_workers: Option<u32>,
+) -> Result<AwsConfig> {
+    let mut files = commands::proxy_files(renderer, &spec.proxy, Init::Systemd)?;
+    let merged = daemon_json::merge(None, &spec.registry.insecure, &spec.registry.mirrors)
+        .map_err(|e| Error::Other(format!("registry settings: {e}")))?;
+    if let Some(m) = merged {
+        files.push((commands::DAEMON_JSON.to_string(), m.content));
+    }
+    let network = match a.vpc.as_str() {
+        "auto" => NetworkChoice::Auto,
+        v if v.starts_with("vpc-") => NetworkChoice::Vpc(v.to_string()),
+        v => NetworkChoice::Subnet(v.to_string()),
+    };
+    Ok(AwsConfig {
+        cluster: spec.name.clone(),
+        region: a.region.clone(),
+        instance_type: a.instance_type.clone(),
+        image: a.image.clone(),
+        managers: a.managers,
+        workers: live_workers.unwrap_or(a.workers),
+        public_key: public_key_of(&a.ssh_key)?,
+        network,
+        allowed_cidrs: a.allowed_cidrs.clone(),
+        proxy_port: spec.proxy.port.unwrap_or(80),
+        user_data: commands::cloud_init(renderer, &spec.name, &files)?,
+        ssh_user: a.user.clone(),
+        wait: Duration::from_secs(600),
+    })
+}
+
+/// The public half of an SSH key: `KEY.pub` when present, else derived from the private key.
+fn public_key_of(key: &Path) -> Result<String> {
+    let pubfile = PathBuf::from(format!("{}.pub", key.display()));
+    if let Ok(text) = std::fs::read_to_string(&pubfile) {
+        return Ok(text.trim().to_string());
+    }
+    let private = ssh_key::PrivateKey::read_openssh_file(key).map_err(|e| {
+        Error::Other(format!(
+            "ssh_key {}: {e} (the provider imports its public half)",
+            key.display()
+        ))
+    })?;
+    private
+        .public_key()
+        .to_openssh()
+        .map_err(|e| Error::Other(format!("ssh_key {}: {e}", key.display())))
 }
 
 /// The lab's SSH key pair: made once per cluster, kept beside the state (mode 0600).

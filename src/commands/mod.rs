@@ -227,6 +227,26 @@ pub fn proxy_files(
     ])
 }
 
+/// Cloud-init user-data for cloud machines: the same Docker install script as over SSH, plus
+/// daemon.json and proxy files, written at first boot.
+pub fn cloud_init(
+    r: &Renderer,
+    cluster: &str,
+    files: &[(String, String)],
+) -> Result<String, RenderError> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let install = r.render("install-docker.sh", &Context::new())?;
+    let files: Vec<serde_json::Value> = files
+        .iter()
+        .map(|(path, content)| serde_json::json!({"path": path, "b64": b64(content)}))
+        .collect();
+    let mut ctx = Context::new();
+    ctx.insert("cluster", cluster);
+    ctx.insert("install_docker_b64", &b64(&install));
+    ctx.insert("files", &files);
+    r.render("cloud-init.yaml", &ctx)
+}
+
 // ---- docker and swarm ------------------------------------------------------------------------
 
 /// `docker login` with the password on stdin, never in argv.
@@ -290,6 +310,32 @@ pub fn swarm_join(token: &str, advertise: &str, manager: &str) -> Cmd {
     );
     c.redact.push(token.to_string());
     c
+}
+
+/// Move a node's tasks elsewhere before it goes away.
+pub fn node_drain(node: &str) -> Cmd {
+    Cmd::argv(
+        "node-drain",
+        Effect::Mutate,
+        &["docker", "node", "update", "--availability", "drain", node],
+    )
+}
+
+/// Tasks still meant to run on a node (empty once drained).
+pub fn node_tasks(node: &str) -> Cmd {
+    Cmd::argv(
+        "node-tasks",
+        Effect::Read,
+        &[
+            "docker",
+            "node",
+            "ps",
+            node,
+            "--filter",
+            "desired-state=running",
+            "-q",
+        ],
+    )
 }
 
 pub fn swarm_leave() -> Cmd {

@@ -187,3 +187,37 @@ fn proxy_files_per_init_system() {
             .is_empty()
     );
 }
+
+#[test]
+fn cloud_init_carries_the_install_script_and_files_base64_encoded() {
+    let files = vec![("/etc/docker/daemon.json".to_string(), "{}\n".to_string())];
+    let text = cloud_init(&renderer(), "stg", &files).unwrap();
+    assert!(text.starts_with("#cloud-config\n"));
+    assert!(text.contains("  - path: /etc/docker/daemon.json\n    permissions: \"0644\"\n    encoding: b64\n    content: e30K\n"), "{text}");
+    assert!(text.contains("systemctl enable --now docker"));
+    let b64 = text
+        .lines()
+        .skip_while(|l| !l.contains("cloudflow-install-docker"))
+        .nth(3)
+        .unwrap()
+        .trim()
+        .trim_start_matches("content: ");
+    let script = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        script.contains("apt-get install -y -q --no-install-recommends $pkgs"),
+        "{script}"
+    );
+    assert_eq!(
+        node_drain("n1").command_line(),
+        "docker node update --availability drain n1"
+    );
+    assert_eq!(
+        node_tasks("n1").command_line(),
+        "docker node ps n1 --filter 'desired-state=running' -q"
+    );
+}

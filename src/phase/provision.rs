@@ -47,6 +47,11 @@ impl Phase for Provision {
         ctx.state.update(|s| {
             s.machines.clear();
             s.known_hosts.clear();
+            if report.left.is_empty() {
+                // Verified gone by label/tag: nothing in the journal is owned any more.
+                s.resources.clear();
+                s.workers = None;
+            }
         })?;
         if report.left.is_empty() {
             return Ok(());

@@ -28,6 +28,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "apt-proxy.conf",
         include_str!("../../templates/apt-proxy.conf.tera"),
     ),
+    (
+        "cloud-init.yaml",
+        include_str!("../../templates/cloud-init.yaml.tera"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,7 @@ pub struct Spec {
 pub enum ProviderSpec {
     Lab(LabSpec),
     BareMetal(BareMetalSpec),
+    Aws(AwsSpec),
 }
 
 impl ProviderSpec {
@@ -37,6 +38,7 @@ impl ProviderSpec {
         match self {
             ProviderSpec::Lab(_) => "lab",
             ProviderSpec::BareMetal(_) => "bare-metal",
+            ProviderSpec::Aws(_) => "aws",
         }
     }
 }
@@ -55,6 +57,22 @@ pub struct BareMetalSpec {
     pub port: u16,
     pub host_key_policy: HostKeyPolicy,
     pub hosts: Vec<HostSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsSpec {
+    pub region: String,
+    pub instance_type: String,
+    /// An AMI id or a name filter (newest match).
+    pub image: String,
+    pub managers: u32,
+    pub workers: u32,
+    pub ssh_key: PathBuf,
+    /// The image's SSH user (Debian AMIs: admin).
+    pub user: String,
+    /// `auto`, a `vpc-…` id or a `subnet-…` id.
+    pub vpc: String,
+    pub allowed_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,6 +164,28 @@ struct RawSpec {
 enum RawProvider {
     Lab(RawLab),
     BareMetal(RawBareMetal),
+    Aws(RawAws),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAws {
+    region: String,
+    instance_type: String,
+    image: String,
+    managers: Option<Spanned<u32>>,
+    #[serde(default)]
+    workers: u32,
+    ssh_key: String,
+    #[serde(default = "default_aws_user")]
+    user: String,
+    vpc: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_cidrs: Vec<Spanned<String>>,
+}
+
+fn default_aws_user() -> String {
+    "admin".into()
 }
 
 #[derive(Deserialize)]
@@ -289,6 +329,59 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                 hosts,
                 managers,
                 image: lab.image,
+            })
+        }
+        RawProvider::Aws(a) => {
+            let managers = match &a.managers {
+                None => 1,
+                Some(m) if m.value == 0 => {
+                    return Err(at(
+                        Location::of(m),
+                        "aws managers must be at least 1".into(),
+                    ));
+                }
+                Some(m) => m.value,
+            };
+            let vpc = match a.vpc {
+                None => "auto".to_string(),
+                Some(v)
+                    if v.value == "auto"
+                        || v.value.starts_with("vpc-")
+                        || v.value.starts_with("subnet-") =>
+                {
+                    v.value
+                }
+                Some(v) => {
+                    return Err(at(
+                        Location::of(&v),
+                        format!(
+                            "vpc must be `auto`, a vpc- id or a subnet- id, not {:?}",
+                            v.value
+                        ),
+                    ));
+                }
+            };
+            for c in &a.allowed_cidrs {
+                if !c.value.contains('/') {
+                    return Err(at(
+                        Location::of(c),
+                        format!(
+                            "allowed_cidrs entry {:?} must be a CIDR like 203.0.113.0/24",
+                            c.value
+                        ),
+                    ));
+                }
+            }
+            ProviderSpec::Aws(AwsSpec {
+                region: a.region,
+                instance_type: a.instance_type,
+                image: a.image,
+                managers,
+                workers: a.workers,
+                ssh_key: expand_path(&a.ssh_key, &base),
+                user: a.user,
+                vpc,
+                allowed_cidrs: a.allowed_cidrs.into_iter().map(|c| c.value).collect(),
             })
         }
         RawProvider::BareMetal(bm) => {

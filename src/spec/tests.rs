@@ -163,6 +163,24 @@ fn unknown_provider_lists_the_known_ones() {
     let e = err("name: demo\nprovider:\n  lib: {}\n");
     assert_eq!(
         e,
-        "cluster.yaml:3:3: unknown variant `lib`, expected one of lab, bare_metal"
+        "cluster.yaml:3:3: unknown variant `lib`, expected one of lab, bare_metal, aws"
+    );
+}
+
+#[test]
+fn aws_spec_with_defaults_and_checked_vpc() {
+    let text = "name: stg\nprovider:\n  aws:\n    region: eu-west-1\n    instance_type: t3.medium\n    image: ami-1\n    workers: 3\n    ssh_key: /k\n    allowed_cidrs: [203.0.113.0/24]\n";
+    let spec = parse_str(text).unwrap();
+    let ProviderSpec::Aws(a) = &spec.provider else {
+        panic!("aws expected")
+    };
+    assert_eq!(
+        (a.managers, a.workers, a.vpc.as_str(), a.user.as_str()),
+        (1, 3, "auto", "admin")
+    );
+    let bad = err(&text.replace("    workers: 3\n", "    workers: 3\n    vpc: default\n"));
+    assert!(
+        bad.starts_with("cluster.yaml:8:10: vpc must be `auto`"),
+        "{bad}"
     );
 }

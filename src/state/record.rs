@@ -20,6 +20,9 @@ pub struct ClusterState {
     /// What cloudflow changed on each host (keyed by machine name), so `down` can undo it.
     #[serde(default)]
     pub hosts: BTreeMap<String, HostRecord>,
+    /// The live worker count once `nodes scale` changed it; the next `up` keeps it.
+    #[serde(default)]
+    pub workers: Option<u32>,
     /// Host keys accepted under `accept-new`, keyed `address:port`.
     #[serde(default)]
     pub known_hosts: BTreeMap<String, KnownKey>,
@@ -90,6 +93,7 @@ impl ClusterState {
             resources: BTreeMap::new(),
             machines: Vec::new(),
             hosts: BTreeMap::new(),
+            workers: None,
             known_hosts: BTreeMap::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! One integration binary against real peers: Debian hosts with sshd in containers, a real
 //! dockerd inside them, a real distribution registry, and the local Docker engine for the lab.
 
+mod aws;
 mod bare_metal;
 mod cli;
 mod errors;

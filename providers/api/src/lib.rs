@@ -152,6 +152,9 @@ pub enum ProviderError {
     /// The journal (state store) could not record a resource; nothing was created.
     #[error("could not record {resource} in the state before creating it: {message}")]
     Journal { resource: String, message: String },
+    /// A value of the spec the provider's backend does not accept (region, image, type).
+    #[error("{field}: {message}")]
+    Spec { field: String, message: String },
     /// The provider cannot do this (e.g. bare metal cannot add machines).
     #[error("{provider} provider cannot {what}")]
     Unsupported {

@@ -1,0 +1,182 @@
+//! `nodes scale`: add or remove workers through the provider. Workers that leave are drained
+//! and leave the swarm first; workers that arrive are bootstrapped and joined like in `up`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudflow_provider_api::{Machine, Role};
+use serde_json::json;
+
+use super::{Report, gather_facts, open};
+use crate::cli::Cli;
+use crate::commands;
+use crate::error::{Error, Result};
+use crate::exec::Target;
+use crate::phase::{Bootstrap, Cluster, Phase};
+use crate::plan::{self, Inputs};
+use crate::ui::Ui;
+
+/// `+2`, `-1` relative to `live`; `5` absolute. Below zero is an error, not a silent clamp.
+pub fn resolve_size(size: &str, live: u32) -> Result<u32> {
+    let bad = || {
+        Error::Usage(format!(
+            "size {size:?}: expected a number of workers (4) or a change (+2, -1)"
+        ))
+    };
+    let (relative, digits) = match size.as_bytes().first() {
+        Some(b'+') | Some(b'-') => (true, &size[1..]),
+        _ => (false, size),
+    };
+    let n: u32 = digits.parse().map_err(|_| bad())?;
+    match (relative, size.starts_with('-')) {
+        (false, _) => Ok(n),
+        (true, false) => Ok(live + n),
+        (true, true) => live
+            .checked_sub(n)
+            .ok_or_else(|| Error::Usage(format!("cannot remove {n} worker(s): only {live} run"))),
+    }
+}
+
+pub async fn scale(cli: &Cli, size: &str, ui: Arc<Ui>) -> Result<Report> {
+    let s = open(cli, ui.clone(), true, true).await?;
+    let ctx = &s.ctx;
+    let machines = ctx.provider.list().await?;
+    *ctx.machines.lock().unwrap() = machines.clone();
+    let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == Role::Worker).collect();
+    let live = workers.len() as u32;
+    let target = resolve_size(size, live)?;
+    if target == live {
+        return Ok(Report {
+            json: json!({"cluster": ctx.spec.name, "changed": false, "workers": live, "message": "no changes"}),
+            text: format!(
+                "nodes scale: cluster {}: no changes ({live} worker(s))\n",
+                ctx.spec.name
+            ),
+        });
+    }
+    let state = ctx.state.snapshot();
+    let swarm_formed = state.hosts.values().any(|h| h.swarm.is_some());
+
+    if target < live && swarm_formed {
+        // The provider removes the newest workers; drain exactly those first.
+        let leader = machines
+            .iter()
+            .find(|m| {
+                state
+                    .hosts
+                    .get(&m.name)
+                    .is_some_and(|h| h.swarm == Some(Role::Manager))
+            })
+            .ok_or_else(|| {
+                Error::Other("no manager that cloudflow put in the swarm is running".into())
+            })?;
+        let leader = Target::from(leader);
+        for victim in workers.iter().rev().take((live - target) as usize) {
+            let Some(node) = state
+                .hosts
+                .get(&victim.name)
+                .filter(|h| h.swarm.is_some())
+                .and_then(|h| h.hostname.clone())
+            else {
+                continue;
+            };
+            ui.host(&victim.name, "draining");
+            ctx.exec
+                .run(&leader, "cluster", &commands::node_drain(&node))
+                .await?;
+            wait_drained(ctx, &leader, &node).await?;
+            ui.host(&victim.name, "leaving the swarm");
+            ctx.exec
+                .run(&Target::from(*victim), "cluster", &commands::swarm_leave())
+                .await?;
+            ctx.exec
+                .run(&leader, "cluster", &commands::node_rm(&node))
+                .await?;
+            ui.host_done(&victim.name, "drained and left the swarm");
+        }
+    }
+
+    ui.info(&format!("nodes scale: workers {live} → {target}"));
+    let machines = ctx
+        .provider
+        .scale_workers(target, &ctx.state, ui.as_ref())
+        .await?;
+    ctx.state.update(|st| {
+        st.workers = Some(target);
+        st.hosts
+            .retain(|name, _| machines.iter().any(|m| &m.name == name));
+        st.machines = machines.clone();
+    })?;
+    *ctx.machines.lock().unwrap() = machines.clone();
+
+    if target > live && swarm_formed {
+        // New workers: bootstrap and join them as `up` would.
+        let facts = gather_facts(ctx, &machines).await?;
+        let snapshot = ctx.state.snapshot();
+        let plan = plan::compute(&Inputs {
+            spec: &ctx.spec,
+            state: &snapshot,
+            machines: &machines,
+            provider_actions: &[],
+            facts: &facts,
+            renderer: &ctx.renderer,
+        })?;
+        for phase in [&Bootstrap as &dyn Phase, &Cluster] {
+            if phase.should_run(&plan) {
+                phase.run(ctx, &plan).await?;
+            }
+        }
+        ctx.state.update(|st| {
+            for (name, f) in &facts {
+                st.host(name).hostname = Some(f.hostname.clone());
+            }
+        })?;
+    }
+    let secs = ui.elapsed().as_secs_f64();
+    Ok(Report {
+        json: json!({"cluster": ctx.spec.name, "changed": true, "workers": {"before": live, "after": target},
+                     "machines": machines.len(), "elapsed_seconds": secs}),
+        text: format!(
+            "nodes scale: cluster {}: workers {live} → {target} in {secs:.1}s\n",
+            ctx.spec.name
+        ),
+    })
+}
+
+/// Wait until no task is meant to run on `node` any more (at most two minutes).
+async fn wait_drained(ctx: &crate::phase::Ctx, leader: &Target, node: &str) -> Result<()> {
+    for _ in 0..120 {
+        let out = ctx
+            .exec
+            .run(leader, "cluster", &commands::node_tasks(node))
+            .await?;
+        if out.stdout.trim().is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(Error::Other(format!(
+        "node {node}: tasks still running two minutes after drain; gave up waiting"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_resolve_against_the_live_count() {
+        assert_eq!(resolve_size("+2", 3).unwrap(), 5);
+        assert_eq!(resolve_size("-1", 5).unwrap(), 4);
+        assert_eq!(resolve_size("7", 5).unwrap(), 7);
+        assert_eq!(resolve_size("0", 5).unwrap(), 0);
+        assert!(
+            resolve_size("-4", 3)
+                .unwrap_err()
+                .to_string()
+                .contains("only 3 run")
+        );
+        assert!(resolve_size("many", 3).is_err());
+        assert!(resolve_size("+", 3).is_err());
+    }
+}

@@ -1,0 +1,444 @@
+//! The AWS provider against a real EC2 API server (moto, from PyPI) on loopback. Only
+//! `--until provision` and `down`: nothing ever connects to the addresses moto invents.
+//! What exists is checked with boto3, a client independent of ours; API calls are counted at
+//! the server (tests/it/peers/moto_server.py).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+struct Moto {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    fn start(env: &[(&str, &str)]) -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = workdir();
+        let log = dir.path().join("actions.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/peers/moto_server.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&log)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("moto.err")).unwrap())
+            .spawn()
+            .expect("python3 with moto[server] (bash .ci/setup installs it)");
+        wait_for_port("127.0.0.1", port);
+        Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_CONFIG_FILE", "/nonexistent".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".into()),
+        ]
+    }
+
+    fn actions(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Run cloudflow against this server; returns the run and the API actions it made.
+    fn cloudflow(&self, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> (Run, Vec<String>) {
+        let before = self.actions().len();
+        let base = self.env();
+        let env: Vec<(&str, &str)> = base
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(extra.iter().copied())
+            .collect();
+        let run = cloudflow_env(dir, args, &env);
+        let actions = self.actions()[before..].to_vec();
+        (run, actions)
+    }
+
+    /// What exists for `cluster`, seen through boto3.
+    fn inventory(&self, cluster: &str) -> Value {
+        let script = format!(
+            r#"
+import base64, boto3, json
+ec2 = boto3.client("ec2", endpoint_url="{url}", region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+f = [{{"Name": "tag:cloudflow:cluster", "Values": ["{cluster}"]}}]
+live = [{{"Name": "instance-state-name", "Values": ["pending", "running"]}}]
+inst = [i for r in ec2.describe_instances(Filters=f + live)["Reservations"] for i in r["Instances"]]
+role = lambda i: [t["Value"] for t in i.get("Tags", []) if t["Key"] == "cloudflow:role"]
+ud = ""
+if inst:
+    attr = ec2.describe_instance_attribute(InstanceId=inst[0]["InstanceId"], Attribute="userData")
+    ud = base64.b64decode(attr.get("UserData", {{}}).get("Value", "")).decode()
+print(json.dumps({{
+    "instances": len(inst),
+    "managers": sum(1 for i in inst if role(i) == ["manager"]),
+    "workers": sum(1 for i in inst if role(i) == ["worker"]),
+    "security_groups": len(ec2.describe_security_groups(Filters=f)["SecurityGroups"]),
+    "key_pairs": len(ec2.describe_key_pairs(Filters=f)["KeyPairs"]),
+    "vpcs": len(ec2.describe_vpcs(Filters=f)["Vpcs"]),
+    "subnets": len(ec2.describe_subnets(Filters=f)["Subnets"]),
+    "user_data": ud,
+}}))
+"#,
+            url = self.url
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn terminate_a_worker(&self, cluster: &str) {
+        let script = format!(
+            r#"
+import boto3
+ec2 = boto3.client("ec2", endpoint_url="{url}", region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing")
+f = [{{"Name": "tag:cloudflow:role", "Values": ["worker"]}}, {{"Name": "tag:cloudflow:cluster", "Values": ["{cluster}"]}}, {{"Name": "instance-state-name", "Values": ["running"]}}]
+ids = [i["InstanceId"] for r in ec2.describe_instances(Filters=f)["Reservations"] for i in r["Instances"]]
+ec2.terminate_instances(InstanceIds=ids[:1])
+"#,
+            url = self.url
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ami(&self) -> String {
+        let script = format!(
+            r#"import boto3; print(boto3.client("ec2", endpoint_url="{}", region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing").describe_images()["Images"][0]["ImageId"])"#,
+            self.url
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(dir: &Path, cluster: &str, ami: &str, workers: u32) {
+    let (key, _) = keypair(dir, "id_ed25519");
+    std::fs::write(
+        dir.join("cloudflow.yaml"),
+        format!(
+            "name: {cluster}\nprovider:\n  aws:\n    region: eu-west-1\n    instance_type: t3.medium\n    image: {ami}\n\
+             \x20   managers: 1\n    workers: {workers}\n    ssh_key: {}\n    vpc: auto\n    allowed_cidrs: [203.0.113.0/24]\n\
+             registry:\n  insecure: [\"10.0.0.2:5000\"]\norchestrator: swarm\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+}
+
+fn count(actions: &[String], name: &str) -> usize {
+    actions.iter().filter(|a| *a == name).count()
+}
+
+fn position(actions: &[String], name: &str) -> usize {
+    actions
+        .iter()
+        .position(|a| a == name)
+        .unwrap_or_else(|| panic!("{name} not called: {actions:?}"))
+}
+
+#[test]
+fn aws_provision_reconcile_scale_and_down_leave_nothing() {
+    let moto = Moto::start(&[]);
+    let ami = moto.ami();
+    let dir = workdir();
+    let d = dir.path();
+    spec(d, "cfit-aws", &ami, 2);
+
+    let started = std::time::Instant::now();
+    let (run, calls) = moto.cloudflow(d, &["up", "--yes", "--until", "provision"], &[]);
+    run.ok();
+    eprintln!(
+        "figure: up --until provision, 3 instances: {:.2}s, {} API calls",
+        started.elapsed().as_secs_f64(),
+        calls.len()
+    );
+    assert_eq!(
+        count(&calls, "RunInstances"),
+        2,
+        "one batched RunInstances per role: {calls:?}"
+    );
+    let inv = moto.inventory("cfit-aws");
+    assert_eq!(
+        (
+            inv["instances"].as_u64(),
+            inv["managers"].as_u64(),
+            inv["workers"].as_u64()
+        ),
+        (Some(3), Some(1), Some(2))
+    );
+    assert_eq!(
+        (
+            inv["vpcs"].as_u64(),
+            inv["security_groups"].as_u64(),
+            inv["key_pairs"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    let user_data = inv["user_data"].as_str().unwrap();
+    assert!(user_data.starts_with("#cloud-config"), "{user_data}");
+    assert!(user_data.contains("/usr/local/sbin/cloudflow-install-docker && systemctl daemon-reload && systemctl enable --now docker"));
+    assert!(
+        user_data.contains("  - path: /etc/docker/daemon.json"),
+        "registry settings ride along: {user_data}"
+    );
+
+    // A second run finds its instances by tag and makes none.
+    let (run, calls) = moto.cloudflow(d, &["up", "--yes", "--until", "provision"], &[]);
+    assert!(run.ok().stdout.contains("no changes"));
+    assert_eq!(count(&calls, "RunInstances"), 0);
+
+    // Relative scaling: +2 then -1.
+    moto.cloudflow(d, &["nodes", "scale", "+2"], &[]).0.ok();
+    assert_eq!(moto.inventory("cfit-aws")["instances"], 5);
+    moto.cloudflow(d, &["nodes", "scale", "-1"], &[]).0.ok();
+    assert_eq!(moto.inventory("cfit-aws")["workers"], 3);
+    // The live size is kept by the next `up` (the spec still says 2 workers).
+    let (run, _) = moto.cloudflow(d, &["up", "--yes", "--until", "provision"], &[]);
+    assert!(run.ok().stdout.contains("no changes"));
+
+    // An instance terminated behind cloudflow's back is replaced, and only that one.
+    moto.terminate_a_worker("cfit-aws");
+    assert_eq!(moto.inventory("cfit-aws")["instances"], 3);
+    let (run, calls) = moto.cloudflow(d, &["up", "--yes", "--until", "provision"], &[]);
+    run.ok();
+    assert_eq!(count(&calls, "RunInstances"), 1);
+    assert_eq!(moto.inventory("cfit-aws")["instances"], 4);
+
+    let started = std::time::Instant::now();
+    let (run, calls) = moto.cloudflow(d, &["down", "--yes"], &[]);
+    run.ok();
+    eprintln!(
+        "figure: down, 4 instances: {:.2}s, {} API calls",
+        started.elapsed().as_secs_f64(),
+        calls.len()
+    );
+    // Reverse dependency order, each step finished before the next.
+    assert!(position(&calls, "TerminateInstances") < position(&calls, "DeleteSecurityGroup"));
+    assert!(position(&calls, "DeleteSecurityGroup") < position(&calls, "DeleteVpc"));
+    assert!(position(&calls, "DetachInternetGateway") < position(&calls, "DeleteVpc"));
+    assert!(position(&calls, "DeleteSubnet") < position(&calls, "DeleteVpc"));
+    let inv = moto.inventory("cfit-aws");
+    for k in [
+        "instances",
+        "security_groups",
+        "key_pairs",
+        "vpcs",
+        "subnets",
+    ] {
+        assert_eq!(inv[k], 0, "{k} left after down: {inv}");
+    }
+    assert!(
+        moto.cloudflow(d, &["down", "--yes"], &[])
+            .0
+            .ok()
+            .stdout
+            .contains("no changes")
+    );
+}
+
+#[test]
+fn aws_killed_after_run_instances_recovers_without_orphans() {
+    let moto = Moto::start(&[]);
+    let ami = moto.ami();
+    let dir = workdir();
+    let d = dir.path();
+    spec(d, "cfit-kill", &ami, 2);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudflow"))
+        .current_dir(d)
+        .args(["up", "--yes", "--until", "provision"])
+        .envs(moto.env())
+        .env("CLOUDFLOW_FAULT_PAUSE", "after-run-instances")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        let paused = line.contains("fault: paused");
+        seen.push(line);
+        if paused {
+            break;
+        }
+    }
+    assert!(
+        seen.last().is_some_and(|l| l.contains("fault: paused")),
+        "never reached the pause point:\n{}",
+        seen.join("\n")
+    );
+    child.kill().unwrap(); // SIGKILL, between RunInstances and its record
+    child.wait().unwrap();
+    assert_eq!(
+        moto.inventory("cfit-kill")["instances"],
+        1,
+        "the manager batch was launched before the kill"
+    );
+
+    moto.cloudflow(d, &["up", "--yes", "--until", "provision"], &[])
+        .0
+        .ok();
+    let inv = moto.inventory("cfit-kill");
+    assert_eq!(
+        (inv["instances"].as_u64(), inv["managers"].as_u64()),
+        (Some(3), Some(1)),
+        "{inv}"
+    );
+    assert_eq!(
+        (inv["vpcs"].as_u64(), inv["security_groups"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    moto.cloudflow(d, &["down", "--yes"], &[]).0.ok();
+    let inv = moto.inventory("cfit-kill");
+    for k in ["instances", "security_groups", "key_pairs", "vpcs"] {
+        assert_eq!(inv[k], 0, "{k} orphaned: {inv}");
+    }
+}
+
+#[test]
+fn aws_bad_region_type_and_image_name_the_field_and_bad_credentials_say_so() {
+    let moto = Moto::start(&[]);
+    let ami = moto.ami();
+    for (from, to, field) in [
+        (
+            "region: eu-west-1",
+            "region: xx-nowhere-1",
+            "provider.aws.region",
+        ),
+        (
+            "instance_type: t3.medium",
+            "instance_type: t3.bogus",
+            "provider.aws.instance_type",
+        ),
+        (ami.as_str(), "ami-0000000000deadbee", "provider.aws.image"),
+    ] {
+        let dir = workdir();
+        spec(dir.path(), "cfit-bad", &ami, 1);
+        let path = dir.path().join("cloudflow.yaml");
+        std::fs::write(
+            &path,
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .replace(&format!("{from}\n"), &format!("{to}\n")),
+        )
+        .unwrap();
+        let (run, calls) =
+            moto.cloudflow(dir.path(), &["up", "--yes", "--until", "provision"], &[]);
+        assert_eq!(run.code, 2, "{field}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(field),
+            "{field} not named: {}",
+            run.stderr
+        );
+        assert_eq!(
+            count(&calls, "RunInstances")
+                + count(&calls, "CreateVpc")
+                + count(&calls, "ImportKeyPair"),
+            0,
+            "nothing created"
+        );
+    }
+
+    // A server that checks credentials: the test's keys are unknown to it.
+    let strict = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let dir = workdir();
+    spec(dir.path(), "cfit-creds", &ami, 1);
+    let (run, _) = strict.cloudflow(dir.path(), &["up", "--yes", "--until", "provision"], &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("AWS refused the credentials"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.matches("error:").count(), 1);
+}
+
+#[test]
+fn aws_api_calls_do_not_grow_per_instance() {
+    let moto = Moto::start(&[]);
+    let ami = moto.ami();
+    let mut figures = Vec::new();
+    for (cluster, workers) in [("cfit-n3", 2), ("cfit-n30", 29)] {
+        let dir = workdir();
+        spec(dir.path(), cluster, &ami, workers);
+        let started = std::time::Instant::now();
+        let (run, calls) =
+            moto.cloudflow(dir.path(), &["up", "--yes", "--until", "provision"], &[]);
+        run.ok();
+        let up_secs = started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        let (run, down_calls) = moto.cloudflow(dir.path(), &["down", "--yes"], &[]);
+        run.ok();
+        let down_secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "figure: {} instances: up --until provision {} API calls in {up_secs:.2}s; down {} API calls in {down_secs:.2}s",
+            workers + 1,
+            calls.len(),
+            down_calls.len()
+        );
+        figures.push((calls.len(), down_calls.len()));
+    }
+    assert!(
+        figures[1].0 <= figures[0].0 + 2,
+        "up calls grew with instances: {figures:?}"
+    );
+    assert!(
+        figures[1].1 <= figures[0].1 + 2,
+        "down calls grew with instances: {figures:?}"
+    );
+}
