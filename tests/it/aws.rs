@@ -79,12 +79,30 @@ impl Moto {
         (run, actions)
     }
 
+    /// Run a Python snippet with `ec2`, a boto3 client of this server, in scope; its stdout.
+    fn boto3(&self, body: &str) -> String {
+        let script = format!(
+            "import base64, boto3, json\nec2 = boto3.client(\"ec2\", endpoint_url=\"{}\", region_name=\"eu-west-1\", \
+             aws_access_key_id=\"testing\", aws_secret_access_key=\"testing\")\n{body}",
+            self.url
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// What exists for `cluster`, seen through boto3.
     fn inventory(&self, cluster: &str) -> Value {
-        let script = format!(
+        let out = self.boto3(&format!(
             r#"
-import base64, boto3, json
-ec2 = boto3.client("ec2", endpoint_url="{url}", region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing")
 f = [{{"Name": "tag:cloudflow:cluster", "Values": ["{cluster}"]}}]
 live = [{{"Name": "instance-state-name", "Values": ["pending", "running"]}}]
 inst = [i for r in ec2.describe_instances(Filters=f + live)["Reservations"] for i in r["Instances"]]
@@ -103,56 +121,23 @@ print(json.dumps({{
     "subnets": len(ec2.describe_subnets(Filters=f)["Subnets"]),
     "user_data": ud,
 }}))
-"#,
-            url = self.url
-        );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "boto3: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+"#
+        ));
+        serde_json::from_str(&out).unwrap()
     }
 
     fn terminate_a_worker(&self, cluster: &str) {
-        let script = format!(
+        self.boto3(&format!(
             r#"
-import boto3
-ec2 = boto3.client("ec2", endpoint_url="{url}", region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing")
 f = [{{"Name": "tag:cloudflow:role", "Values": ["worker"]}}, {{"Name": "tag:cloudflow:cluster", "Values": ["{cluster}"]}}, {{"Name": "instance-state-name", "Values": ["running"]}}]
 ids = [i["InstanceId"] for r in ec2.describe_instances(Filters=f)["Reservations"] for i in r["Instances"]]
 ec2.terminate_instances(InstanceIds=ids[:1])
-"#,
-            url = self.url
-        );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "boto3: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+"#
+        ));
     }
 
     fn ami(&self) -> String {
-        let script = format!(
-            r#"import boto3; print(boto3.client("ec2", endpoint_url="{}", region_name="eu-west-1", aws_access_key_id="testing", aws_secret_access_key="testing").describe_images()["Images"][0]["ImageId"])"#,
-            self.url
-        );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        self.boto3(r#"print(ec2.describe_images()["Images"][0]["ImageId"])"#)
     }
 }
 
