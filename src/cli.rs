@@ -20,11 +20,15 @@ pub enum OutputFormat {
     long_about = "cloudflow reads one spec file, plans what would change (per phase and host), applies it \
                   idempotently over SSH, records what it did, and takes it all back with `down`.\n\n\
                   Phases, in order: provision (machines exist), bootstrap (Docker, registry, proxy settings), \
-                  cluster (the swarm).",
+                  cluster (the swarm), proxy (the reverse proxy), deploy (the spec's services).\n\n\
+                  Then `deploy`, `switch`, `stop-old`, `rollback` and `scale` run blue-green deployments behind the proxy, \
+                  and `env` makes ephemeral environments.",
     after_help = "Examples:\n  \
                   cloudflow -f examples/lab.yaml up --yes       # a 3-host lab swarm on the local Docker engine\n  \
                   cloudflow -f cluster.yaml plan                # what would change; touches nothing\n  \
                   cloudflow -f cluster.yaml status -o json      # nodes as JSON\n  \
+                  cloudflow -f cluster.yaml deploy web --image reg:5000/web:2   # blue-green behind the proxy\n  \
+                  cloudflow -f cluster.yaml scale web +2        # relative scaling\n  \
                   cloudflow -f cluster.yaml down --yes          # undo everything cloudflow did\n\n\
                   Every flag can also come from the environment: CLOUDFLOW_FILE, CLOUDFLOW_STATE, CLOUDFLOW_OUTPUT, \
                   CLOUDFLOW_VERBOSE, CLOUDFLOW_YES, CLOUDFLOW_UNTIL.\n\
@@ -106,6 +110,39 @@ pub enum Command {
     #[command(subcommand)]
     Nodes(NodesCommand),
 
+    /// Blue-green deploy of a service from the spec: start the other colour, gate on health (every replica), switch the proxy, keep the old colour.
+    #[command(
+        after_help = "Examples:\n  cloudflow -f cluster.yaml deploy web --image reg:5000/web:2             # health-gated switch; old colour kept\n  \
+                            cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --no-switch # new colour only at web-default-preview.<domain>\n  \
+                            cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --scale +2\n  \
+                            cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --env pr-7  # served at web-pr-7.<domain>\n\n\
+                            Deploying the image that is already live changes nothing (--force redeploys). A failed health gate leaves\n\
+                            traffic where it was and names the replica that failed."
+    )]
+    Deploy(DeployArgs),
+
+    /// Send traffic to the colour waiting at the preview host (its replicas are health-gated again first).
+    #[command(after_help = "Example:\n  cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --no-switch\n  cloudflow -f cluster.yaml switch web")]
+    Switch(ServiceArgs),
+
+    /// Scale the old colour to 0 replicas; it is kept, so `rollback` can bring it back. The preview host then answers 503.
+    #[command(name = "stop-old", after_help = "Example:\n  cloudflow -f cluster.yaml stop-old web\n  cloudflow -f cluster.yaml stop-old web --env pr-7")]
+    StopOld(ServiceArgs),
+
+    /// Bring the previous colour back (at the live replica count), gate it on health, and switch traffic to it. Works after stop-old too.
+    #[command(after_help = "Example:\n  cloudflow -f cluster.yaml rollback web")]
+    Rollback(ServiceArgs),
+
+    /// Scale a service's live colour: absolute (5) or relative to the replicas it runs now (+2, -1), within min/max_replicas.
+    #[command(
+        after_help = "Examples:\n  cloudflow -f cluster.yaml scale web +2\n  cloudflow -f cluster.yaml scale web -1\n  cloudflow -f cluster.yaml scale web 5 --env pr-7"
+    )]
+    Scale(ServiceScaleArgs),
+
+    /// Ephemeral environments: an overlay network plus its services, served at <service>-<env>.<domain>.
+    #[command(subcommand)]
+    Env(EnvCommand),
+
     /// Undo everything cloudflow did: lab and cloud machines are destroyed; bare-metal hosts leave the swarm and get their settings back (Docker stays installed).
     #[command(
         after_help = "Examples:\n  cloudflow -f cluster.yaml down          # shows the plan and asks\n  cloudflow -f cluster.yaml down --yes"
@@ -122,6 +159,93 @@ pub enum NodesCommand {
                             cloudflow -f staging.yaml nodes scale 4      # exactly four workers"
     )]
     Scale(ScaleArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Create an environment (its network and a record with its TTL).
+    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml env create pr-7 --ttl 1h\n  cloudflow -f cluster.yaml deploy web --image reg:5000/web:pr-7 --env pr-7")]
+    Create(EnvCreateArgs),
+    /// Environments with age, expiry and services (colour, image, replicas).
+    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml env list\n  cloudflow -f cluster.yaml env list -o json | jq '.environments[].name'")]
+    List,
+    /// Remove an environment: its routes, services and network. `default` cannot be destroyed.
+    #[command(after_help = "Example:\n  cloudflow -f cluster.yaml env destroy pr-7")]
+    Destroy(EnvNameArgs),
+    /// Destroy every environment past its TTL (run it from cron or CI).
+    #[command(after_help = "Example:\n  cloudflow -f cluster.yaml env gc")]
+    Gc(YesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnvCreateArgs {
+    /// Environment name: lowercase letters, digits and '-'.
+    pub name: String,
+    /// How long it lives before `env gc` removes it (30m, 1h, 2d). Without it, it lives until destroyed.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub common: YesArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EnvNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub common: YesArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct YesArgs {
+    /// Accepted for symmetry with up/down; this command acts at once.
+    #[arg(short = 'y', long, env = "CLOUDFLOW_YES")]
+    pub yes: bool,
+    /// Give up waiting for tasks to converge after this long (30s, 5m).
+    #[arg(long, env = "CLOUDFLOW_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// A service from the spec's `services`.
+    pub service: String,
+    /// The environment (default: `default`).
+    #[arg(long, env = "CLOUDFLOW_ENV", default_value = "default")]
+    pub env: String,
+    #[command(flatten)]
+    pub common: YesArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub target: ServiceArgs,
+    /// The image to deploy (default: the spec's image for the service).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Start and gate the new colour but leave traffic where it is (see it at the preview host; `switch` later).
+    #[arg(long)]
+    pub no_switch: bool,
+    /// Replicas for the new colour: absolute (5) or relative to the live colour (+2, -1).
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
+    pub scale: Option<String>,
+    /// Deploy even when the image is already live.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceScaleArgs {
+    /// A service from the spec's `services`.
+    pub service: String,
+    /// Replicas wanted: absolute (5) or relative to the live colour's replicas (+2, -1).
+    #[arg(allow_hyphen_values = true, value_name = "SIZE")]
+    pub size: String,
+    /// The environment (default: `default`).
+    #[arg(long, env = "CLOUDFLOW_ENV", default_value = "default")]
+    pub env: String,
+    #[command(flatten)]
+    pub common: YesArgs,
 }
 
 #[derive(Debug, Args)]

@@ -2,9 +2,11 @@
 pub mod app;
 pub mod cli;
 pub mod commands;
+pub mod deploy;
 pub mod error;
 pub mod exec;
 pub mod facts;
+pub mod orchestrator;
 pub mod phase;
 pub mod plan;
 pub mod render;

@@ -1,6 +1,7 @@
 //! One small handler per command. Each opens a [`Session`] (spec → state → lock → provider →
 //! executor), computes a plan with the pure planner, and runs phases.
 
+mod deploy;
 mod down;
 mod facts;
 mod nodes;
@@ -48,6 +49,12 @@ pub async fn run(cli: Cli) -> Result<Report> {
         Command::Status => status::status(&cli, ui).await,
         Command::Down(a) => down::down(&cli, a.yes, ui).await,
         Command::Nodes(crate::cli::NodesCommand::Scale(a)) => nodes::scale(&cli, &a.size, ui).await,
+        Command::Deploy(_)
+        | Command::Switch(_)
+        | Command::StopOld(_)
+        | Command::Rollback(_)
+        | Command::Scale(_)
+        | Command::Env(_) => deploy::run(&cli, ui).await,
     }
 }
 

@@ -108,11 +108,13 @@ fn join(argv: &[String]) -> String {
         .join(" ")
 }
 
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     shlex::try_quote(s)
         .map(|c| c.into_owned())
         .unwrap_or_default()
 }
+
+pub mod swarm;
 
 // ---- host files ------------------------------------------------------------------------------
 

@@ -32,6 +32,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "cloud-init.yaml",
         include_str!("../../templates/cloud-init.yaml.tera"),
     ),
+    (
+        "nginx-routes.conf",
+        include_str!("../../templates/nginx-routes.conf.tera"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

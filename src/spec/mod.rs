@@ -4,6 +4,7 @@
 //! addresses) both point at `file:line:column` and render with the source snippet (miette).
 
 mod error;
+mod services;
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use error::SpecError;
+pub use services::{HealthSpec, ServiceSpec, Strategy, parse_duration, valid_service_name};
 
 /// A validated spec.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ pub struct Spec {
     pub proxy: ProxySpec,
     /// Directory whose `*.tera` files override the embedded templates.
     pub templates: Option<PathBuf>,
+    /// What the deploy phase runs, by name: `services:` merged over `services_from:`.
+    pub services: std::collections::BTreeMap<String, ServiceSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +161,9 @@ struct RawSpec {
     #[serde(default)]
     proxy: RawProxy,
     templates: Option<String>,
+    #[serde(default)]
+    services: std::collections::HashMap<Spanned<String>, services::RawService>,
+    services_from: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -471,6 +478,34 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         }
     }
 
+    let mut all_services = match &raw.services_from {
+        None => Default::default(),
+        Some(f) => services::from_compose(&expand_path(&f.value, &base))?,
+    };
+    let services_at = raw.services.keys().map(Location::of).min_by_key(|l| (l.line, l.column));
+    all_services.extend(services::from_spec(raw.services, &at)?);
+    if !all_services.is_empty() {
+        let loc = services_at
+            .or(raw.services_from.as_ref().map(Location::of))
+            .unwrap_or_default();
+        if raw.proxy.image.is_none() {
+            return Err(at(
+                loc,
+                "services need a reverse proxy: set proxy.image (an nginx image your hosts can pull; \
+                 cloudflow never falls back to a public image)"
+                    .into(),
+            ));
+        }
+        if raw.proxy.domain.is_none()
+            && all_services.values().any(|s| s.strategy == Strategy::BlueGreen)
+        {
+            return Err(at(
+                loc,
+                "routed services need proxy.domain: they are served at <service>-<env>.<domain>".into(),
+            ));
+        }
+    }
+
     Ok(Spec {
         path: path.to_path_buf(),
         name,
@@ -490,6 +525,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             port: raw.proxy.port,
         },
         templates: raw.templates.map(|t| expand_path(&t, &base)),
+        services: all_services,
     })
 }
 

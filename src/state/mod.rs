@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 pub use embedded::Embedded;
 pub use record::{
+    Color, ColorRecord, EnvRecord, ProxyRecord, ServiceRecord,
     ClusterState, DaemonJsonRecord, HostRecord, KnownKey, ResourceRecord, ResourceStatus,
 };
 

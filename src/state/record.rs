@@ -26,6 +26,103 @@ pub struct ClusterState {
     /// Host keys accepted under `accept-new`, keyed `address:port`.
     #[serde(default)]
     pub known_hosts: BTreeMap<String, KnownKey>,
+    /// Deploy environments by name (`default` once anything is deployed).
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvRecord>,
+    /// Set when cloudflow started the reverse proxy.
+    #[serde(default)]
+    pub proxy: Option<ProxyRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProxyRecord {
+    pub image: String,
+    pub port: u16,
+    /// Bumped on every configuration change; the proxy serves it back, so cloudflow knows
+    /// when a reload is live.
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EnvRecord {
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339; `None` lives until destroyed.
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceRecord>,
+}
+
+/// One deployed service of an environment: which colour is live and what each colour runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceRecord {
+    pub strategy: crate::spec::Strategy,
+    /// Container port the proxy routes to.
+    pub port: Option<u16>,
+    pub health_path: String,
+    pub live: Color,
+    #[serde(default)]
+    pub blue: Option<ColorRecord>,
+    #[serde(default)]
+    pub green: Option<ColorRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ColorRecord {
+    pub image: String,
+    /// Desired replicas (0 after `stop-old`).
+    pub replicas: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Blue,
+    Green,
+}
+
+impl Color {
+    pub fn other(self) -> Color {
+        match self {
+            Color::Blue => Color::Green,
+            Color::Green => Color::Blue,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Color::Blue => "blue",
+            Color::Green => "green",
+        }
+    }
+}
+
+impl std::fmt::Display for Color {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ServiceRecord {
+    pub fn color(&self, c: Color) -> Option<&ColorRecord> {
+        match c {
+            Color::Blue => self.blue.as_ref(),
+            Color::Green => self.green.as_ref(),
+        }
+    }
+    pub fn color_mut(&mut self, c: Color) -> &mut Option<ColorRecord> {
+        match c {
+            Color::Blue => &mut self.blue,
+            Color::Green => &mut self.green,
+        }
+    }
+    /// The live colour's record (always there once deployed).
+    pub fn live(&self) -> Option<&ColorRecord> {
+        self.color(self.live)
+    }
+    /// The other colour, when it runs replicas (what the preview host serves).
+    pub fn preview(&self) -> Option<&ColorRecord> {
+        self.color(self.live.other()).filter(|c| c.replicas > 0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -95,6 +192,8 @@ impl ClusterState {
             hosts: BTreeMap::new(),
             workers: None,
             known_hosts: BTreeMap::new(),
+            environments: BTreeMap::new(),
+            proxy: None,
         }
     }
 

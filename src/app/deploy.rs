@@ -1,0 +1,197 @@
+//! `deploy`, `switch`, `stop-old`, `rollback`, `scale` and `env …`: open the cluster, find the
+//! swarm's managers, and hand over to [`crate::deploy::Deployer`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudflow_provider_api::Role;
+use serde_json::json;
+
+use super::{Report, Session, open};
+use crate::cli::{Cli, Command, EnvCommand};
+use crate::deploy::flow::{DeployOpts, Outcome};
+use crate::deploy::{self, Deployer, probe::ProxyClient};
+use crate::error::{Error, Result};
+use crate::exec::Target;
+use crate::orchestrator::Swarm;
+use crate::ui::Ui;
+
+/// An open cluster with its swarm: what a deployer borrows.
+pub struct DeploySite {
+    pub session: Session,
+    pub swarm: Swarm,
+}
+
+impl DeploySite {
+    pub fn deployer(&self, timeout: Duration) -> Deployer<'_> {
+        let ctx = &self.session.ctx;
+        Deployer {
+            spec: &ctx.spec,
+            state: &ctx.state,
+            orch: &self.swarm,
+            renderer: &ctx.renderer,
+            ui: ctx.ui.as_ref(),
+            proxy: ProxyClient::new(
+                ctx.spec.proxy.port.unwrap_or(80),
+                crate::orchestrator::Orchestrator::proxy_endpoints(&self.swarm),
+            ),
+            timeout,
+        }
+    }
+}
+
+/// The swarm's managers (those cloudflow put in the swarm), the first one leading.
+pub fn swarm_of(session: &Session, machines: &[cloudflow_provider_api::Machine]) -> Result<Swarm> {
+    let ctx = &session.ctx;
+    let state = ctx.state.snapshot();
+    let managers: Vec<Target> = machines
+        .iter()
+        .filter(|m| m.role == Role::Manager)
+        .filter(|m| {
+            state
+                .hosts
+                .get(&m.name)
+                .is_some_and(|h| h.swarm == Some(Role::Manager))
+        })
+        .map(Target::from)
+        .collect();
+    let leader = managers.first().cloned().ok_or_else(|| {
+        Error::Other(format!(
+            "cluster {}: no swarm manager formed by cloudflow is running: run `cloudflow -f {} up --yes` first",
+            ctx.spec.name,
+            ctx.spec.path.display()
+        ))
+    })?;
+    Ok(Swarm {
+        exec: ctx.exec.clone(),
+        leader,
+        managers,
+        cluster: ctx.spec.name.clone(),
+    })
+}
+
+async fn site(cli: &Cli, ui: Arc<Ui>) -> Result<DeploySite> {
+    let session = open(cli, ui, true, true).await?;
+    let machines = session.ctx.provider.list().await?;
+    *session.ctx.machines.lock().unwrap() = machines.clone();
+    let swarm = swarm_of(&session, &machines)?;
+    Ok(DeploySite { session, swarm })
+}
+
+fn report(o: Outcome) -> Report {
+    Report {
+        text: format!("{}\n", o.message),
+        json: o.json,
+    }
+}
+
+pub async fn run(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
+    if let Command::Env(EnvCommand::List) = &cli.command {
+        return env_list(cli, ui).await;
+    }
+    let site = site(cli, ui).await?;
+    let outcome = match &cli.command {
+        Command::Deploy(a) => {
+            let d = site.deployer(a.target.common.timeout);
+            let opts = DeployOpts {
+                image: a.image.clone(),
+                no_switch: a.no_switch,
+                scale: a.scale.clone(),
+                force: a.force,
+            };
+            d.deploy(&a.target.env, &a.target.service, &opts).await?
+        }
+        Command::Switch(a) => {
+            site.deployer(a.common.timeout)
+                .switch(&a.env, &a.service)
+                .await?
+        }
+        Command::StopOld(a) => {
+            site.deployer(a.common.timeout)
+                .stop_old(&a.env, &a.service)
+                .await?
+        }
+        Command::Rollback(a) => {
+            site.deployer(a.common.timeout)
+                .rollback(&a.env, &a.service)
+                .await?
+        }
+        Command::Scale(a) => {
+            site.deployer(a.common.timeout)
+                .scale(&a.env, &a.service, &a.size)
+                .await?
+        }
+        Command::Env(EnvCommand::Create(a)) => {
+            site.deployer(a.common.timeout)
+                .env_create(&a.name, a.ttl)
+                .await?
+        }
+        Command::Env(EnvCommand::Destroy(a)) => {
+            site.deployer(a.common.timeout)
+                .env_destroy(&a.name)
+                .await?
+        }
+        Command::Env(EnvCommand::Gc(a)) => site.deployer(a.timeout).env_gc().await?,
+        _ => unreachable!("not a deploy command"),
+    };
+    Ok(report(outcome))
+}
+
+/// `env list` reads the state only: no lock, no SSH.
+async fn env_list(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
+    let s = open(cli, ui, false, false).await?;
+    let state = s.ctx.state.snapshot();
+    let envs = deploy::env_list(&state);
+    let now = chrono::Utc::now();
+    let mut text = format!(
+        "{:<16} {:<10} {:<22} SERVICES\n",
+        "ENVIRONMENT", "AGE", "EXPIRES"
+    );
+    for e in &envs {
+        let age = e["created"]
+            .as_str()
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .map(|c| {
+                let secs = (now - c.with_timezone(&chrono::Utc)).num_seconds().max(0) as u64;
+                humantime::format_duration(Duration::from_secs(secs)).to_string()
+            })
+            .unwrap_or_default();
+        let age: String = age.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let expires = match e["expires"].as_str() {
+            None => "never".to_string(),
+            Some(x) => {
+                let past = chrono::DateTime::parse_from_rfc3339(x).is_ok_and(|t| t < now);
+                format!("{x}{}", if past { " (expired)" } else { "" })
+            }
+        };
+        let services: Vec<String> = e["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{} {} {} ×{}",
+                    s["name"].as_str().unwrap_or(""),
+                    s["color"].as_str().unwrap_or(""),
+                    s["image"].as_str().unwrap_or("-"),
+                    s["replicas"]
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "{:<16} {:<10} {:<22} {}\n",
+            e["name"].as_str().unwrap_or(""),
+            age,
+            expires,
+            if services.is_empty() {
+                "-".to_string()
+            } else {
+                services.join(", ")
+            }
+        ));
+    }
+    Ok(Report {
+        json: json!({"cluster": state.cluster, "environments": envs}),
+        text,
+    })
+}

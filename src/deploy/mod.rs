@@ -1,0 +1,310 @@
+//! Deploy and scale, orchestrator-neutral: names, routes, replica arithmetic and task
+//! convergence are plain functions here; [`flow`] runs blue-green, stop-old, rollback, scale
+//! and environments through an [`crate::orchestrator::Orchestrator`].
+
+pub mod flow;
+pub mod probe;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tera::Context;
+
+use crate::render::{RenderError, Renderer};
+use crate::spec::Strategy;
+use crate::state::{ClusterState, Color, EnvRecord};
+
+pub use flow::Deployer;
+
+/// The environment every cluster has.
+pub const DEFAULT_ENV: &str = "default";
+/// The one overlay network the proxy and every routed service join.
+pub const EDGE_NETWORK: &str = "cloudflow-edge";
+/// Longest environment name (keeps `<env>-<service>-<colour>` a DNS label).
+pub const MAX_ENV_NAME: usize = 24;
+
+/// Swarm service name of one colour of a routed service.
+pub fn color_service(env: &str, service: &str, color: Color) -> String {
+    format!("{env}-{service}-{color}")
+}
+
+/// Swarm service name of an in-place (side) service.
+pub fn inplace_service(env: &str, service: &str) -> String {
+    format!("{env}-{service}")
+}
+
+/// The Swarm service that runs `color` of `service` (in-place services have one).
+pub fn service_name(env: &str, service: &str, strategy: Strategy, color: Color) -> String {
+    match strategy {
+        Strategy::BlueGreen => color_service(env, service, color),
+        Strategy::InPlace => inplace_service(env, service),
+    }
+}
+
+/// An environment's own network (service-to-service traffic).
+pub fn env_network(env: &str) -> String {
+    format!("cf-env-{env}")
+}
+
+pub fn valid_env_name(name: &str) -> bool {
+    crate::spec::valid_service_name(name) && name.len() <= MAX_ENV_NAME
+}
+
+pub fn labels(
+    cluster: &str,
+    env: &str,
+    service: Option<&str>,
+    color: Option<Color>,
+) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert("cloudflow.cluster".to_string(), cluster.to_string());
+    l.insert("cloudflow.env".to_string(), env.to_string());
+    if let Some(s) = service {
+        l.insert("cloudflow.service".to_string(), s.to_string());
+    }
+    if let Some(c) = color {
+        l.insert("cloudflow.color".to_string(), c.to_string());
+    }
+    l
+}
+
+/// `+2`, `-1` relative to `current`; `5` absolute; then clamped to `min..=max` with a message.
+pub fn resolve_replicas(
+    size: &str,
+    current: u32,
+    min: u32,
+    max: u32,
+) -> Result<(u32, Option<String>), String> {
+    let bad = || format!("size {size:?}: expected a replica count (5) or a change (+2, -1)");
+    let (sign, digits) = match size.as_bytes().first() {
+        Some(b'+') => (1i64, &size[1..]),
+        Some(b'-') => (-1i64, &size[1..]),
+        _ => (0, size),
+    };
+    let n: i64 = digits.parse::<u32>().map_err(|_| bad())?.into();
+    let wanted = if sign == 0 { n } else { current as i64 + sign * n };
+    let clamped = wanted.clamp(min as i64, max as i64) as u32;
+    let note = (clamped as i64 != wanted).then(|| {
+        format!(
+            "{size} from {current} gives {wanted}, outside min_replicas..max_replicas ({min}..{}): clamped to {clamped}",
+            if max == u32::MAX { "∞".to_string() } else { max.to_string() }
+        )
+    });
+    Ok((clamped, note))
+}
+
+/// One `server` of the proxy configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Route {
+    pub host: String,
+    /// The Swarm service (dnsrr name) to send traffic to; `None` answers 503 with `message`.
+    pub upstream: Option<String>,
+    pub port: u16,
+    pub message: String,
+    pub comment: String,
+}
+
+/// A per-task route for the health gate: only these addresses are reachable through it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Probe {
+    /// URL-safe id (the task id).
+    pub id: String,
+    pub address: String,
+    pub port: u16,
+    pub path: String,
+    /// `<service>.<slot>` and the node, for messages.
+    pub replica: String,
+    pub node: String,
+}
+
+/// The routes the state implies: live colour at `<svc>-<env>.<domain>`, the other colour at
+/// `<svc>-<env>-preview.<domain>` (503 with a reason when it does not run).
+pub fn routes(state: &ClusterState, domain: &str) -> Vec<Route> {
+    let mut out = Vec::new();
+    for (env, e) in &state.environments {
+        for (svc, r) in &e.services {
+            let (Strategy::BlueGreen, Some(port)) = (r.strategy, r.port) else {
+                continue;
+            };
+            let live = r.live();
+            out.push(Route {
+                host: format!("{svc}-{env}.{domain}"),
+                upstream: live.map(|_| color_service(env, svc, r.live)),
+                port,
+                message: format!("{svc} in {env} has no live colour yet"),
+                comment: format!(
+                    "{svc} in {env}: live colour {} ({})",
+                    r.live,
+                    live.map(|c| c.image.as_str()).unwrap_or("-")
+                ),
+            });
+            let other = r.live.other();
+            let (upstream, message) = match r.color(other) {
+                Some(c) if c.replicas > 0 => (Some(color_service(env, svc, other)), String::new()),
+                Some(_) => (
+                    None,
+                    format!(
+                        "no preview for {svc} in {env}: the {other} colour was stopped (stop-old); `cloudflow rollback {svc}` brings it back"
+                    ),
+                ),
+                None => (
+                    None,
+                    format!("no preview for {svc} in {env}: only the {} colour was ever deployed", r.live),
+                ),
+            };
+            out.push(Route {
+                host: format!("{svc}-{env}-preview.{domain}"),
+                upstream,
+                port,
+                message,
+                comment: format!("{svc} in {env}: preview ({other})"),
+            });
+        }
+    }
+    out
+}
+
+/// Render the proxy's conf.d file.
+pub fn proxy_config(
+    renderer: &Renderer,
+    state: &ClusterState,
+    domain: &str,
+    generation: u64,
+    probes: &[Probe],
+) -> Result<String, RenderError> {
+    let mut ctx = Context::new();
+    ctx.insert("cluster", &state.cluster);
+    ctx.insert("domain", domain);
+    ctx.insert("generation", &generation);
+    ctx.insert("routes", &routes(state, domain));
+    ctx.insert("probes", probes);
+    renderer.render("nginx-routes.conf", &ctx)
+}
+
+/// A task as the orchestrator reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub id: String,
+    /// `<service>.<slot>`.
+    pub name: String,
+    pub node: String,
+    pub desired: String,
+    pub state: String,
+    pub error: String,
+    pub image: String,
+    /// Address on each network, by network name.
+    pub addresses: BTreeMap<String, String>,
+}
+
+/// How far a service is from `replicas` running tasks (and none still stopping).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Convergence {
+    pub running: u32,
+    pub stopping: u32,
+    pub done: bool,
+    /// The most recent task error, if any, for "what it was waiting for".
+    pub last_error: Option<String>,
+}
+
+pub fn convergence(tasks: &[Task], replicas: u32, image: Option<&str>) -> Convergence {
+    let wanted: Vec<&Task> = tasks.iter().filter(|t| t.desired == "running").collect();
+    let running = wanted
+        .iter()
+        .filter(|t| t.state == "running" && image.is_none_or(|i| t.image == i))
+        .count() as u32;
+    let stopping = tasks
+        .iter()
+        .filter(|t| t.desired != "running" && ["running", "starting"].contains(&t.state.as_str()))
+        .count() as u32;
+    let last_error = tasks
+        .iter()
+        .find(|t| !t.error.is_empty())
+        .map(|t| format!("task {} on {}: {} ({})", t.name, t.node, t.error, t.state));
+    Convergence {
+        running,
+        stopping,
+        done: running == replicas && wanted.len() as u32 == replicas && stopping == 0,
+        last_error,
+    }
+}
+
+/// Parse [`crate::commands::swarm::service_tasks`] output.
+pub fn parse_tasks(service: &str, out: &str) -> Result<Vec<Task>, String> {
+    let (json, nodes) = out.split_once("\n---\n").unwrap_or((out, ""));
+    let nodes: BTreeMap<&str, &str> = nodes
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let raw: Vec<serde_json::Value> =
+        serde_json::from_str(json.trim()).map_err(|e| format!("tasks of {service}: {e}"))?;
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    Ok(raw
+        .iter()
+        .map(|t| {
+            let node_id = s(&t["NodeID"]);
+            let slot = t["Slot"].as_u64().unwrap_or(0);
+            let mut addresses = BTreeMap::new();
+            for a in t["NetworksAttachments"].as_array().into_iter().flatten() {
+                let net = s(&a["Network"]["Spec"]["Name"]);
+                if let Some(addr) = a["Addresses"].get(0).and_then(|v| v.as_str()) {
+                    addresses.insert(net, addr.split('/').next().unwrap_or(addr).to_string());
+                }
+            }
+            let image = s(&t["Spec"]["ContainerSpec"]["Image"]);
+            Task {
+                id: s(&t["ID"]),
+                name: format!("{service}.{slot}"),
+                node: nodes.get(node_id.as_str()).map(|n| n.to_string()).unwrap_or(node_id),
+                desired: s(&t["DesiredState"]),
+                state: s(&t["Status"]["State"]),
+                error: s(&t["Status"]["Err"]),
+                // Swarm pins images by digest: compare without it.
+                image: image.split('@').next().unwrap_or("").to_string(),
+                addresses,
+            }
+        })
+        .collect())
+}
+
+/// `env list`: one entry per environment (default first), services with their live colour.
+pub fn env_list(state: &ClusterState) -> Vec<serde_json::Value> {
+    let default = EnvRecord {
+        created: state.created.clone(),
+        expires: None,
+        services: BTreeMap::new(),
+    };
+    let mut envs: Vec<(&str, &EnvRecord)> = vec![(
+        DEFAULT_ENV,
+        state.environments.get(DEFAULT_ENV).unwrap_or(&default),
+    )];
+    envs.extend(
+        state
+            .environments
+            .iter()
+            .filter(|(n, _)| n.as_str() != DEFAULT_ENV)
+            .map(|(n, e)| (n.as_str(), e)),
+    );
+    envs.into_iter()
+        .map(|(name, e)| {
+            let services: Vec<_> = e
+                .services
+                .iter()
+                .map(|(svc, r)| {
+                    let live = r.live();
+                    serde_json::json!({
+                        "name": svc,
+                        "color": r.live,
+                        "image": live.map(|c| c.image.clone()),
+                        "replicas": live.map(|c| c.replicas).unwrap_or(0),
+                        "preview": r.preview().map(|c| serde_json::json!({"color": r.live.other(), "image": c.image, "replicas": c.replicas})),
+                        "strategy": r.strategy,
+                    })
+                })
+                .collect();
+            serde_json::json!({"name": name, "created": e.created, "expires": e.expires, "services": services})
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Swarm: every call is a command builder from `commands::swarm` run on a manager over SSH.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ConstantBuilder, Retryable};
+
+use super::Orchestrator;
+use crate::commands::{self, swarm as cmd, swarm::ServiceRun};
+use crate::deploy::{self, Task};
+use crate::error::{Error, Result, collect_hosts};
+use crate::exec::{Executor, Target, for_each_host};
+
+const PHASE: &str = "deploy";
+
+pub struct Swarm {
+    pub exec: Arc<dyn Executor>,
+    /// The manager that runs `docker service …`.
+    pub leader: Target,
+    /// Every manager (where the proxy runs).
+    pub managers: Vec<Target>,
+    pub cluster: String,
+}
+
+#[async_trait::async_trait]
+impl Orchestrator for Swarm {
+    async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        self.exec
+            .run(&self.leader, PHASE, &cmd::network_create(name, labels))
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_networks(&self, labels: &[(&str, &str)]) -> Result<()> {
+        // A network can only go once the tasks of removed services have let go of it.
+        let c = cmd::networks_rm(labels);
+        (|| async { self.exec.run(&self.leader, PHASE, &c).await })
+            .retry(
+                ConstantBuilder::default()
+                    .with_delay(Duration::from_secs(1))
+                    .with_max_times(90),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn services(&self, labels: &[(&str, &str)]) -> Result<Vec<String>> {
+        let out = self
+            .exec
+            .run(&self.leader, PHASE, &cmd::services_ls(labels))
+            .await?;
+        Ok(out
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    }
+
+    async fn create_service(&self, run: &ServiceRun) -> Result<()> {
+        self.exec
+            .run(&self.leader, PHASE, &cmd::service_create(run))
+            .await?;
+        Ok(())
+    }
+
+    async fn update_service(&self, run: &ServiceRun, old_env: &[String]) -> Result<()> {
+        self.exec
+            .run(&self.leader, PHASE, &cmd::service_update(run, old_env))
+            .await?;
+        Ok(())
+    }
+
+    async fn scale_service(&self, name: &str, replicas: u32) -> Result<()> {
+        self.exec
+            .run(&self.leader, PHASE, &cmd::service_scale(name, replicas))
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_services(&self, names: &[String]) -> Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.exec
+            .run(&self.leader, PHASE, &cmd::services_rm(names))
+            .await?;
+        Ok(())
+    }
+
+    async fn tasks(&self, service: &str) -> Result<Vec<Task>> {
+        let out = self
+            .exec
+            .probe(&self.leader, PHASE, &cmd::service_tasks(service))
+            .await?;
+        if out.code != 0 {
+            // `docker service ps` of a service that does not exist (any more).
+            if out.stderr.contains("no such service") || out.stderr.contains("not found") {
+                return Ok(Vec::new());
+            }
+            return Err(Error::Other(format!(
+                "host {}: listing the tasks of {service} failed: {}",
+                self.leader.name,
+                out.stderr.trim()
+            )));
+        }
+        deploy::parse_tasks(service, &out.stdout).map_err(Error::Other)
+    }
+
+    async fn ensure_proxy(&self, image: &str, port: u16, config: &str) -> Result<bool> {
+        self.write_config(config).await?;
+        let exists = self
+            .services(&[("cloudflow.cluster", &self.cluster)])
+            .await?
+            .iter()
+            .any(|s| s == cmd::PROXY_SERVICE);
+        if exists {
+            return Ok(false);
+        }
+        self.exec
+            .run(
+                &self.leader,
+                "proxy",
+                &cmd::proxy_create(image, port, deploy::EDGE_NETWORK, &self.cluster),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    async fn apply_proxy_config(&self, config: &str) -> Result<()> {
+        self.write_config(config).await?;
+        let results = for_each_host(&self.managers, 16, |t| async move {
+            self.exec.run(t, "proxy", &cmd::proxy_reload()).await
+        })
+        .await;
+        collect_hosts(results)?;
+        Ok(())
+    }
+
+    async fn remove_proxy(&self) -> Result<()> {
+        self.remove_services(&[cmd::PROXY_SERVICE.to_string()])
+            .await?;
+        let results = for_each_host(&self.managers, 16, |t| async move {
+            self.exec
+                .run(
+                    t,
+                    "proxy",
+                    &commands::remove_files("proxy-config-rm", &[cmd::PROXY_CONF.to_string()]),
+                )
+                .await
+        })
+        .await;
+        collect_hosts(results)?;
+        Ok(())
+    }
+
+    fn proxy_endpoints(&self) -> Vec<(String, String)> {
+        self.managers
+            .iter()
+            .map(|t| (t.name.clone(), t.address.clone()))
+            .collect()
+    }
+}
+
+impl Swarm {
+    async fn write_config(&self, config: &str) -> Result<()> {
+        let c = commands::write_file("proxy-config", cmd::PROXY_CONF, config);
+        let results = for_each_host(&self.managers, 16, |t| {
+            let c = c.clone();
+            async move { self.exec.run(t, "proxy", &c).await }
+        })
+        .await;
+        collect_hosts(results)?;
+        Ok(())
+    }
+}
