@@ -54,6 +54,8 @@ pub struct HostFacts {
     pub files: BTreeMap<String, String>,
     /// Registries with credentials in the docker client config.
     pub logins: BTreeSet<String>,
+    /// Swarm services labelled `cloudflow.cluster` (managers only): (running, desired) tasks.
+    pub swarm_services: BTreeMap<String, (u32, u32)>,
 }
 
 impl HostFacts {
@@ -71,6 +73,7 @@ pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
     let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
     let mut files = BTreeMap::new();
     let mut logins = BTreeSet::new();
+    let mut swarm_services = BTreeMap::new();
     for line in text.lines() {
         let Some((k, v)) = line.split_once('=') else {
             continue;
@@ -79,6 +82,12 @@ pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
             files.insert(path.to_string(), v.to_string());
         } else if let Some(server) = k.strip_prefix("login:") {
             logins.insert(server.to_string());
+        } else if let Some(name) = k.strip_prefix("swarm_service:") {
+            // `1/1`, or `0/1 (max 1 per node)` on newer engines.
+            let counts = v.split_whitespace().next().unwrap_or("").split_once('/');
+            let n = |x: &str| x.parse::<u32>().unwrap_or(0);
+            let (running, desired) = counts.map(|(r, d)| (n(r), n(d))).unwrap_or((0, 0));
+            swarm_services.insert(name.to_string(), (running, desired));
         } else {
             kv.insert(k, v);
         }
@@ -125,6 +134,7 @@ pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
         daemon_json,
         files,
         logins,
+        swarm_services,
     })
 }
 

@@ -4,15 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudflow_provider_api::Role;
 use serde_json::json;
 
 use super::{Report, Session, open};
 use crate::cli::{Cli, Command, EnvCommand};
 use crate::deploy::flow::{DeployOpts, Outcome};
-use crate::deploy::{self, Deployer, probe::ProxyClient};
-use crate::error::{Error, Result};
-use crate::exec::Target;
+use crate::deploy::{self, Deployer};
+use crate::error::Result;
 use crate::orchestrator::Swarm;
 use crate::ui::Ui;
 
@@ -24,57 +22,15 @@ pub struct DeploySite {
 
 impl DeploySite {
     pub fn deployer(&self, timeout: Duration) -> Deployer<'_> {
-        let ctx = &self.session.ctx;
-        Deployer {
-            spec: &ctx.spec,
-            state: &ctx.state,
-            orch: &self.swarm,
-            renderer: &ctx.renderer,
-            ui: ctx.ui.as_ref(),
-            proxy: ProxyClient::new(
-                ctx.spec.proxy.port.unwrap_or(80),
-                crate::orchestrator::Orchestrator::proxy_endpoints(&self.swarm),
-            ),
-            timeout,
-        }
+        crate::phase::deploy::deployer(&self.session.ctx, &self.swarm, timeout)
     }
-}
-
-/// The swarm's managers (those cloudflow put in the swarm), the first one leading.
-pub fn swarm_of(session: &Session, machines: &[cloudflow_provider_api::Machine]) -> Result<Swarm> {
-    let ctx = &session.ctx;
-    let state = ctx.state.snapshot();
-    let managers: Vec<Target> = machines
-        .iter()
-        .filter(|m| m.role == Role::Manager)
-        .filter(|m| {
-            state
-                .hosts
-                .get(&m.name)
-                .is_some_and(|h| h.swarm == Some(Role::Manager))
-        })
-        .map(Target::from)
-        .collect();
-    let leader = managers.first().cloned().ok_or_else(|| {
-        Error::Other(format!(
-            "cluster {}: no swarm manager formed by cloudflow is running: run `cloudflow -f {} up --yes` first",
-            ctx.spec.name,
-            ctx.spec.path.display()
-        ))
-    })?;
-    Ok(Swarm {
-        exec: ctx.exec.clone(),
-        leader,
-        managers,
-        cluster: ctx.spec.name.clone(),
-    })
 }
 
 async fn site(cli: &Cli, ui: Arc<Ui>) -> Result<DeploySite> {
     let session = open(cli, ui, true, true).await?;
     let machines = session.ctx.provider.list().await?;
     *session.ctx.machines.lock().unwrap() = machines.clone();
-    let swarm = swarm_of(&session, &machines)?;
+    let swarm = crate::phase::deploy::swarm(&session.ctx)?;
     Ok(DeploySite { session, swarm })
 }
 

@@ -156,6 +156,24 @@ pub fn service_update(run: &ServiceRun, old_env: &[String]) -> Cmd {
     owned("service-update", Effect::Mutate, argv)
 }
 
+/// Point an existing service at `image` (a no-op when it already runs it).
+pub fn service_set_image(name: &str, image: &str) -> Cmd {
+    Cmd::argv(
+        "service-set-image",
+        Effect::Mutate,
+        &[
+            "docker",
+            "service",
+            "update",
+            "--detach",
+            "--with-registry-auth",
+            "--image",
+            image,
+            name,
+        ],
+    )
+}
+
 pub fn service_scale(name: &str, replicas: u32) -> Cmd {
     owned(
         "service-scale",

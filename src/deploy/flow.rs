@@ -187,7 +187,7 @@ impl<'a> Deployer<'a> {
         self.ui.info(&format!("proxy: {image} on port {port} of every manager"));
         let created = self.orch.ensure_proxy(&image, port, &conf).await?;
         let managers = self.proxy.endpoints.len() as u32;
-        self.wait_service(PROXY_SERVICE, managers, None).await?;
+        self.wait_service(PROXY_SERVICE, managers, Some(&image)).await?;
         if !created {
             self.orch.apply_proxy_config(&conf).await?;
         }
@@ -237,12 +237,17 @@ impl<'a> Deployer<'a> {
             let failed = tasks
                 .iter()
                 .filter(|t| ["failed", "rejected"].contains(&t.state.as_str()))
+                .filter(|t| image.is_none_or(|i| t.image == i))
                 .count() as u32;
-            let give_up = Instant::now() >= deadline || (c.running == 0 && failed >= replicas + 3);
-            if give_up {
+            let failing = c.running == 0 && failed >= replicas + 3;
+            if Instant::now() >= deadline || failing {
                 return Err(Error::Other(format!(
-                    "{service}: gave up after {}s waiting for {replicas} replica(s) running{}: {} running, {} still stopping{}",
-                    self.timeout.as_secs(),
+                    "{service}: gave up {} waiting for {replicas} replica(s) running{}: {} running, {} still stopping{}",
+                    if failing {
+                        format!("after {failed} failed task(s)")
+                    } else {
+                        format!("after {}s", self.timeout.as_secs())
+                    },
                     image.map(|i| format!(" {i}")).unwrap_or_default(),
                     c.running,
                     c.stopping,

@@ -117,6 +117,13 @@ impl Orchestrator for Swarm {
             .iter()
             .any(|s| s == cmd::PROXY_SERVICE);
         if exists {
+            self.exec
+                .run(
+                    &self.leader,
+                    "proxy",
+                    &cmd::service_set_image(cmd::PROXY_SERVICE, image),
+                )
+                .await?;
             return Ok(false);
         }
         self.exec

@@ -188,7 +188,12 @@ pub(super) async fn apply(
                 .await?;
             record(ctx, host, |h| h.files.retain(|f| !paths.contains(f)))?;
         }
-        Step::SwarmInit | Step::SwarmJoin { .. } | Step::SwarmLeave => {
+        Step::SwarmInit
+        | Step::SwarmJoin { .. }
+        | Step::SwarmLeave
+        | Step::StartProxy { .. }
+        | Step::DeployService { .. }
+        | Step::RemoveDeployments { .. } => {
             return Err(ExecError::Local(format!(
                 "{step} belongs to the cluster phase"
             )));

@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod cluster;
+pub mod deploy;
 mod provision;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use crate::ui::Ui;
 
 pub use bootstrap::Bootstrap;
 pub use cluster::Cluster;
+pub use deploy::{Deploy, Proxy};
 pub use provision::Provision;
 
 /// Everything a phase may use. No globals.
@@ -78,7 +80,7 @@ pub trait Phase: Sync {
 }
 
 /// Apply order. `down` walks it backwards.
-pub const PHASES: &[&dyn Phase] = &[&Provision, &Bootstrap, &Cluster];
+pub const PHASES: &[&dyn Phase] = &[&Provision, &Bootstrap, &Cluster, &Proxy, &Deploy];
 
 #[cfg(test)]
 mod tests;

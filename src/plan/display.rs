@@ -41,6 +41,28 @@ impl fmt::Display for Step {
             Step::SwarmInit => f.write_str("swarm init (first manager)"),
             Step::SwarmJoin { role, via } => write!(f, "join the swarm as {role} via {via}"),
             Step::SwarmLeave => f.write_str("leave the swarm"),
+            Step::StartProxy { image, port } => write!(
+                f,
+                "start the reverse proxy ({image}) on every manager, port {port} (host mode)"
+            ),
+            Step::DeployService {
+                service,
+                image,
+                replace: false,
+            } => write!(f, "deploy {service} ({image}) in the default environment"),
+            Step::DeployService {
+                service,
+                image,
+                replace: true,
+            } => write!(
+                f,
+                "deploy {service} ({image}) again: the state says it runs, the swarm has no such service"
+            ),
+            Step::RemoveDeployments { services } => write!(
+                f,
+                "remove deployed services ({}), their networks and the proxy",
+                services.join(", ")
+            ),
             Step::RegistryLogout { server } => write!(f, "docker logout {server}"),
             Step::RestoreDaemonJson { content: Some(_) } => {
                 f.write_str("take cloudflow's registry settings out of /etc/docker/daemon.json")

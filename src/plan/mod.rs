@@ -12,6 +12,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::commands;
+use crate::deploy;
 use crate::facts::{HostFacts, Init};
 use crate::render::{RenderError, Renderer};
 use crate::spec::Spec;
@@ -27,6 +28,10 @@ pub enum PhaseName {
     Bootstrap,
     /// The swarm is formed.
     Cluster,
+    /// The reverse proxy runs on every manager (only when the spec lists services).
+    Proxy,
+    /// The spec's services run in the `default` environment.
+    Deploy,
 }
 
 impl fmt::Display for PhaseName {
@@ -35,6 +40,8 @@ impl fmt::Display for PhaseName {
             PhaseName::Provision => "provision",
             PhaseName::Bootstrap => "bootstrap",
             PhaseName::Cluster => "cluster",
+            PhaseName::Proxy => "proxy",
+            PhaseName::Deploy => "deploy",
         })
     }
 }
@@ -68,7 +75,21 @@ pub enum Step {
         role: Role,
         via: String,
     },
+    StartProxy {
+        image: String,
+        port: u16,
+    },
+    DeployService {
+        service: String,
+        image: String,
+        /// The state says it runs, the swarm does not have it: deploy it again.
+        replace: bool,
+    },
     // ---- undo (down) ----
+    /// Remove every service, network and proxy file cloudflow deployed.
+    RemoveDeployments {
+        services: Vec<String>,
+    },
     SwarmLeave,
     RegistryLogout {
         server: String,
@@ -224,7 +245,78 @@ pub fn compute(i: &Inputs) -> Result<Plan, PlanError> {
         }
     }
     cluster_steps(&hosts, i.facts, &mut plan);
+    deploy_steps(i, &hosts, &mut plan);
     Ok(plan)
+}
+
+/// Proxy and deploy: from the leader's view of the swarm (reality) and the state (which
+/// colour is live). Services already deployed keep their live image and replicas; `plan`
+/// notes where the spec says otherwise.
+fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
+    if i.spec.services.is_empty() {
+        return;
+    }
+    let Some(lead) = leader(hosts, i.facts) else {
+        return;
+    };
+    let running = i.facts.get(&lead.name).map(|f| &f.swarm_services);
+    let runs = |name: &str| running.is_some_and(|s| s.contains_key(name));
+    let proxy_ready = running
+        .and_then(|s| s.get(commands::swarm::PROXY_SERVICE))
+        .is_some_and(|(r, d)| *d > 0 && r == d);
+    if !proxy_ready {
+        plan.actions.push(Action {
+            phase: PhaseName::Proxy,
+            host: Some(lead.name.clone()),
+            step: Step::StartProxy {
+                image: i.spec.proxy.image.clone().unwrap_or_default(),
+                port: i.spec.proxy.port.unwrap_or(80),
+            },
+        });
+    }
+    let env = i.state.environments.get(deploy::DEFAULT_ENV);
+    for (name, svc) in &i.spec.services {
+        let rec = env
+            .and_then(|e| e.services.get(name))
+            .filter(|r| r.live().is_some());
+        match rec {
+            None => plan.actions.push(Action {
+                phase: PhaseName::Deploy,
+                host: Some(lead.name.clone()),
+                step: Step::DeployService {
+                    service: name.clone(),
+                    image: svc.image.clone(),
+                    replace: false,
+                },
+            }),
+            Some(r) => {
+                let live = r.live().expect("filtered");
+                if !runs(&deploy::service_name(deploy::DEFAULT_ENV, name, r.strategy, r.live)) {
+                    plan.actions.push(Action {
+                        phase: PhaseName::Deploy,
+                        host: Some(lead.name.clone()),
+                        step: Step::DeployService {
+                            service: name.clone(),
+                            image: live.image.clone(),
+                            replace: true,
+                        },
+                    });
+                }
+                if live.image != svc.image {
+                    plan.notes.push(format!(
+                        "{name}: live image {}, spec {} — `cloudflow deploy {name}` changes it",
+                        live.image, svc.image
+                    ));
+                }
+                if live.replicas != svc.replicas {
+                    plan.notes.push(format!(
+                        "{name}: live replicas {}, spec {} — `up` keeps the live count; `cloudflow scale {name} {}` changes it",
+                        live.replicas, svc.replicas, svc.replicas
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn bootstrap_steps(
@@ -368,6 +460,21 @@ pub fn compute_down(
         ..Default::default()
     };
     if !owns_machines {
+        // Deployments go before the swarm does.
+        if let Some((lead, f)) = machines
+            .iter()
+            .filter(|m| m.role == Role::Manager)
+            .find_map(|m| facts.get(&m.name).filter(|f| f.swarm.manager).map(|f| (m, f)))
+            && !f.swarm_services.is_empty()
+        {
+            plan.actions.push(Action {
+                phase: PhaseName::Deploy,
+                host: Some(lead.name.clone()),
+                step: Step::RemoveDeployments {
+                    services: f.swarm_services.keys().cloned().collect(),
+                },
+            });
+        }
         // Cluster: workers leave first, the leader last.
         let mut leaving: Vec<&Machine> = machines
             .iter()

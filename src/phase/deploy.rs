@@ -1,0 +1,131 @@
+//! Proxy and deploy: the reverse proxy on the managers, then the spec's services in the
+//! `default` environment (first deploy: one colour, no switch). Both go through
+//! [`crate::deploy::Deployer`], like the `deploy` command. Undo (bare metal): everything
+//! cloudflow deployed goes before the swarm does.
+
+use std::time::Duration;
+
+use cloudflow_provider_api::Role;
+
+use super::{Ctx, Phase};
+use crate::deploy::flow::DeployOpts;
+use crate::deploy::probe::ProxyClient;
+use crate::deploy::{DEFAULT_ENV, Deployer};
+use crate::error::{Error, Result};
+use crate::exec::Target;
+use crate::orchestrator::{Orchestrator, Swarm};
+use crate::plan::{PhaseName, Plan, Step};
+
+/// How long `up` waits for deployed tasks to converge.
+const UP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The swarm as cloudflow formed it: managers it joined (or initialised), the first leading.
+pub fn swarm(ctx: &Ctx) -> Result<Swarm> {
+    let state = ctx.state.snapshot();
+    let managers: Vec<Target> = ctx
+        .machines()
+        .iter()
+        .filter(|m| m.role == Role::Manager)
+        .filter(|m| {
+            state
+                .hosts
+                .get(&m.name)
+                .is_some_and(|h| h.swarm == Some(Role::Manager))
+        })
+        .map(Target::from)
+        .collect();
+    let leader = managers.first().cloned().ok_or_else(|| {
+        Error::Other(format!(
+            "cluster {}: no swarm manager formed by cloudflow is running: run `cloudflow -f {} up --yes` first",
+            ctx.spec.name,
+            ctx.spec.path.display()
+        ))
+    })?;
+    Ok(Swarm {
+        exec: ctx.exec.clone(),
+        leader,
+        managers,
+        cluster: ctx.spec.name.clone(),
+    })
+}
+
+/// A deployer over `orch` for this context.
+pub fn deployer<'a>(ctx: &'a Ctx, orch: &'a Swarm, timeout: Duration) -> Deployer<'a> {
+    Deployer {
+        spec: &ctx.spec,
+        state: &ctx.state,
+        orch,
+        renderer: &ctx.renderer,
+        ui: ctx.ui.as_ref(),
+        proxy: ProxyClient::new(ctx.spec.proxy.port.unwrap_or(80), orch.proxy_endpoints()),
+        timeout,
+    }
+}
+
+pub struct Proxy;
+
+#[async_trait::async_trait]
+impl Phase for Proxy {
+    fn name(&self) -> PhaseName {
+        PhaseName::Proxy
+    }
+
+    async fn run(&self, ctx: &Ctx, _plan: &Plan) -> Result<()> {
+        let orch = swarm(ctx)?;
+        let created = deployer(ctx, &orch, UP_TIMEOUT).ensure_proxy().await?;
+        ctx.ui.info(if created {
+            "proxy: started"
+        } else {
+            "proxy: already running; configuration reloaded"
+        });
+        Ok(())
+    }
+
+    async fn undo(&self, _ctx: &Ctx, _plan: &Plan) -> Result<()> {
+        // The deploy phase's undo removes the proxy with everything else deployed.
+        Ok(())
+    }
+}
+
+pub struct Deploy;
+
+#[async_trait::async_trait]
+impl Phase for Deploy {
+    fn name(&self) -> PhaseName {
+        PhaseName::Deploy
+    }
+
+    async fn run(&self, ctx: &Ctx, plan: &Plan) -> Result<()> {
+        let orch = swarm(ctx)?;
+        let d = deployer(ctx, &orch, UP_TIMEOUT);
+        for a in plan.for_phase(PhaseName::Deploy) {
+            if let Step::DeployService {
+                service,
+                image,
+                replace,
+            } = &a.step
+            {
+                let opts = DeployOpts {
+                    image: Some(image.clone()),
+                    force: *replace,
+                    ..Default::default()
+                };
+                let out = d.deploy(DEFAULT_ENV, service, &opts).await?;
+                ctx.ui.info(&out.message);
+            }
+        }
+        Ok(())
+    }
+
+    async fn undo(&self, ctx: &Ctx, plan: &Plan) -> Result<()> {
+        if !plan
+            .for_phase(PhaseName::Deploy)
+            .any(|a| matches!(a.step, Step::RemoveDeployments { .. }))
+        {
+            return Ok(());
+        }
+        let orch = swarm(ctx)?;
+        ctx.ui.info("removing deployed services, their networks and the proxy");
+        deployer(ctx, &orch, UP_TIMEOUT).teardown().await
+    }
+}
