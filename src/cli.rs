@@ -122,11 +122,16 @@ pub enum Command {
     Deploy(DeployArgs),
 
     /// Send traffic to the colour waiting at the preview host (its replicas are health-gated again first).
-    #[command(after_help = "Example:\n  cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --no-switch\n  cloudflow -f cluster.yaml switch web")]
+    #[command(
+        after_help = "Example:\n  cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --no-switch\n  cloudflow -f cluster.yaml switch web"
+    )]
     Switch(ServiceArgs),
 
     /// Scale the old colour to 0 replicas; it is kept, so `rollback` can bring it back. The preview host then answers 503.
-    #[command(name = "stop-old", after_help = "Example:\n  cloudflow -f cluster.yaml stop-old web\n  cloudflow -f cluster.yaml stop-old web --env pr-7")]
+    #[command(
+        name = "stop-old",
+        after_help = "Example:\n  cloudflow -f cluster.yaml stop-old web\n  cloudflow -f cluster.yaml stop-old web --env pr-7"
+    )]
     StopOld(ServiceArgs),
 
     /// Bring the previous colour back (at the live replica count), gate it on health, and switch traffic to it. Works after stop-old too.
@@ -164,10 +169,14 @@ pub enum NodesCommand {
 #[derive(Debug, Subcommand)]
 pub enum EnvCommand {
     /// Create an environment (its network and a record with its TTL).
-    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml env create pr-7 --ttl 1h\n  cloudflow -f cluster.yaml deploy web --image reg:5000/web:pr-7 --env pr-7")]
+    #[command(
+        after_help = "Examples:\n  cloudflow -f cluster.yaml env create pr-7 --ttl 1h\n  cloudflow -f cluster.yaml deploy web --image reg:5000/web:pr-7 --env pr-7"
+    )]
     Create(EnvCreateArgs),
     /// Environments with age, expiry and services (colour, image, replicas).
-    #[command(after_help = "Examples:\n  cloudflow -f cluster.yaml env list\n  cloudflow -f cluster.yaml env list -o json | jq '.environments[].name'")]
+    #[command(
+        after_help = "Examples:\n  cloudflow -f cluster.yaml env list\n  cloudflow -f cluster.yaml env list -o json | jq '.environments[].name'"
+    )]
     List,
     /// Remove an environment: its routes, services and network. `default` cannot be destroyed.
     #[command(after_help = "Example:\n  cloudflow -f cluster.yaml env destroy pr-7")]

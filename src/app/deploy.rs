@@ -83,9 +83,7 @@ pub async fn run(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
                 .await?
         }
         Command::Env(EnvCommand::Destroy(a)) => {
-            site.deployer(a.common.timeout)
-                .env_destroy(&a.name)
-                .await?
+            site.deployer(a.common.timeout).env_destroy(&a.name).await?
         }
         Command::Env(EnvCommand::Gc(a)) => site.deployer(a.timeout).env_gc().await?,
         _ => unreachable!("not a deploy command"),

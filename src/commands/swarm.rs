@@ -73,7 +73,9 @@ pub fn networks_rm(labels: &[(&str, &str)]) -> Cmd {
         "network-rm",
         Effect::Mutate,
         format!(
-            "# remove labelled networks\nids=$(docker network ls -q {f})\n[ -z \"$ids\" ] || docker network rm $ids\n",
+            "# remove labelled networks\nids=$(docker network ls -q {f})\n[ -z \"$ids\" ] && exit 0\ndocker network rm $ids\n\
+             # removal is asynchronous in a swarm: succeed only once none is listed any more\n\
+             sleep 0.5\nleft=$(docker network ls -q {f})\n[ -z \"$left\" ] || {{ echo \"networks still there: $left\" >&2; exit 1; }}\n",
             f = filters(labels)
         ),
     )

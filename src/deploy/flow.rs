@@ -113,7 +113,13 @@ impl<'a> Deployer<'a> {
         Ok(self.state.update(f)?)
     }
 
-    fn set_color(&self, env: &str, svc: &str, color: Color, rec: Option<ColorRecord>) -> Result<()> {
+    fn set_color(
+        &self,
+        env: &str,
+        svc: &str,
+        color: Color,
+        rec: Option<ColorRecord>,
+    ) -> Result<()> {
         self.update(|s| {
             if let Some(r) = s
                 .environments
@@ -137,7 +143,14 @@ impl<'a> Deployer<'a> {
         })
     }
 
-    fn run_for(&self, env: &str, svc: &ServiceSpec, color: Color, image: &str, replicas: u32) -> ServiceRun {
+    fn run_for(
+        &self,
+        env: &str,
+        svc: &ServiceSpec,
+        color: Color,
+        image: &str,
+        replicas: u32,
+    ) -> ServiceRun {
         let (name, networks, color_label) = match svc.strategy {
             Strategy::BlueGreen => (
                 color_service(env, &svc.name, color),
@@ -183,11 +196,19 @@ impl<'a> Deployer<'a> {
             });
             g
         })?;
-        let conf = proxy_config(self.renderer, &self.state.snapshot(), self.domain(), generation, &[])?;
-        self.ui.info(&format!("proxy: {image} on port {port} of every manager"));
+        let conf = proxy_config(
+            self.renderer,
+            &self.state.snapshot(),
+            self.domain(),
+            generation,
+            &[],
+        )?;
+        self.ui
+            .info(&format!("proxy: {image} on port {port} of every manager"));
         let created = self.orch.ensure_proxy(&image, port, &conf).await?;
         let managers = self.proxy.endpoints.len() as u32;
-        self.wait_service(PROXY_SERVICE, managers, Some(&image)).await?;
+        self.wait_service(PROXY_SERVICE, managers, Some(&image))
+            .await?;
         if !created {
             self.orch.apply_proxy_config(&conf).await?;
         }
@@ -209,7 +230,13 @@ impl<'a> Deployer<'a> {
             p.generation += 1;
             p.generation
         })?;
-        let conf = proxy_config(self.renderer, &self.state.snapshot(), self.domain(), generation, probes)?;
+        let conf = proxy_config(
+            self.renderer,
+            &self.state.snapshot(),
+            self.domain(),
+            generation,
+            probes,
+        )?;
         let start = Instant::now();
         self.orch.apply_proxy_config(&conf).await?;
         self.proxy
@@ -223,7 +250,12 @@ impl<'a> Deployer<'a> {
 
     /// Wait until `service` runs exactly `replicas` tasks (of `image`, when given) and no
     /// removed task is still stopping. Returns the running tasks.
-    pub async fn wait_service(&self, service: &str, replicas: u32, image: Option<&str>) -> Result<Vec<Task>> {
+    pub async fn wait_service(
+        &self,
+        service: &str,
+        replicas: u32,
+        image: Option<&str>,
+    ) -> Result<Vec<Task>> {
         let deadline = Instant::now() + self.timeout;
         loop {
             let tasks = self.orch.tasks(service).await?;
@@ -349,7 +381,8 @@ impl<'a> Deployer<'a> {
             )));
         }
         let created_at = now();
-        let expires = ttl.map(|t| rfc3339(created_at + chrono::Duration::from_std(t).unwrap_or_default()));
+        let expires =
+            ttl.map(|t| rfc3339(created_at + chrono::Duration::from_std(t).unwrap_or_default()));
         if let Some(e) = self.env_record(env) {
             self.orch
                 .ensure_network(&env_network(env), &labels(self.cluster(), env, None, None))
@@ -396,7 +429,10 @@ impl<'a> Deployer<'a> {
                 "the default environment cannot be destroyed (`down` removes everything)".into(),
             ));
         }
-        let filter = [("cloudflow.cluster", self.cluster()), ("cloudflow.env", env)];
+        let filter = [
+            ("cloudflow.cluster", self.cluster()),
+            ("cloudflow.env", env),
+        ];
         let known = self.env_record(env).is_some();
         let services = self.orch.services(&filter).await?;
         if !known && services.is_empty() {
@@ -413,8 +449,10 @@ impl<'a> Deployer<'a> {
         if self.state.snapshot().proxy.is_some() {
             self.publish(&[]).await?;
         }
-        self.ui
-            .info(&format!("env {env}: removing {} service(s)", services.len()));
+        self.ui.info(&format!(
+            "env {env}: removing {} service(s)",
+            services.len()
+        ));
         self.orch.remove_services(&services).await?;
         for s in &services {
             self.wait_service(s, 0, None).await?;
@@ -423,7 +461,10 @@ impl<'a> Deployer<'a> {
         self.update(|s| s.environments.remove(env))?;
         Ok(Outcome::new(
             true,
-            format!("environment {env} destroyed: {} service(s) and its network removed", services.len()),
+            format!(
+                "environment {env} destroyed: {} service(s) and its network removed",
+                services.len()
+            ),
             json!({"name": env, "removed_services": services, "changed": true}),
         ))
     }
@@ -472,7 +513,13 @@ impl<'a> Deployer<'a> {
         }
     }
 
-    async fn deploy_blue_green(&self, env: &str, svc: &ServiceSpec, image: &str, opts: &DeployOpts) -> Result<Outcome> {
+    async fn deploy_blue_green(
+        &self,
+        env: &str,
+        svc: &ServiceSpec,
+        image: &str,
+        opts: &DeployOpts,
+    ) -> Result<Outcome> {
         let existing = self
             .env_record(env)
             .and_then(|e| e.services.get(&svc.name).cloned())
@@ -530,7 +577,9 @@ impl<'a> Deployer<'a> {
         ));
         let started = Instant::now();
         let result = async {
-            self.orch.remove_services(std::slice::from_ref(&name)).await?;
+            self.orch
+                .remove_services(std::slice::from_ref(&name))
+                .await?;
             self.wait_service(&name, 0, None).await?;
             self.orch
                 .create_service(&self.run_for(env, svc, color, image, replicas))
@@ -540,10 +589,17 @@ impl<'a> Deployer<'a> {
         }
         .await;
         if let Err(e) = result {
-            self.ui.info(&format!("{} in {env}: {color} failed; putting things back", svc.name));
+            self.ui.info(&format!(
+                "{} in {env}: {color} failed; putting things back",
+                svc.name
+            ));
             let restore = self.restore(env, svc, color, prev, first).await;
             let kept = match &existing {
-                Some(r) => format!("traffic stays on {} ({})", r.live, r.live().map(|c| c.image.as_str()).unwrap_or("")),
+                Some(r) => format!(
+                    "traffic stays on {} ({})",
+                    r.live,
+                    r.live().map(|c| c.image.as_str()).unwrap_or("")
+                ),
                 None => "nothing was routed".to_string(),
             };
             return Err(Error::Other(format!(
@@ -562,7 +618,10 @@ impl<'a> Deployer<'a> {
             self.set_live(env, &svc.name, color)?;
             let switch = self.publish(&[]).await?;
             let message = if first {
-                format!("{} in {env}: {image} is live ({color}, {replicas} replica(s)) at {host}", svc.name)
+                format!(
+                    "{} in {env}: {image} is live ({color}, {replicas} replica(s)) at {host}",
+                    svc.name
+                )
             } else {
                 format!(
                     "{} in {env}: switched to {color} ({image}, {replicas} replica(s)) at {host}; the old colour stays at {preview} until `cloudflow stop-old {}`",
@@ -590,9 +649,18 @@ impl<'a> Deployer<'a> {
     }
 
     /// Undo a failed deploy: remove the new colour and bring back what that slot had.
-    async fn restore(&self, env: &str, svc: &ServiceSpec, color: Color, prev: Option<ColorRecord>, first: bool) -> Result<()> {
+    async fn restore(
+        &self,
+        env: &str,
+        svc: &ServiceSpec,
+        color: Color,
+        prev: Option<ColorRecord>,
+        first: bool,
+    ) -> Result<()> {
         let name = color_service(env, &svc.name, color);
-        self.orch.remove_services(std::slice::from_ref(&name)).await?;
+        self.orch
+            .remove_services(std::slice::from_ref(&name))
+            .await?;
         if first {
             self.update(|s| {
                 if let Some(e) = s.environments.get_mut(env) {
@@ -613,13 +681,22 @@ impl<'a> Deployer<'a> {
         Ok(())
     }
 
-    async fn deploy_in_place(&self, env: &str, svc: &ServiceSpec, image: &str, opts: &DeployOpts) -> Result<Outcome> {
+    async fn deploy_in_place(
+        &self,
+        env: &str,
+        svc: &ServiceSpec,
+        image: &str,
+        opts: &DeployOpts,
+    ) -> Result<Outcome> {
         let name = super::inplace_service(env, &svc.name);
         let existing = self
             .env_record(env)
             .and_then(|e| e.services.get(&svc.name).cloned())
             .and_then(|r| r.blue);
-        let current = existing.as_ref().map(|c| c.replicas).unwrap_or(svc.replicas);
+        let current = existing
+            .as_ref()
+            .map(|c| c.replicas)
+            .unwrap_or(svc.replicas);
         let (replicas, note) = self.size(svc, opts.scale.as_deref(), current)?;
         if let Some(c) = &existing
             && c.image == image
@@ -628,7 +705,10 @@ impl<'a> Deployer<'a> {
         {
             return Ok(Outcome::new(
                 false,
-                format!("{} in {env}: {image} already runs ({replicas} replica(s)): no changes", svc.name),
+                format!(
+                    "{} in {env}: {image} already runs ({replicas} replica(s)): no changes",
+                    svc.name
+                ),
                 json!({"service": svc.name, "env": env, "image": image, "changed": false}),
             ));
         }
@@ -653,7 +733,10 @@ impl<'a> Deployer<'a> {
         let exists = !self.orch.tasks(&name).await?.is_empty()
             || self
                 .orch
-                .services(&[("cloudflow.cluster", self.cluster()), ("cloudflow.env", env)])
+                .services(&[
+                    ("cloudflow.cluster", self.cluster()),
+                    ("cloudflow.env", env),
+                ])
                 .await?
                 .contains(&name);
         self.ui.info(&format!(
@@ -670,15 +753,24 @@ impl<'a> Deployer<'a> {
         self.wait_service(&name, replicas, Some(image)).await?;
         Ok(Outcome::new(
             true,
-            format!("{} in {env}: {image} runs in place ({replicas} replica(s))", svc.name),
+            format!(
+                "{} in {env}: {image} runs in place ({replicas} replica(s))",
+                svc.name
+            ),
             json!({"service": svc.name, "env": env, "image": image, "replicas": replicas, "note": note, "changed": true}),
         ))
     }
 
-    fn size(&self, svc: &ServiceSpec, size: Option<&str>, current: u32) -> Result<(u32, Option<String>)> {
+    fn size(
+        &self,
+        svc: &ServiceSpec,
+        size: Option<&str>,
+        current: u32,
+    ) -> Result<(u32, Option<String>)> {
         match size {
             None => Ok((current, None)),
-            Some(s) => resolve_replicas(s, current, svc.min_replicas, svc.max_replicas).map_err(Error::Usage),
+            Some(s) => resolve_replicas(s, current, svc.min_replicas, svc.max_replicas)
+                .map_err(Error::Usage),
         }
     }
 
@@ -700,17 +792,28 @@ impl<'a> Deployer<'a> {
         self.publish(&[]).await?;
         Ok(Outcome::new(
             true,
-            format!("{svc_name} in {env}: switched to {to} ({}); {} stays at the preview host", other.image, r.live),
+            format!(
+                "{svc_name} in {env}: switched to {to} ({}); {} stays at the preview host",
+                other.image, r.live
+            ),
             json!({"service": svc_name, "env": env, "color": to, "image": other.image, "replicas": other.replicas,
                    "switch_seconds": switch.elapsed().as_secs_f64(), "changed": true}),
         ))
     }
 
     /// Bring `color` to `rec.replicas` running and healthy tasks.
-    async fn activate(&self, env: &str, svc: &ServiceSpec, color: Color, rec: &ColorRecord) -> Result<()> {
+    async fn activate(
+        &self,
+        env: &str,
+        svc: &ServiceSpec,
+        color: Color,
+        rec: &ColorRecord,
+    ) -> Result<()> {
         let name = color_service(env, &svc.name, color);
         self.orch.scale_service(&name, rec.replicas).await?;
-        let tasks = self.wait_service(&name, rec.replicas, Some(&rec.image)).await?;
+        let tasks = self
+            .wait_service(&name, rec.replicas, Some(&rec.image))
+            .await?;
         if let Err(e) = self.gate(svc, &name, &tasks).await {
             self.publish(&[]).await.ok();
             return Err(e);
@@ -725,7 +828,10 @@ impl<'a> Deployer<'a> {
         let Some(rec) = r.preview().cloned() else {
             return Ok(Outcome::new(
                 false,
-                format!("{svc_name} in {env}: only the live colour ({}) runs: no changes", r.live),
+                format!(
+                    "{svc_name} in {env}: only the live colour ({}) runs: no changes",
+                    r.live
+                ),
                 json!({"service": svc_name, "env": env, "changed": false}),
             ));
         };

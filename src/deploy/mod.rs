@@ -82,7 +82,11 @@ pub fn resolve_replicas(
         _ => (0, size),
     };
     let n: i64 = digits.parse::<u32>().map_err(|_| bad())?.into();
-    let wanted = if sign == 0 { n } else { current as i64 + sign * n };
+    let wanted = if sign == 0 {
+        n
+    } else {
+        current as i64 + sign * n
+    };
     let clamped = wanted.clamp(min as i64, max as i64) as u32;
     let note = (clamped as i64 != wanted).then(|| {
         format!(
@@ -149,7 +153,10 @@ pub fn routes(state: &ClusterState, domain: &str) -> Vec<Route> {
                 ),
                 None => (
                     None,
-                    format!("no preview for {svc} in {env}: only the {} colour was ever deployed", r.live),
+                    format!(
+                        "no preview for {svc} in {env}: only the {} colour was ever deployed",
+                        r.live
+                    ),
                 ),
             };
             out.push(Route {
@@ -231,10 +238,7 @@ pub fn convergence(tasks: &[Task], replicas: u32, image: Option<&str>) -> Conver
 /// Parse [`crate::commands::swarm::service_tasks`] output.
 pub fn parse_tasks(service: &str, out: &str) -> Result<Vec<Task>, String> {
     let (json, nodes) = out.split_once("\n---\n").unwrap_or((out, ""));
-    let nodes: BTreeMap<&str, &str> = nodes
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .collect();
+    let nodes: BTreeMap<&str, &str> = nodes.lines().filter_map(|l| l.split_once(' ')).collect();
     let raw: Vec<serde_json::Value> =
         serde_json::from_str(json.trim()).map_err(|e| format!("tasks of {service}: {e}"))?;
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
@@ -254,7 +258,10 @@ pub fn parse_tasks(service: &str, out: &str) -> Result<Vec<Task>, String> {
             Task {
                 id: s(&t["ID"]),
                 name: format!("{service}.{slot}"),
-                node: nodes.get(node_id.as_str()).map(|n| n.to_string()).unwrap_or(node_id),
+                node: nodes
+                    .get(node_id.as_str())
+                    .map(|n| n.to_string())
+                    .unwrap_or(node_id),
                 desired: s(&t["DesiredState"]),
                 state: s(&t["Status"]["State"]),
                 error: s(&t["Status"]["Err"]),

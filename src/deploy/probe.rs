@@ -32,7 +32,12 @@ impl ProxyClient {
     }
 
     /// GET `path` from the proxy at `address` with `Host: host`: status and body.
-    pub async fn get(&self, address: &str, host: &str, path: &str) -> Result<(u16, String), String> {
+    pub async fn get(
+        &self,
+        address: &str,
+        host: &str,
+        path: &str,
+    ) -> Result<(u16, String), String> {
         let url = format!("http://{address}:{}{path}", self.port);
         let resp = self
             .http
@@ -52,7 +57,10 @@ impl ProxyClient {
         for (name, address) in &self.endpoints {
             let mut last;
             loop {
-                last = match self.get(address, PROBE_HOST, "/_cloudflow/generation").await {
+                last = match self
+                    .get(address, PROBE_HOST, "/_cloudflow/generation")
+                    .await
+                {
                     Ok((200, body)) if body.trim() == generation.to_string() => break,
                     Ok((status, body)) => format!("answered {status}: {}", first_line(&body)),
                     Err(e) => e,
@@ -71,7 +79,12 @@ impl ProxyClient {
     }
 
     /// Probe one replica until it is healthy or `timeout` passes; the error says how it failed.
-    pub async fn probe(&self, p: &Probe, accept_below: u16, timeout: Duration) -> Result<(), String> {
+    pub async fn probe(
+        &self,
+        p: &Probe,
+        accept_below: u16,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let (_, address) = self
             .endpoints
             .first()
@@ -104,7 +117,11 @@ impl ProxyClient {
 }
 
 fn first_line(s: &str) -> String {
-    let l = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let l = s
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     l.chars().take(200).collect()
 }
 

@@ -125,7 +125,8 @@ impl Phase for Deploy {
             return Ok(());
         }
         let orch = swarm(ctx)?;
-        ctx.ui.info("removing deployed services, their networks and the proxy");
+        ctx.ui
+            .info("removing deployed services, their networks and the proxy");
         deployer(ctx, &orch, UP_TIMEOUT).teardown().await
     }
 }

@@ -291,7 +291,12 @@ fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
             }),
             Some(r) => {
                 let live = r.live().expect("filtered");
-                if !runs(&deploy::service_name(deploy::DEFAULT_ENV, name, r.strategy, r.live)) {
+                if !runs(&deploy::service_name(
+                    deploy::DEFAULT_ENV,
+                    name,
+                    r.strategy,
+                    r.live,
+                )) {
                     plan.actions.push(Action {
                         phase: PhaseName::Deploy,
                         host: Some(lead.name.clone()),
@@ -464,7 +469,12 @@ pub fn compute_down(
         if let Some((lead, f)) = machines
             .iter()
             .filter(|m| m.role == Role::Manager)
-            .find_map(|m| facts.get(&m.name).filter(|f| f.swarm.manager).map(|f| (m, f)))
+            .find_map(|m| {
+                facts
+                    .get(&m.name)
+                    .filter(|f| f.swarm.manager)
+                    .map(|f| (m, f))
+            })
             && !f.swarm_services.is_empty()
         {
             plan.actions.push(Action {

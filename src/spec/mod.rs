@@ -482,7 +482,11 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         None => Default::default(),
         Some(f) => services::from_compose(&expand_path(&f.value, &base))?,
     };
-    let services_at = raw.services.keys().map(Location::of).min_by_key(|l| (l.line, l.column));
+    let services_at = raw
+        .services
+        .keys()
+        .map(Location::of)
+        .min_by_key(|l| (l.line, l.column));
     all_services.extend(services::from_spec(raw.services, &at)?);
     if !all_services.is_empty() {
         let loc = services_at
@@ -497,11 +501,14 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             ));
         }
         if raw.proxy.domain.is_none()
-            && all_services.values().any(|s| s.strategy == Strategy::BlueGreen)
+            && all_services
+                .values()
+                .any(|s| s.strategy == Strategy::BlueGreen)
         {
             return Err(at(
                 loc,
-                "routed services need proxy.domain: they are served at <service>-<env>.<domain>".into(),
+                "routed services need proxy.domain: they are served at <service>-<env>.<domain>"
+                    .into(),
             ));
         }
     }

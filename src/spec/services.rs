@@ -112,7 +112,10 @@ fn validate(name: &str, s: RawService, loc: Location, at: At) -> Result<ServiceS
         ));
     }
     if s.image.value.trim().is_empty() {
-        return Err(at(Location::of(&s.image), format!("service {name}: empty image")));
+        return Err(at(
+            Location::of(&s.image),
+            format!("service {name}: empty image"),
+        ));
     }
     if s.strategy == Strategy::BlueGreen && s.port.is_none() {
         return Err(at(
@@ -136,7 +139,9 @@ fn validate(name: &str, s: RawService, loc: Location, at: At) -> Result<ServiceS
         let rloc = s.replicas.as_ref().map(Location::of).unwrap_or(loc);
         return Err(at(
             rloc,
-            format!("service {name}: replicas {replicas} is outside min_replicas..max_replicas ({min}..{max})"),
+            format!(
+                "service {name}: replicas {replicas} is outside min_replicas..max_replicas ({min}..{max})"
+            ),
         ));
     }
     let health = match s.health {
@@ -148,13 +153,20 @@ fn validate(name: &str, s: RawService, loc: Location, at: At) -> Result<ServiceS
             if !h.path.value.starts_with('/') || h.path.value.contains(char::is_whitespace) {
                 return Err(at(
                     Location::of(&h.path),
-                    format!("service {name}: health path {:?} must start with / and contain no spaces", h.path.value),
+                    format!(
+                        "service {name}: health path {:?} must start with / and contain no spaces",
+                        h.path.value
+                    ),
                 ));
             }
             let timeout = match &h.timeout {
                 None => DEFAULT_HEALTH_TIMEOUT,
-                Some(t) => parse_duration(&t.value)
-                    .map_err(|m| at(Location::of(t), format!("service {name}: health timeout {m}")))?,
+                Some(t) => parse_duration(&t.value).map_err(|m| {
+                    at(
+                        Location::of(t),
+                        format!("service {name}: health timeout {m}"),
+                    )
+                })?,
             };
             HealthSpec {
                 path: h.path.value,
@@ -236,13 +248,22 @@ pub(super) fn from_compose(path: &Path) -> Result<BTreeMap<String, ServiceSpec>,
         let Some(image) = c.image else {
             return Err(at(
                 loc,
-                format!("service {}: no `image` (cloudflow deploys images; it does not build)", name.value),
+                format!(
+                    "service {}: no `image` (cloudflow deploys images; it does not build)",
+                    name.value
+                ),
             ));
         };
         let port = match c.ports.first() {
             None => None,
             Some(p) => Some(compose_port(&p.value).ok_or_else(|| {
-                at(Location::of(p), format!("service {}: cannot read this port (use 8080, \"80:8080\" or target: 8080)", name.value))
+                at(
+                    Location::of(p),
+                    format!(
+                        "service {}: cannot read this port (use 8080, \"80:8080\" or target: 8080)",
+                        name.value
+                    ),
+                )
             })?),
         };
         let env = match c.environment {

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 pub use embedded::Embedded;
 pub use record::{
-    Color, ColorRecord, EnvRecord, ProxyRecord, ServiceRecord,
-    ClusterState, DaemonJsonRecord, HostRecord, KnownKey, ResourceRecord, ResourceStatus,
+    ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HostRecord, KnownKey,
+    ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
 };
 
 use cloudflow_provider_api::{Journal, ProviderError, Resource};

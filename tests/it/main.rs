@@ -4,6 +4,8 @@
 mod aws;
 mod bare_metal;
 mod cli;
+mod deploy;
+mod deploy_fixture;
 mod errors;
 mod lab;
 mod support;

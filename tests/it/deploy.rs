@@ -1,0 +1,288 @@
+//! Deploy and scale on a real swarm of lab hosts: locally built images in a real registry,
+//! the nginx proxy in host mode, blue-green with a client looping requests the whole time.
+
+use std::time::Duration;
+
+use crate::deploy_fixture::*;
+use crate::support::*;
+
+const CLUSTER: &str = "cfdeploy";
+const DOMAIN: &str = "demo.test";
+
+/// Removes the lab cluster's containers and network if the test stops half-way.
+struct LabGuard;
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let filter = format!("label=cloudflow.cluster={CLUSTER}");
+        let ids = docker_ok(&["ps", "-aq", "--filter", &filter]);
+        for id in ids.lines() {
+            docker(&["rm", "-f", id]);
+        }
+        docker(&["network", "rm", &format!("cloudflow-{CLUSTER}")]);
+    }
+}
+
+fn manager() -> String {
+    format!("cf-{CLUSTER}-1")
+}
+
+/// Run a docker command on the lab manager (our own test host).
+fn on_manager(script: &str) -> String {
+    docker_ok(&["exec", &manager(), "sh", "-c", script])
+}
+
+fn running(service: &str) -> usize {
+    on_manager(&format!(
+        "docker service ps -q --filter desired-state=running {service} 2>/dev/null | wc -l"
+    ))
+    .parse()
+    .unwrap()
+}
+
+fn spec(reg: &Registry, img: &Images) -> String {
+    format!(
+        "name: {CLUSTER}\n\
+         provider:\n  lab: {{ hosts: 3 }}\n\
+         registry:\n  insecure: [\"{pull}\"]\n\
+         proxy: {{ domain: {DOMAIN}, image: \"{proxy}\", port: 80 }}\n\
+         services:\n\
+         \x20 web:\n\
+         \x20   image: \"{v1}\"\n\
+         \x20   port: 8080\n\
+         \x20   replicas: 2\n\
+         \x20   min_replicas: 1\n\
+         \x20   max_replicas: 5\n\
+         \x20   health: {{ path: /healthz, timeout: 15s }}\n\
+         \x20   env: {{ LOG_LEVEL: info }}\n\
+         \x20 db:\n\
+         \x20   image: \"{v1}\"\n\
+         \x20   strategy: in-place\n",
+        pull = reg.pull,
+        proxy = img.proxy,
+        v1 = img.web_v1,
+    )
+}
+
+#[test]
+fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
+    host_image();
+    let reg = Registry::start();
+    let img = build_images(&reg, IMAGE);
+    let dir = workdir();
+    let d = dir.path();
+    let spec_path = d.join("cluster.yaml");
+    std::fs::write(&spec_path, spec(&reg, &img)).unwrap();
+    let _guard = LabGuard;
+    let f = spec_path.to_str().unwrap();
+    let cf = |args: &[&str]| {
+        let mut all = vec!["-f", f];
+        all.extend_from_slice(args);
+        cloudflow(d, &all)
+    };
+
+    // `up` forms the swarm, starts the proxy and deploys the spec's services.
+    let up = cf(&["up", "--yes"]).ok();
+    assert!(up.stderr.contains("phase proxy") && up.stderr.contains("phase deploy"));
+    let ip = docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"cloudflow-{CLUSTER}\").IPAddress}}}}"),
+        &manager(),
+    ]);
+    let addr = format!("{ip}:80");
+    let live = format!("web-default.{DOMAIN}");
+    let preview = format!("web-default-preview.{DOMAIN}");
+    let (status, body) = get(&addr, &live, "/").unwrap();
+    assert_eq!(
+        (status, body.starts_with("version=1")),
+        (200, true),
+        "{body}"
+    );
+    let (status, body) = get(&addr, &format!("nothing-here.{DOMAIN}"), "/").unwrap();
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("no service is routed at nothing-here"),
+        "{body}"
+    );
+    assert_eq!(get(&addr, &preview, "/").unwrap().0, 503);
+    assert_eq!(running("default-web-blue"), 2);
+    assert_eq!(running("default-db"), 1);
+    let labels =
+        on_manager("docker service inspect default-web-blue --format '{{json .Spec.Labels}}'");
+    for l in [
+        "\"cloudflow.cluster\":\"cfdeploy\"",
+        "\"cloudflow.env\":\"default\"",
+        "\"cloudflow.service\":\"web\"",
+        "\"cloudflow.color\":\"blue\"",
+    ] {
+        assert!(labels.contains(l), "{labels}");
+    }
+    assert!(
+        on_manager("docker service inspect cloudflow-proxy --format '{{json .Endpoint.Ports}}'")
+            .contains("\"PublishMode\":\"host\"")
+    );
+
+    // From here on a client loops requests through the proxy: none may fail.
+    let load = Load::start(&addr, &live);
+
+    let deployed = cf(&["deploy", "web", "--image", &img.web_v2, "-o", "json"]).ok();
+    let j = deployed.json();
+    assert_eq!(
+        (j["color"].as_str(), j["switched"].as_bool()),
+        (Some("green"), Some(true)),
+        "{j}"
+    );
+    assert!(get(&addr, &live, "/").unwrap().1.starts_with("version=2"));
+    assert!(
+        get(&addr, &preview, "/")
+            .unwrap()
+            .1
+            .starts_with("version=1")
+    );
+
+    let again = cf(&["deploy", "web", "--image", &img.web_v2]).ok();
+    assert!(again.stdout.contains("already live"), "{}", again.stdout);
+
+    cf(&["stop-old", "web"]).ok();
+    assert_eq!(
+        (running("default-web-blue"), running("default-web-green")),
+        (0, 2)
+    );
+    let (status, body) = get(&addr, &preview, "/").unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("stop-old"), "{body}");
+
+    cf(&["scale", "web", "+2"]).ok();
+    assert_eq!(running("default-web-green"), 4);
+    cf(&["scale", "web", "-1"]).ok();
+    assert_eq!(running("default-web-green"), 3);
+    let clamped = cf(&["scale", "web", "+9", "-o", "json"]).ok();
+    assert_eq!(clamped.json()["replicas"], 5);
+    assert!(
+        clamped.stderr.contains("clamped to 5"),
+        "{}",
+        clamped.stderr
+    );
+    assert_eq!(running("default-web-green"), 5);
+    cf(&["scale", "web", "3"]).ok();
+
+    cf(&["rollback", "web"]).ok();
+    assert!(get(&addr, &live, "/").unwrap().1.starts_with("version=1"));
+    assert_eq!(running("default-web-blue"), 3);
+
+    // A new image that fails its health gate never receives traffic.
+    let bad = cf(&["deploy", "web", "--image", &img.web_bad]);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("replica default-web-green."),
+        "{}",
+        bad.stderr
+    );
+    assert!(bad.stderr.contains("answered 500"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("traffic stays on blue"),
+        "{}",
+        bad.stderr
+    );
+    assert!(get(&addr, &live, "/").unwrap().1.starts_with("version=1"));
+    assert!(
+        get(&addr, &preview, "/")
+            .unwrap()
+            .1
+            .starts_with("version=2")
+    );
+
+    let report = load.finish();
+    eprintln!(
+        "load through the proxy: {} requests, {} failed, versions seen {:?}",
+        report.sent, report.failed, report.versions
+    );
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    assert!(report.sent > 100);
+    assert_eq!(
+        report.versions,
+        ["version=1", "version=2"],
+        "versions in the order first served"
+    );
+    assert!(
+        !report.versions.iter().any(|v| v == "version=bad"),
+        "{:?}",
+        report.versions
+    );
+    assert!(report.versions.contains(&"version=2".to_string()));
+
+    // Environments.
+    cf(&["env", "create", "pr-7", "--ttl", "1h"]).ok();
+    cf(&["deploy", "web", "--image", &img.web_v2, "--env", "pr-7"]).ok();
+    let (status, body) = get(&addr, &format!("web-pr-7.{DOMAIN}"), "/").unwrap();
+    assert_eq!(
+        (status, body.starts_with("version=2")),
+        (200, true),
+        "{body}"
+    );
+    let list = cf(&["env", "list", "-o", "json"]).ok().json();
+    let envs = list["environments"].as_array().unwrap();
+    let names: Vec<&str> = envs.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "pr-7"]);
+    let pr7 = &envs[1];
+    assert!(
+        pr7["created"].is_string() && pr7["expires"].is_string(),
+        "{pr7}"
+    );
+    let svc = &pr7["services"][0];
+    assert_eq!(
+        (
+            svc["name"].as_str(),
+            svc["color"].as_str(),
+            svc["image"].as_str(),
+            svc["replicas"].as_u64()
+        ),
+        (
+            Some("web"),
+            Some("blue"),
+            Some(img.web_v2.as_str()),
+            Some(2)
+        ),
+        "{svc}"
+    );
+    cf(&["env", "destroy", "pr-7"]).ok();
+    let left = on_manager(
+        "docker service ls -q --filter label=cloudflow.env=pr-7; docker network ls -q --filter label=cloudflow.env=pr-7",
+    );
+    assert_eq!(left, "", "left behind with cloudflow.env=pr-7");
+    assert_eq!(
+        get(&addr, &format!("web-pr-7.{DOMAIN}"), "/").unwrap().0,
+        404
+    );
+    assert_eq!(cf(&["env", "destroy", "default"]).code, 2);
+
+    cf(&["env", "create", "pr-8", "--ttl", "1s"]).ok();
+    std::thread::sleep(Duration::from_secs(2));
+    let gc = cf(&["env", "gc"]).ok();
+    assert!(gc.stdout.contains("destroyed pr-8"), "{}", gc.stdout);
+    assert_eq!(
+        on_manager("docker network ls -q --filter label=cloudflow.env=pr-8"),
+        ""
+    );
+
+    // Declared vs live: `up` keeps the live colour, image and replicas.
+    let again = cf(&["up", "--yes"]).ok();
+    assert!(again.stdout.contains("no changes"), "{}", again.stdout);
+    let plan = cf(&["plan"]).ok();
+    assert!(
+        plan.stdout.contains("web: live replicas 3, spec 2"),
+        "{}",
+        plan.stdout
+    );
+
+    cf(&["down", "--yes"]).ok();
+    assert_eq!(
+        docker_ok(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=cloudflow.cluster={CLUSTER}")
+        ]),
+        ""
+    );
+}
