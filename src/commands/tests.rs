@@ -221,3 +221,59 @@ fn cloud_init_carries_the_install_script_and_files_base64_encoded() {
         "docker node ps n1 --filter 'desired-state=running' -q"
     );
 }
+
+#[test]
+fn swarm_service_builders_are_exact() {
+    use super::swarm::*;
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("cloudflow.cluster".to_string(), "demo".to_string());
+    labels.insert("cloudflow.color".to_string(), "green".to_string());
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("LOG_LEVEL".to_string(), "info".to_string());
+    let run = ServiceRun {
+        name: "default-web-green".into(),
+        image: "reg:5000/web:2".into(),
+        replicas: 3,
+        labels,
+        env,
+        networks: vec![
+            ("cloudflow-edge".into(), None),
+            ("cf-env-default".into(), Some("web".into())),
+        ],
+    };
+    assert_eq!(
+        service_create(&run).command_line(),
+        "docker service create --detach --name default-web-green --replicas 3 --endpoint-mode dnsrr \
+         --with-registry-auth --stop-grace-period 10s --label 'cloudflow.cluster=demo' --label 'cloudflow.color=green' \
+         --container-label 'cloudflow.cluster=demo' --container-label 'cloudflow.color=green' --network cloudflow-edge \
+         --network 'name=cf-env-default,alias=web' --env 'LOG_LEVEL=info' reg:5000/web:2"
+    );
+    assert_eq!(
+        service_scale("default-web-blue", 0).command_line(),
+        "docker service scale --detach 'default-web-blue=0'"
+    );
+    assert_eq!(
+        proxy_create("reg:5000/proxy:1", 8080, "cloudflow-edge", "demo").command_line(),
+        "docker service create --detach --name cloudflow-proxy --mode global --constraint 'node.role==manager' \
+         --publish 'mode=host,target=80,published=8080,protocol=tcp' --network cloudflow-edge \
+         --mount 'type=bind,source=/etc/cloudflow/proxy,target=/etc/nginx/conf.d,readonly' \
+         --label 'cloudflow.cluster=demo' --container-label 'cloudflow.cluster=demo' --with-registry-auth reg:5000/proxy:1"
+    );
+    let rm = networks_rm(&[("cloudflow.cluster", "demo"), ("cloudflow.env", "pr-7")]);
+    let Body::Script(text) = &rm.body else {
+        panic!()
+    };
+    assert!(text.contains(
+        "docker network ls -q --filter 'label=cloudflow.cluster=demo' --filter 'label=cloudflow.env=pr-7'"
+    ), "{text}");
+    let reload = proxy_reload();
+    let Body::Script(text) = &reload.body else {
+        panic!()
+    };
+    assert!(text.contains("docker exec \"$c\" nginx -t -q && docker exec \"$c\" nginx -s reload"));
+    assert_eq!(
+        service_update(&run, &["OLD".to_string()]).command_line(),
+        "docker service update --detach --with-registry-auth --image reg:5000/web:2 --replicas 3 \
+         --env-rm OLD --env-add 'LOG_LEVEL=info' default-web-green"
+    );
+}

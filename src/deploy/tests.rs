@@ -1,1 +1,211 @@
+use super::*;
+use crate::render::Renderer;
+use crate::state::{ColorRecord, ServiceRecord};
 
+#[test]
+fn relative_and_absolute_sizes_resolve_and_clamp() {
+    assert_eq!(resolve_replicas("+2", 3, 1, 10).unwrap(), (5, None));
+    assert_eq!(resolve_replicas("-1", 3, 1, 10).unwrap(), (2, None));
+    assert_eq!(resolve_replicas("7", 3, 1, 10).unwrap(), (7, None));
+    let (n, note) = resolve_replicas("+9", 3, 1, 5).unwrap();
+    assert_eq!(n, 5);
+    assert!(note.unwrap().contains("clamped to 5"));
+    let (n, note) = resolve_replicas("-5", 3, 1, 5).unwrap();
+    assert_eq!(n, 1);
+    assert!(note.unwrap().contains("gives -2"));
+    assert_eq!(resolve_replicas("0", 3, 0, u32::MAX).unwrap(), (0, None));
+    assert!(resolve_replicas("lots", 3, 0, 5).is_err());
+    assert!(resolve_replicas("+", 3, 0, 5).is_err());
+}
+
+fn state_with_web(
+    live: Color,
+    blue: Option<(&str, u32)>,
+    green: Option<(&str, u32)>,
+) -> ClusterState {
+    let mut s = ClusterState::new("demo", "lab");
+    let rec = |c: Option<(&str, u32)>| {
+        c.map(|(image, replicas)| ColorRecord {
+            image: image.into(),
+            replicas,
+        })
+    };
+    let mut env = EnvRecord {
+        created: "2026-11-23T00:00:00Z".into(),
+        expires: None,
+        services: Default::default(),
+    };
+    env.services.insert(
+        "web".into(),
+        ServiceRecord {
+            strategy: Strategy::BlueGreen,
+            port: Some(8080),
+            health_path: "/healthz".into(),
+            live,
+            blue: rec(blue),
+            green: rec(green),
+        },
+    );
+    env.services.insert(
+        "db".into(),
+        ServiceRecord {
+            strategy: Strategy::InPlace,
+            port: None,
+            health_path: "/".into(),
+            live: Color::Blue,
+            blue: rec(Some(("db:1", 1))),
+            green: None,
+        },
+    );
+    s.environments.insert("default".into(), env);
+    s
+}
+
+#[test]
+fn routes_send_the_live_host_to_the_live_colour_and_preview_to_the_other() {
+    let s = state_with_web(Color::Green, Some(("web:1", 2)), Some(("web:2", 2)));
+    let r = routes(&s, "demo.test");
+    assert_eq!(r.len(), 2, "in-place services are not routed: {r:?}");
+    assert_eq!(r[0].host, "web-default.demo.test");
+    assert_eq!(r[0].upstream.as_deref(), Some("default-web-green"));
+    assert_eq!(r[0].port, 8080);
+    assert_eq!(r[1].host, "web-default-preview.demo.test");
+    assert_eq!(r[1].upstream.as_deref(), Some("default-web-blue"));
+}
+
+#[test]
+fn after_stop_old_the_preview_answers_503_with_a_reason() {
+    let s = state_with_web(Color::Green, Some(("web:1", 0)), Some(("web:2", 2)));
+    let r = routes(&s, "demo.test");
+    assert_eq!(r[1].upstream, None);
+    assert!(r[1].message.contains("stop-old"), "{}", r[1].message);
+    let first = state_with_web(Color::Blue, Some(("web:1", 2)), None);
+    assert!(
+        routes(&first, "d")
+            .iter()
+            .any(|r| r.message.contains("only the blue colour"))
+    );
+}
+
+#[test]
+fn proxy_config_has_routes_probes_the_404_and_the_generation() {
+    let s = state_with_web(Color::Blue, Some(("web:1", 2)), Some(("web:2", 0)));
+    let probes = vec![Probe {
+        id: "abc123".into(),
+        address: "10.0.1.7".into(),
+        port: 8080,
+        path: "/healthz".into(),
+        replica: "default-web-blue.1".into(),
+        node: "h2".into(),
+    }];
+    let conf = proxy_config(&Renderer::new(None).unwrap(), &s, "demo.test", 42, &probes).unwrap();
+    for want in [
+        "resolver 127.0.0.11 valid=1s ipv6=off;",
+        "listen 80 default_server;",
+        "return 404 \"cloudflow: no service is routed at $host",
+        "server_name web-default.demo.test;",
+        "set $cf_upstream default-web-blue;",
+        "proxy_pass http://$cf_upstream:8080;",
+        "server_name web-default-preview.demo.test;",
+        "return 503 \"cloudflow: no preview for web in default: the green colour was stopped",
+        "server_name cloudflow-probe;",
+        "return 200 \"42\\n\";",
+        "location = /_cloudflow/probe/abc123 {",
+        "proxy_pass http://10.0.1.7:8080/healthz;",
+    ] {
+        assert!(conf.contains(want), "missing {want:?} in:\n{conf}");
+    }
+}
+
+#[test]
+fn names_and_labels() {
+    assert_eq!(color_service("pr-7", "web", Color::Green), "pr-7-web-green");
+    assert_eq!(inplace_service("default", "db"), "default-db");
+    assert_eq!(env_network("pr-7"), "cf-env-pr-7");
+    assert!(valid_env_name("pr-7"));
+    assert!(!valid_env_name("PR_7"));
+    assert!(!valid_env_name("7pr"));
+    let l = labels("demo", "pr-7", Some("web"), Some(Color::Blue));
+    assert_eq!(l["cloudflow.cluster"], "demo");
+    assert_eq!(l["cloudflow.env"], "pr-7");
+    assert_eq!(l["cloudflow.service"], "web");
+    assert_eq!(l["cloudflow.color"], "blue");
+}
+
+const TASKS: &str = r#"[
+ {"ID":"t1","Slot":1,"NodeID":"n1","DesiredState":"running","Status":{"State":"running","Err":""},
+  "Spec":{"ContainerSpec":{"Image":"reg:5000/web:2@sha256:abc"}},
+  "NetworksAttachments":[{"Network":{"Spec":{"Name":"cloudflow-edge"}},"Addresses":["10.0.1.7/24"]},
+                         {"Network":{"Spec":{"Name":"cf-env-default"}},"Addresses":["10.0.2.3/24"]}]},
+ {"ID":"t2","Slot":2,"NodeID":"n2","DesiredState":"running","Status":{"State":"preparing","Err":""},
+  "Spec":{"ContainerSpec":{"Image":"reg:5000/web:2"}}},
+ {"ID":"t0","Slot":2,"NodeID":"n2","DesiredState":"shutdown","Status":{"State":"rejected","Err":"No such image: reg:5000/web:2"},
+  "Spec":{"ContainerSpec":{"Image":"reg:5000/web:2"}}}
+]
+---
+n1 host-1
+n2 host-2
+"#;
+
+#[test]
+fn tasks_parse_with_node_names_addresses_and_errors() {
+    let t = parse_tasks("default-web-green", TASKS).unwrap();
+    assert_eq!(t.len(), 3);
+    assert_eq!(t[0].name, "default-web-green.1");
+    assert_eq!(t[0].node, "host-1");
+    assert_eq!(t[0].image, "reg:5000/web:2");
+    assert_eq!(t[0].addresses["cloudflow-edge"], "10.0.1.7");
+    assert_eq!(t[2].error, "No such image: reg:5000/web:2");
+    assert!(parse_tasks("x", "[]\n---\n").unwrap().is_empty());
+}
+
+#[test]
+fn convergence_needs_every_replica_running_and_nothing_stopping() {
+    let mut t = parse_tasks("s", TASKS).unwrap();
+    let c = convergence(&t, 2, Some("reg:5000/web:2"));
+    assert_eq!((c.running, c.done), (1, false));
+    assert!(c.last_error.unwrap().contains("No such image"));
+    t[1].state = "running".into();
+    assert!(convergence(&t, 2, Some("reg:5000/web:2")).done);
+    assert!(
+        !convergence(&t, 2, Some("reg:5000/web:1")).done,
+        "wrong image"
+    );
+    // Scaling down: a task told to shut down but still running is not converged.
+    t[1].desired = "shutdown".into();
+    let c = convergence(&t, 1, None);
+    assert_eq!((c.stopping, c.done), (1, false));
+    t[1].state = "shutdown".into();
+    assert!(convergence(&t, 1, None).done);
+}
+
+#[test]
+fn env_list_always_has_default_and_the_contract_shape() {
+    let mut s = state_with_web(Color::Green, Some(("web:1", 0)), Some(("web:2", 3)));
+    s.environments.insert(
+        "pr-7".into(),
+        EnvRecord {
+            created: "2026-11-23T10:00:00Z".into(),
+            expires: Some("2026-11-23T11:00:00Z".into()),
+            services: Default::default(),
+        },
+    );
+    let l = env_list(&s);
+    assert_eq!(l[0]["name"], "default");
+    assert_eq!(l[1]["name"], "pr-7");
+    assert_eq!(l[1]["expires"], "2026-11-23T11:00:00Z");
+    let web = l[0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap();
+    assert_eq!(web["color"], "green");
+    assert_eq!(web["image"], "web:2");
+    assert_eq!(web["replicas"], 3);
+    assert!(web["preview"].is_null(), "stopped colour is no preview");
+    assert_eq!(
+        env_list(&ClusterState::new("x", "lab"))[0]["name"],
+        "default"
+    );
+}

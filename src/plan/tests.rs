@@ -310,3 +310,164 @@ fn plan_json_has_phase_host_and_step_but_no_file_contents() {
     assert_eq!(first["step"], "write-daemon-json");
     assert!(first.get("content").is_none());
 }
+
+fn all_done() -> BTreeMap<String, HostFacts> {
+    let mut facts = BTreeMap::new();
+    facts.insert("m1".to_string(), done(true));
+    facts.insert("w1".to_string(), done(false));
+    facts.insert("w2".to_string(), done(false));
+    facts
+}
+
+fn services_spec() -> Spec {
+    let text = format!(
+        "{SPEC}proxy: {{ domain: d.test, image: \"reg:5000/nginx:1\", port: 8080 }}\nservices:\n  web: {{ image: \"reg:5000/web:1\", port: 80, replicas: 2 }}\n"
+    );
+    spec::parse(Path::new("c.yaml"), &text).unwrap()
+}
+
+fn plan_services(state: &ClusterState, facts: &BTreeMap<String, HostFacts>) -> Plan {
+    let spec = services_spec();
+    let r = Renderer::new(None).unwrap();
+    compute(&Inputs {
+        spec: &spec,
+        state,
+        machines: &machines(),
+        provider_actions: &[],
+        facts,
+        renderer: &r,
+    })
+    .unwrap()
+}
+
+#[test]
+fn services_plan_the_proxy_then_a_first_deploy_on_the_leader() {
+    let state = ClusterState::new("demo", "bare-metal");
+    let plan = plan_services(&state, &all_done());
+    let steps: Vec<(PhaseName, Option<&str>, &Step)> = plan
+        .actions
+        .iter()
+        .map(|a| (a.phase, a.host.as_deref(), &a.step))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (
+                PhaseName::Proxy,
+                Some("m1"),
+                &Step::StartProxy {
+                    image: "reg:5000/nginx:1".into(),
+                    port: 8080
+                }
+            ),
+            (
+                PhaseName::Deploy,
+                Some("m1"),
+                &Step::DeployService {
+                    service: "web".into(),
+                    image: "reg:5000/web:1".into(),
+                    replace: false
+                }
+            ),
+        ]
+    );
+}
+
+#[test]
+fn deployed_services_keep_live_values_and_plan_notes_the_difference() {
+    use crate::state::{Color, ColorRecord, EnvRecord, ServiceRecord};
+    let mut state = ClusterState::new("demo", "bare-metal");
+    let mut env = EnvRecord {
+        created: "t".into(),
+        expires: None,
+        services: Default::default(),
+    };
+    env.services.insert(
+        "web".into(),
+        ServiceRecord {
+            strategy: spec::Strategy::BlueGreen,
+            port: Some(80),
+            health_path: "/".into(),
+            live: Color::Green,
+            blue: None,
+            green: Some(ColorRecord {
+                image: "reg:5000/web:2".into(),
+                replicas: 4,
+            }),
+        },
+    );
+    state.environments.insert("default".into(), env);
+    let mut facts = all_done();
+    let m1 = facts.get_mut("m1").unwrap();
+    m1.swarm_services.insert("cloudflow-proxy".into(), (1, 1));
+    m1.swarm_services.insert("default-web-green".into(), (4, 4));
+    let plan = plan_services(&state, &facts);
+    assert!(plan.is_empty(), "{:?}", plan.actions);
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("web: live image reg:5000/web:2, spec reg:5000/web:1")),
+        "{:?}",
+        plan.notes
+    );
+    assert!(
+        plan.notes
+            .iter()
+            .any(|n| n.contains("live replicas 4, spec 2")),
+        "{:?}",
+        plan.notes
+    );
+
+    // The live service removed behind cloudflow's back: deploy it again; a proxy with no
+    // running task is started again.
+    let m1 = facts.get_mut("m1").unwrap();
+    m1.swarm_services.remove("default-web-green");
+    m1.swarm_services.insert("cloudflow-proxy".into(), (0, 1));
+    let plan = plan_services(&state, &facts);
+    assert!(matches!(plan.actions[0].step, Step::StartProxy { .. }));
+    assert_eq!(
+        plan.actions[1].step,
+        Step::DeployService {
+            service: "web".into(),
+            image: "reg:5000/web:2".into(),
+            replace: true
+        }
+    );
+}
+
+#[test]
+fn bare_metal_down_removes_deployments_before_the_swarm_goes() {
+    let mut state = ClusterState::new("demo", "bare-metal");
+    for (h, role) in [
+        ("m1", Role::Manager),
+        ("w1", Role::Worker),
+        ("w2", Role::Worker),
+    ] {
+        state.hosts.insert(
+            h.into(),
+            HostRecord {
+                swarm: Some(role),
+                ..Default::default()
+            },
+        );
+    }
+    let mut facts = all_done();
+    facts
+        .get_mut("m1")
+        .unwrap()
+        .swarm_services
+        .insert("default-web-blue".into(), (2, 2));
+    let plan = compute_down(&state, &machines(), false, &[], &facts).unwrap();
+    assert_eq!(plan.actions[0].phase, PhaseName::Deploy);
+    assert_eq!(
+        plan.actions[0].step,
+        Step::RemoveDeployments {
+            services: vec!["default-web-blue".into()]
+        }
+    );
+    assert!(
+        plan.actions[1..]
+            .iter()
+            .all(|a| a.phase < PhaseName::Deploy)
+    );
+}

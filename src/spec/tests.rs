@@ -184,3 +184,96 @@ fn aws_spec_with_defaults_and_checked_vpc() {
         "{bad}"
     );
 }
+
+const SERVICES: &str = "name: demo\nprovider:\n  lab: { hosts: 3 }\nproxy: { domain: demo.test, image: reg:5000/nginx:1, port: 80 }\nservices:\n  web:\n    image: reg:5000/web:1\n    port: 8080\n    replicas: 2\n    min_replicas: 1\n    max_replicas: 10\n    health: { path: /healthz, timeout: 30s }\n    env: { LOG_LEVEL: info }\n  db:\n    image: reg:5000/db:1\n    strategy: in-place\n";
+
+#[test]
+fn services_parse_with_defaults() {
+    let spec = parse_str(SERVICES).unwrap();
+    let web = &spec.services["web"];
+    assert_eq!(
+        (web.port, web.replicas, web.min_replicas, web.max_replicas),
+        (Some(8080), 2, 1, 10)
+    );
+    assert_eq!(web.health.path, "/healthz");
+    assert_eq!(web.health.timeout, std::time::Duration::from_secs(30));
+    assert_eq!(web.env["LOG_LEVEL"], "info");
+    assert_eq!(web.strategy, Strategy::BlueGreen);
+    let db = &spec.services["db"];
+    assert_eq!(
+        (db.strategy, db.port, db.replicas),
+        (Strategy::InPlace, None, 1)
+    );
+    assert_eq!(db.health.path, "/");
+}
+
+#[test]
+fn service_errors_point_at_the_spec() {
+    let e = err(&SERVICES.replace("    port: 8080\n", ""));
+    assert!(
+        e.starts_with("cluster.yaml:6:3: service web: `port`"),
+        "{e}"
+    );
+    let e = err(&SERVICES.replace("replicas: 2", "replicas: 20"));
+    assert!(
+        e.starts_with("cluster.yaml:9:15: service web: replicas 20 is outside"),
+        "{e}"
+    );
+    let e = err(&SERVICES.replace("timeout: 30s", "timeout: soon"));
+    assert!(
+        e.starts_with("cluster.yaml:12:40: service web: health timeout \"soon\" is not a duration"),
+        "{e}"
+    );
+    let e = err(&SERVICES.replace("  web:\n", "  Web_1:\n"));
+    assert!(
+        e.starts_with("cluster.yaml:6:3: invalid service name \"Web_1\""),
+        "{e}"
+    );
+    let e = err(&SERVICES.replace("    strategy: in-place\n", "    strategy: canary\n"));
+    assert!(
+        e.contains("cluster.yaml:16:15: unknown variant `canary`"),
+        "{e}"
+    );
+    let e = err(&SERVICES.replace("image: reg:5000/nginx:1, ", ""));
+    assert!(
+        e.starts_with("cluster.yaml:6:3: services need a reverse proxy: set proxy.image"),
+        "{e}"
+    );
+    let e = err(&SERVICES.replace("    port: 8080\n", "    port: 8080\n    replica: 3\n"));
+    assert!(e.contains("unknown field `replica`"), "{e}");
+}
+
+#[test]
+fn services_from_a_compose_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        "services:\n  api:\n    image: reg:5000/api:3\n    ports: [\"80:8081\"]\n    environment:\n      - MODE=prod\n    deploy: { replicas: 3 }\n    healthcheck: { test: [\"CMD\", \"true\"] }\n  cache:\n    image: reg:5000/cache:1\n    environment: { SIZE: 64 }\n",
+    )
+    .unwrap();
+    let text = "name: demo\nprovider:\n  lab: { hosts: 1 }\nproxy: { domain: d.test, image: p:1 }\nservices_from: docker-compose.yml\nservices:\n  cache:\n    image: reg:5000/cache:2\n    strategy: in-place\n";
+    let spec = parse(&dir.path().join("cluster.yaml"), text).unwrap();
+    let api = &spec.services["api"];
+    assert_eq!(
+        (api.port, api.replicas, api.strategy),
+        (Some(8081), 3, Strategy::BlueGreen)
+    );
+    assert_eq!(api.env["MODE"], "prod");
+    assert_eq!(
+        spec.services["cache"].image, "reg:5000/cache:2",
+        "the spec wins over compose"
+    );
+
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        "services:\n  api:\n    ports: [8080]\n",
+    )
+    .unwrap();
+    let e = parse(&dir.path().join("cluster.yaml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("docker-compose.yml:2:3: service api: no `image`"),
+        "{e}"
+    );
+}
