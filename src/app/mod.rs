@@ -78,16 +78,18 @@ fn validate(cli: &Cli) -> Result<Report> {
     }
     Renderer::new(spec.templates.as_deref())?;
     let mut text = format!(
-        "{}: ok — cluster {}, provider {}, {hosts} host(s), orchestrator swarm\n",
+        "{}: ok — cluster {}, provider {}, {hosts} host(s), orchestrator swarm, {} service(s)\n",
         cli.file.display(),
         spec.name,
-        spec.provider.kind()
+        spec.provider.kind(),
+        spec.services.len()
     );
     for w in &warnings {
         text.push_str(&format!("warning: {w}\n"));
     }
     Ok(Report {
-        json: json!({"valid": true, "cluster": spec.name, "provider": spec.provider.kind(), "hosts": hosts, "warnings": warnings}),
+        json: json!({"valid": true, "cluster": spec.name, "provider": spec.provider.kind(), "hosts": hosts,
+               "services": spec.services.keys().collect::<Vec<_>>(), "warnings": warnings}),
         text,
     })
 }

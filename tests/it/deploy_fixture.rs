@@ -172,7 +172,7 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     pub sent: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
-    handle: Option<JoinHandle<Vec<String>>>,
+    handle: Option<JoinHandle<(Vec<String>, Vec<f64>)>>,
 }
 
 pub struct LoadReport {
@@ -182,6 +182,19 @@ pub struct LoadReport {
     pub versions: Vec<String>,
     /// The first few failures, for the assertion message.
     pub failures: Vec<String>,
+    /// Every request's latency in milliseconds, sorted.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl LoadReport {
+    /// The `p`-th percentile latency (0..=100) in milliseconds.
+    pub fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_ms.is_empty() {
+            return 0.0;
+        }
+        let i = ((p / 100.0) * (self.latencies_ms.len() - 1) as f64).round() as usize;
+        self.latencies_ms[i]
+    }
 }
 
 impl Load {
@@ -199,9 +212,13 @@ impl Load {
         let handle = std::thread::spawn(move || {
             let mut seen: Vec<String> = Vec::new();
             let mut failures = Vec::new();
+            let mut latencies = Vec::new();
             while !st.load(Ordering::Relaxed) {
                 se.fetch_add(1, Ordering::Relaxed);
-                match get(&a, &h, "/") {
+                let t = Instant::now();
+                let r = get(&a, &h, "/");
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                match r {
                     Ok((200, body)) => {
                         let v = body.split_whitespace().next().unwrap_or("").to_string();
                         if !seen.contains(&v) {
@@ -219,7 +236,8 @@ impl Load {
             }
             seen.push(String::new());
             seen.extend(failures);
-            seen
+            latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            (seen, latencies)
         });
         Load {
             stop,
@@ -231,7 +249,7 @@ impl Load {
 
     pub fn finish(mut self) -> LoadReport {
         self.stop.store(true, Ordering::Relaxed);
-        let mut all = self.handle.take().unwrap().join().unwrap();
+        let (mut all, latencies_ms) = self.handle.take().unwrap().join().unwrap();
         let split = all.iter().position(String::is_empty).unwrap();
         let failures = all.split_off(split + 1);
         all.pop();
@@ -240,6 +258,7 @@ impl Load {
             failed: self.failed.load(Ordering::Relaxed),
             versions: all,
             failures,
+            latencies_ms,
         }
     }
 }
