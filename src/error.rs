@@ -74,3 +74,15 @@ pub fn collect_hosts<T>(results: Vec<Result<T, ExecError>>) -> Result<Vec<T>> {
         _ => Err(Error::Hosts(failed)),
     }
 }
+
+/// An error with its chain of sources, one `: ` apart (for messages from library errors).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}

@@ -348,6 +348,22 @@ pub fn swarm_leave() -> Cmd {
     )
 }
 
+/// After leaving: remove the containers of this cluster's swarm tasks that the agent had not
+/// reaped yet (exited replicas keep their container until then). Only task containers
+/// (`com.docker.swarm.task.id`) of `cluster`: nothing else on the host is touched.
+pub fn remove_task_containers(cluster: &str) -> Cmd {
+    Cmd::script(
+        "remove-task-containers",
+        Effect::Mutate,
+        format!(
+            "# remove leftover task containers of cloudflow services\n\
+             ids=$(docker ps -aq --filter label=com.docker.swarm.task.id --filter {})\n\
+             [ -z \"$ids\" ] || docker rm -f $ids >/dev/null\n",
+            quote(&format!("label=cloudflow.cluster={cluster}"))
+        ),
+    )
+}
+
 pub fn node_ls() -> Cmd {
     Cmd::argv(
         "node-ls",

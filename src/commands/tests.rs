@@ -277,3 +277,13 @@ fn swarm_service_builders_are_exact() {
          --env-rm OLD --env-add 'LOG_LEVEL=info' default-web-green"
     );
 }
+
+#[test]
+fn leftover_task_containers_are_only_this_clusters_tasks() {
+    let Body::Script(text) = remove_task_containers("demo").body else {
+        panic!()
+    };
+    assert!(text.contains(
+        "docker ps -aq --filter label=com.docker.swarm.task.id --filter 'label=cloudflow.cluster=demo'"
+    ), "{text}");
+}

@@ -196,13 +196,7 @@ impl<'a> Deployer<'a> {
             });
             g
         })?;
-        let conf = proxy_config(
-            self.renderer,
-            &self.state.snapshot(),
-            self.domain(),
-            generation,
-            &[],
-        )?;
+        let conf = self.config(generation, &[])?;
         self.ui
             .info(&format!("proxy: {image} on port {port} of every manager"));
         let created = self.orch.ensure_proxy(&image, port, &conf).await?;
@@ -219,6 +213,18 @@ impl<'a> Deployer<'a> {
         Ok(created)
     }
 
+    /// The proxy configuration for the routes the state implies now.
+    fn config(&self, generation: u64, probes: &[Probe]) -> Result<String> {
+        let state = self.state.snapshot();
+        Ok(proxy_config(
+            self.renderer,
+            &state,
+            self.domain(),
+            generation,
+            probes,
+        )?)
+    }
+
     /// Render the routes the state implies (plus `probes`), reload every proxy, and wait
     /// until each serves the new configuration. Returns how long the reload took to be live.
     async fn publish(&self, probes: &[Probe]) -> Result<Duration> {
@@ -230,13 +236,7 @@ impl<'a> Deployer<'a> {
             p.generation += 1;
             p.generation
         })?;
-        let conf = proxy_config(
-            self.renderer,
-            &self.state.snapshot(),
-            self.domain(),
-            generation,
-            probes,
-        )?;
+        let conf = self.config(generation, probes)?;
         let start = Instant::now();
         self.orch.apply_proxy_config(&conf).await?;
         self.proxy

@@ -45,7 +45,7 @@ impl ProxyClient {
             .header(HOST, host)
             .send()
             .await
-            .map_err(|e| format!("{url}: {}", error_chain(&e)))?;
+            .map_err(|e| format!("{url}: {}", crate::error::chain(&e)))?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         Ok((status, body))
@@ -123,15 +123,4 @@ fn first_line(s: &str) -> String {
         .unwrap_or("")
         .trim();
     l.chars().take(200).collect()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }

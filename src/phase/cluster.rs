@@ -100,6 +100,13 @@ impl Phase for Cluster {
             ctx.exec
                 .run(&t, "cluster", &commands::swarm_leave())
                 .await?;
+            ctx.exec
+                .run(
+                    &t,
+                    "cluster",
+                    &commands::remove_task_containers(&ctx.spec.name),
+                )
+                .await?;
             record(ctx, host, None)?;
             ctx.ui.host_done(host, "left the swarm");
         }

@@ -87,11 +87,14 @@ impl fmt::Display for Plan {
                 self.actions.len()
             )?;
         }
-        for phase in [
-            PhaseName::Provision,
-            PhaseName::Bootstrap,
-            PhaseName::Cluster,
-        ] {
+        // Phases in the order their actions run (`down` plans them in reverse).
+        let mut phases: Vec<PhaseName> = Vec::new();
+        for a in &self.actions {
+            if !phases.contains(&a.phase) {
+                phases.push(a.phase);
+            }
+        }
+        for phase in phases {
             let actions: Vec<_> = self.for_phase(phase).collect();
             if actions.is_empty() {
                 continue;

@@ -275,6 +275,13 @@ fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
         });
     }
     let env = i.state.environments.get(deploy::DEFAULT_ENV);
+    for name in env.iter().flat_map(|e| e.services.keys()) {
+        if !i.spec.services.contains_key(name) {
+            plan.notes.push(format!(
+                "{name} runs in the default environment but is no longer in the spec: cloudflow leaves it running (`down` removes it)"
+            ));
+        }
+    }
     for (name, svc) in &i.spec.services {
         let rec = env
             .and_then(|e| e.services.get(name))

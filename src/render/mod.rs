@@ -50,15 +50,7 @@ pub struct Renderer {
 }
 
 fn describe(e: &tera::Error) -> String {
-    use std::error::Error;
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
+    crate::error::chain(e)
 }
 
 impl Renderer {

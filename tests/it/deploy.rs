@@ -192,6 +192,24 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
             .starts_with("version=2")
     );
 
+    // --no-switch: the new colour waits at the preview host until `switch`.
+    let waiting = cf(&["deploy", "web", "--image", &img.web_v2, "--no-switch"]).ok();
+    assert!(
+        waiting.stdout.contains("cloudflow switch web"),
+        "{}",
+        waiting.stdout
+    );
+    assert!(get(&addr, &live, "/").unwrap().1.starts_with("version=1"));
+    assert!(
+        get(&addr, &preview, "/")
+            .unwrap()
+            .1
+            .starts_with("version=2")
+    );
+    cf(&["switch", "web"]).ok();
+    assert!(get(&addr, &live, "/").unwrap().1.starts_with("version=2"));
+    assert_eq!(running("default-web-green"), 3);
+
     let report = load.finish();
     eprintln!(
         "load through the proxy: {} requests, {} failed, versions seen {:?}",
@@ -284,5 +302,65 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
             &format!("label=cloudflow.cluster={CLUSTER}")
         ]),
         ""
+    );
+}
+
+/// Bare metal keeps its machines: `down` must remove what was deployed (services, networks,
+/// the proxy and its configuration) before the host leaves the swarm.
+#[test]
+fn bare_metal_down_removes_services_networks_and_the_proxy() {
+    let dir = workdir();
+    let d = dir.path();
+    let (key, public) = keypair(d, "id_ed25519");
+    let hosts = Hosts::start("cfit-bmd", 1, &public);
+    let reg = Registry::start();
+    let img = build_images(&reg, IMAGE);
+    let spec = format!(
+        "name: cfit-bmd\nprovider:\n  bare_metal:\n    ssh_key: {key}\n    hosts:\n      - {{ address: {a}, role: manager }}\n\
+         registry:\n  insecure: [\"{pull}\"]\n\
+         proxy: {{ domain: bm.test, image: \"{proxy}\", port: 8088 }}\n\
+         services:\n  web: {{ image: \"{v1}\", port: 8080, health: {{ path: /healthz }} }}\n",
+        key = key.display(),
+        a = hosts.addresses[0],
+        pull = reg.pull,
+        proxy = img.proxy,
+        v1 = img.web_v1,
+    );
+    std::fs::write(d.join("cluster.yaml"), spec).unwrap();
+    cloudflow(d, &["-f", "cluster.yaml", "up", "--yes"]).ok();
+    let addr = format!("{}:8088", hosts.addresses[0]);
+    let (status, body) = get(&addr, "web-default.bm.test", "/").unwrap();
+    assert_eq!(
+        (status, body.starts_with("version=1")),
+        (200, true),
+        "{body}"
+    );
+    cloudflow(d, &["-f", "cluster.yaml", "env", "create", "qa"]).ok();
+
+    let plan = cloudflow(d, &["-f", "cluster.yaml", "down", "--yes"]).ok();
+    assert!(
+        plan.stdout.contains("remove deployed services")
+            || plan.stderr.contains("remove deployed services"),
+        "{}\n{}",
+        plan.stdout,
+        plan.stderr
+    );
+    assert_eq!(
+        hosts.exec(0, "docker info --format '{{.Swarm.LocalNodeState}}'"),
+        "inactive"
+    );
+    assert_eq!(
+        hosts.exec(0, "docker ps -a --format '{{.Names}} {{.Status}}'"),
+        "",
+        "no task container left"
+    );
+    assert_eq!(
+        hosts.exec(0, "ls /etc/cloudflow/proxy/ 2>/dev/null | wc -l"),
+        "0",
+        "proxy configuration removed"
+    );
+    assert!(
+        get(&addr, "web-default.bm.test", "/").is_err(),
+        "nothing listens on the proxy port"
     );
 }
