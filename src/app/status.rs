@@ -124,11 +124,50 @@ pub async fn status(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
             n.status
         ));
     }
+    if let Some(p) = &state.proxy {
+        text.push_str(&format!(
+            "proxy: {} on port {} of every manager (routes <service>-<env>.{})\n",
+            p.image,
+            p.port,
+            ctx.spec.proxy.domain.as_deref().unwrap_or("-")
+        ));
+    }
+    let environments = crate::deploy::env_list(&state);
+    for e in environments.iter().filter(|e| {
+        e["services"].as_array().is_some_and(|s| !s.is_empty())
+            || e["name"] != crate::deploy::DEFAULT_ENV
+    }) {
+        let services: Vec<String> = e["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{} ({} {} ×{})",
+                    s["name"].as_str().unwrap_or(""),
+                    s["color"].as_str().unwrap_or(""),
+                    s["image"].as_str().unwrap_or("-"),
+                    s["replicas"]
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "env {}: {}\n",
+            e["name"].as_str().unwrap_or(""),
+            if services.is_empty() {
+                "no services".to_string()
+            } else {
+                services.join(", ")
+            }
+        ));
+    }
     if let Some(e) = &error {
         text.push_str(&format!("warning: could not ask the swarm: {e}\n"));
     }
     Ok(Report {
-        json: json!({"cluster": ctx.spec.name, "provider": ctx.provider.kind(), "nodes": statuses, "error": error}),
+        json: json!({"cluster": ctx.spec.name, "provider": ctx.provider.kind(), "nodes": statuses,
+                     "proxy": state.proxy.as_ref().map(|p| json!({"image": p.image, "port": p.port})),
+                     "environments": environments, "error": error}),
         text,
     })
 }

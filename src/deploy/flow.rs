@@ -507,6 +507,10 @@ impl<'a> Deployer<'a> {
         let svc = self.service_spec(svc_name)?;
         self.require_env(env).await?;
         let image = opts.image.clone().unwrap_or_else(|| svc.image.clone());
+        if svc.strategy == Strategy::BlueGreen && self.state.snapshot().proxy.is_none() {
+            // Routed services join the proxy's edge network: it must exist first.
+            self.ensure_proxy().await?;
+        }
         match svc.strategy {
             Strategy::BlueGreen => self.deploy_blue_green(env, svc, &image, opts).await,
             Strategy::InPlace => self.deploy_in_place(env, svc, &image, opts).await,

@@ -107,6 +107,12 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
     assert_eq!(get(&addr, &preview, "/").unwrap().0, 503);
     assert_eq!(running("default-web-blue"), 2);
     assert_eq!(running("default-db"), 1);
+    let status = cf(&["status", "-o", "json"]).ok().json();
+    assert_eq!(status["proxy"]["port"], 80, "{status}");
+    assert_eq!(
+        status["environments"][0]["services"][1]["name"], "web",
+        "{status}"
+    );
     let labels =
         on_manager("docker service inspect default-web-blue --format '{{json .Spec.Labels}}'");
     for l in [
@@ -327,7 +333,16 @@ fn bare_metal_down_removes_services_networks_and_the_proxy() {
         v1 = img.web_v1,
     );
     std::fs::write(d.join("cluster.yaml"), spec).unwrap();
-    cloudflow(d, &["-f", "cluster.yaml", "up", "--yes"]).ok();
+    // The swarm only; then `deploy` on its own starts the proxy it needs.
+    let up = cloudflow(
+        d,
+        &["-f", "cluster.yaml", "up", "--yes", "--until", "cluster"],
+    )
+    .ok();
+    assert!(!up.stderr.contains("phase proxy"), "{}", up.stderr);
+    cloudflow(d, &["-f", "cluster.yaml", "deploy", "web"]).ok();
+    let again = cloudflow(d, &["-f", "cluster.yaml", "up", "--yes"]).ok();
+    assert!(again.stdout.contains("no changes"), "{}", again.stdout);
     let addr = format!("{}:8088", hosts.addresses[0]);
     let (status, body) = get(&addr, "web-default.bm.test", "/").unwrap();
     assert_eq!(
