@@ -183,7 +183,13 @@ impl<'a> Deployer<'a> {
         let image = self.spec.proxy.image.clone().ok_or_else(|| {
             Error::Usage("the spec has no proxy.image: services need a reverse proxy".into())
         })?;
-        let port = self.spec.proxy.port.unwrap_or(80);
+        // A running proxy keeps its published port (moving it would drop traffic).
+        let port = self
+            .state
+            .snapshot()
+            .proxy
+            .map(|p| p.port)
+            .unwrap_or_else(|| self.spec.proxy.port.unwrap_or(80));
         self.orch
             .ensure_network(EDGE_NETWORK, &cluster_labels(self.cluster()))
             .await?;

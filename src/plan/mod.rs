@@ -264,7 +264,22 @@ fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
     let proxy_ready = running
         .and_then(|s| s.get(commands::swarm::PROXY_SERVICE))
         .is_some_and(|(r, d)| *d > 0 && r == d);
-    if !proxy_ready {
+    let wanted_image = i.spec.proxy.image.clone().unwrap_or_default();
+    let image_changed = i
+        .state
+        .proxy
+        .as_ref()
+        .is_some_and(|p| p.image != wanted_image);
+    if let Some(p) = &i.state.proxy
+        && p.port != i.spec.proxy.port.unwrap_or(80)
+    {
+        plan.notes.push(format!(
+            "the proxy is published on port {}, the spec says {}: cloudflow does not move a running proxy (`down` and `up` do)",
+            p.port,
+            i.spec.proxy.port.unwrap_or(80)
+        ));
+    }
+    if !proxy_ready || image_changed {
         plan.actions.push(Action {
             phase: PhaseName::Proxy,
             host: Some(lead.name.clone()),

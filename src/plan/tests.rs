@@ -418,6 +418,18 @@ fn deployed_services_keep_live_values_and_plan_notes_the_difference() {
         plan.notes
     );
 
+    // A new proxy image in the spec: the proxy is updated.
+    let mut moved = state.clone();
+    moved.proxy = Some(crate::state::ProxyRecord {
+        image: "reg:5000/nginx:0".into(),
+        port: 8080,
+        generation: 3,
+    });
+    let plan = plan_services(&moved, &facts);
+    assert!(
+        matches!(&plan.actions[0].step, Step::StartProxy { image, .. } if image == "reg:5000/nginx:1")
+    );
+
     // The live service removed behind cloudflow's back: deploy it again; a proxy with no
     // running task is started again.
     let m1 = facts.get_mut("m1").unwrap();

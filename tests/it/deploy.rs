@@ -198,6 +198,18 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
             .starts_with("version=2")
     );
 
+    // An in-place side service is updated in place: one service, new image.
+    cf(&["deploy", "db", "--image", &img.web_v2]).ok();
+    let db = on_manager(
+        "docker service inspect default-db --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}'",
+    );
+    assert!(db.starts_with(&img.web_v2), "{db}");
+    assert_eq!(running("default-db"), 1);
+    assert_eq!(
+        on_manager("docker service ls -q --filter label=cloudflow.service=db | wc -l"),
+        "1"
+    );
+
     // --no-switch: the new colour waits at the preview host until `switch`.
     let waiting = cf(&["deploy", "web", "--image", &img.web_v2, "--no-switch"]).ok();
     assert!(
