@@ -118,30 +118,12 @@ async fn env_list(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
                 format!("{x}{}", if past { " (expired)" } else { "" })
             }
         };
-        let services: Vec<String> = e["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                format!(
-                    "{} {} {} ×{}",
-                    s["name"].as_str().unwrap_or(""),
-                    s["color"].as_str().unwrap_or(""),
-                    s["image"].as_str().unwrap_or("-"),
-                    s["replicas"]
-                )
-            })
-            .collect();
         text.push_str(&format!(
             "{:<16} {:<10} {:<22} {}\n",
             e["name"].as_str().unwrap_or(""),
             age,
             expires,
-            if services.is_empty() {
-                "-".to_string()
-            } else {
-                services.join(", ")
-            }
+            deploy::services_line(e)
         ));
     }
     Ok(Report {

@@ -137,28 +137,10 @@ pub async fn status(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
         e["services"].as_array().is_some_and(|s| !s.is_empty())
             || e["name"] != crate::deploy::DEFAULT_ENV
     }) {
-        let services: Vec<String> = e["services"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| {
-                format!(
-                    "{} ({} {} ×{})",
-                    s["name"].as_str().unwrap_or(""),
-                    s["color"].as_str().unwrap_or(""),
-                    s["image"].as_str().unwrap_or("-"),
-                    s["replicas"]
-                )
-            })
-            .collect();
         text.push_str(&format!(
             "env {}: {}\n",
             e["name"].as_str().unwrap_or(""),
-            if services.is_empty() {
-                "no services".to_string()
-            } else {
-                services.join(", ")
-            }
+            crate::deploy::services_line(e)
         ));
     }
     if let Some(e) = &error {

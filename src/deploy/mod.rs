@@ -313,5 +313,32 @@ pub fn env_list(state: &ClusterState) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// One [`env_list`] entry's services in a line: `web (green img:2 ×3), db (…)`, or `-`.
+pub fn services_line(env: &serde_json::Value) -> String {
+    let services: Vec<String> = env["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let color = if s["strategy"] == "in-place" {
+                "in-place"
+            } else {
+                s["color"].as_str().unwrap_or("")
+            };
+            format!(
+                "{} ({color} {} ×{})",
+                s["name"].as_str().unwrap_or(""),
+                s["image"].as_str().unwrap_or("-"),
+                s["replicas"]
+            )
+        })
+        .collect();
+    if services.is_empty() {
+        "-".to_string()
+    } else {
+        services.join(", ")
+    }
+}
+
 #[cfg(test)]
 mod tests;
