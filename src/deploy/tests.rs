@@ -214,6 +214,12 @@ fn env_list_always_has_default_and_the_contract_shape() {
 fn services_line_names_colour_image_and_replicas() {
     let s = state_with_web(Color::Green, Some(("web:1", 0)), Some(("web:2", 3)));
     let l = env_list(&s);
-    assert_eq!(services_line(&l[0]), "db (in-place db:1 ×1), web (green web:2 ×3)");
-    assert_eq!(services_line(&env_list(&ClusterState::new("x", "lab"))[0]), "-");
+    assert_eq!(
+        services_line(&l[0]),
+        "db (in-place db:1 ×1), web (green web:2 ×3)"
+    );
+    assert_eq!(
+        services_line(&env_list(&ClusterState::new("x", "lab"))[0]),
+        "-"
+    );
 }
