@@ -114,14 +114,13 @@ pub enum Command {
     Nodes(NodesCommand),
 
     /// Blue-green deploy of a service from the spec: start the other colour, gate on health (every replica), switch the proxy, keep the old colour.
-    #[command(
-        after_help = "Examples:\n  cloudflow -f cluster.yaml deploy web --image reg:5000/web:2             # health-gated switch; old colour kept\n  \
-                            cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --no-switch # new colour only at web-default-preview.<domain>\n  \
-                            cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --scale +2\n  \
-                            cloudflow -f cluster.yaml deploy web --image reg:5000/web:3 --env pr-7  # served at web-pr-7.<domain>\n\n\
-                            Deploying the image that is already live changes nothing (--force redeploys). A failed health gate leaves\n\
-                            traffic where it was and names the replica that failed."
-    )]
+    #[command(after_help = "Examples:\n  \
+                      cloudflow deploy web --image reg:5000/web:2              # gate, switch, keep the old colour\n  \
+                      cloudflow deploy web --image reg:5000/web:3 --no-switch  # only at the preview host\n  \
+                      cloudflow deploy web --image reg:5000/web:3 --scale +2\n  \
+                      cloudflow deploy web --image reg:5000/web:3 --env pr-7   # web-pr-7.<domain>\n\n\
+                      The image that is already live changes nothing (--force redeploys). A failed health gate \
+                      leaves traffic where it was and names the replica that failed.")]
     Deploy(DeployArgs),
 
     /// Send traffic to the colour waiting at the preview host (its replicas are health-gated again first).
