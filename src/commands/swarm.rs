@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Cmd, Effect, quote};
+use super::{Body, Cmd, Effect, quote};
 
 /// The proxy's conf.d on each manager, bind-mounted read-only into the proxy container.
 pub const PROXY_CONF_DIR: &str = "/etc/cloudflow/proxy";
@@ -251,6 +251,17 @@ pub fn proxy_create(image: &str, port: u16, edge: &str, cluster: &str) -> Cmd {
         .map(|s| s.to_string())
         .collect(),
     )
+}
+
+/// Write a new proxy configuration and reload, in one round trip (the switch's critical path).
+pub fn proxy_apply(config: &str) -> Cmd {
+    let (Body::Script(write), Body::Script(reload)) = (
+        super::write_file("proxy-apply", PROXY_CONF, config).body,
+        proxy_reload().body,
+    ) else {
+        unreachable!("both are scripts")
+    };
+    Cmd::script("proxy-apply", Effect::Mutate, format!("{write}{reload}"))
 }
 
 /// Check and gracefully reload the proxy's nginx on this host (`nginx -s reload`: old

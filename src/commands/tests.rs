@@ -266,6 +266,17 @@ fn swarm_service_builders_are_exact() {
     assert!(text.contains(
         "docker network ls -q --filter 'label=cloudflow.cluster=demo' --filter 'label=cloudflow.env=pr-7'"
     ), "{text}");
+    let Body::Script(apply) = proxy_apply("server {}\n").body else {
+        panic!()
+    };
+    assert!(
+        apply.starts_with("# write /etc/cloudflow/proxy/cloudflow.conf\nset -e\n"),
+        "{apply}"
+    );
+    assert!(
+        apply.ends_with("nginx -t -q && docker exec \"$c\" nginx -s reload\n"),
+        "{apply}"
+    );
     let reload = proxy_reload();
     let Body::Script(text) = &reload.body else {
         panic!()

@@ -72,7 +72,7 @@ impl ProxyClient {
                         timeout.as_secs()
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
         Ok(())

@@ -137,9 +137,10 @@ impl Orchestrator for Swarm {
     }
 
     async fn apply_proxy_config(&self, config: &str) -> Result<()> {
-        self.write_config(config).await?;
-        let results = for_each_host(&self.managers, 16, |t| async move {
-            self.exec.run(t, "proxy", &cmd::proxy_reload()).await
+        let c = cmd::proxy_apply(config);
+        let results = for_each_host(&self.managers, 16, |t| {
+            let c = c.clone();
+            async move { self.exec.run(t, "proxy", &c).await }
         })
         .await;
         collect_hosts(results)?;
