@@ -512,6 +512,15 @@ impl<'a> Deployer<'a> {
     pub async fn deploy(&self, env: &str, svc_name: &str, opts: &DeployOpts) -> Result<Outcome> {
         let svc = self.service_spec(svc_name)?;
         self.require_env(env).await?;
+        if let Some(expired) = self
+            .env_record(env)
+            .and_then(|e| e.expires)
+            .filter(|x| chrono::DateTime::parse_from_rfc3339(x).is_ok_and(|t| t < now()))
+        {
+            self.ui.info(&format!(
+                "warning: environment {env} expired at {expired}; the next `env gc` removes it"
+            ));
+        }
         let image = opts.image.clone().unwrap_or_else(|| svc.image.clone());
         if svc.strategy == Strategy::BlueGreen && self.state.snapshot().proxy.is_none() {
             // Routed services join the proxy's edge network: it must exist first.
