@@ -294,10 +294,18 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
 
     cf(&["env", "create", "pr-8", "--ttl", "1s"]).ok();
     std::thread::sleep(Duration::from_secs(2));
+    let late = cf(&["deploy", "web", "--env", "pr-8"]).ok();
+    assert!(
+        late.stderr.contains("environment pr-8 expired"),
+        "{}",
+        late.stderr
+    );
     let gc = cf(&["env", "gc"]).ok();
     assert!(gc.stdout.contains("destroyed pr-8"), "{}", gc.stdout);
     assert_eq!(
-        on_manager("docker network ls -q --filter label=cloudflow.env=pr-8"),
+        on_manager(
+            "docker service ls -q --filter label=cloudflow.env=pr-8; docker network ls -q --filter label=cloudflow.env=pr-8"
+        ),
         ""
     );
 
