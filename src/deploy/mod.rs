@@ -2,6 +2,8 @@
 //! convergence are plain functions here; [`flow`] runs blue-green, stop-old, rollback, scale
 //! and environments through an [`crate::orchestrator::Orchestrator`].
 
+mod bluegreen;
+mod environments;
 pub mod flow;
 pub mod probe;
 
