@@ -10,6 +10,7 @@ pub mod orchestrator;
 pub mod phase;
 pub mod plan;
 pub mod render;
+pub mod size;
 pub mod spec;
 pub mod state;
 pub mod ui;

@@ -18,23 +18,17 @@ use crate::ui::Ui;
 
 /// `+2`, `-1` relative to `live`; `5` absolute. Below zero is an error, not a silent clamp.
 pub fn resolve_size(size: &str, live: u32) -> Result<u32> {
-    let bad = || {
+    let wanted = crate::size::resolve(size, live).ok_or_else(|| {
         Error::Usage(format!(
             "size {size:?}: expected a number of workers (4) or a change (+2, -1)"
         ))
-    };
-    let (relative, digits) = match size.as_bytes().first() {
-        Some(b'+') | Some(b'-') => (true, &size[1..]),
-        _ => (false, size),
-    };
-    let n: u32 = digits.parse().map_err(|_| bad())?;
-    match (relative, size.starts_with('-')) {
-        (false, _) => Ok(n),
-        (true, false) => Ok(live + n),
-        (true, true) => live
-            .checked_sub(n)
-            .ok_or_else(|| Error::Usage(format!("cannot remove {n} worker(s): only {live} run"))),
-    }
+    })?;
+    u32::try_from(wanted).map_err(|_| {
+        Error::Usage(format!(
+            "cannot remove {} worker(s): only {live} run",
+            i64::from(live) - wanted
+        ))
+    })
 }
 
 pub async fn scale(cli: &Cli, size: &str, ui: Arc<Ui>) -> Result<Report> {

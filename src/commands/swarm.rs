@@ -110,9 +110,8 @@ pub fn service_create(run: &ServiceRun) -> Cmd {
         "--stop-grace-period",
         "10s",
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    .map(String::from)
+    .into();
     argv.extend(label_args("--label", &run.labels));
     argv.extend(label_args("--container-label", &run.labels));
     for (net, alias) in &run.networks {
@@ -143,9 +142,8 @@ pub fn service_update(run: &ServiceRun, old_env: &[String]) -> Cmd {
         "--replicas",
         &run.replicas.to_string(),
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    .map(String::from)
+    .into();
     for k in old_env.iter().filter(|k| !run.env.contains_key(*k)) {
         argv.push("--env-rm".into());
         argv.push(k.clone());
@@ -247,9 +245,8 @@ pub fn proxy_create(image: &str, port: u16, edge: &str, cluster: &str) -> Cmd {
             "--with-registry-auth",
             image,
         ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect(),
+        .map(String::from)
+        .into(),
     )
 }
 

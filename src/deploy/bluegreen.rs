@@ -44,10 +44,7 @@ impl Deployer<'_> {
         image: &str,
         opts: &DeployOpts,
     ) -> Result<Outcome> {
-        let existing = self
-            .env_record(env)
-            .and_then(|e| e.services.get(&svc.name).cloned())
-            .filter(|r| r.live().is_some());
+        let existing = self.deployed(env, &svc.name).filter(|r| r.live().is_some());
         let (color, replicas, prev, note) = match &existing {
             None => {
                 let (n, note) = self.size(svc, opts.scale.as_deref(), svc.replicas)?;
@@ -213,10 +210,7 @@ impl Deployer<'_> {
         opts: &DeployOpts,
     ) -> Result<Outcome> {
         let name = super::inplace_service(env, &svc.name);
-        let existing = self
-            .env_record(env)
-            .and_then(|e| e.services.get(&svc.name).cloned())
-            .and_then(|r| r.blue);
+        let existing = self.deployed(env, &svc.name).and_then(|r| r.blue);
         let current = existing
             .as_ref()
             .map(|c| c.replicas)
@@ -254,15 +248,14 @@ impl Deployer<'_> {
             );
         })?;
         let run = self.run_for(env, svc, Color::Blue, image, replicas);
-        let exists = !self.orch.tasks(&name).await?.is_empty()
-            || self
-                .orch
-                .services(&[
-                    ("cloudflow.cluster", self.cluster()),
-                    ("cloudflow.env", env),
-                ])
-                .await?
-                .contains(&name);
+        let exists = self
+            .orch
+            .services(&[
+                ("cloudflow.cluster", self.cluster()),
+                ("cloudflow.env", env),
+            ])
+            .await?
+            .contains(&name);
         self.ui.info(&format!(
             "{} in {env}: {} {image} in place ({replicas} replica(s))",
             svc.name,

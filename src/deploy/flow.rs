@@ -90,27 +90,44 @@ impl<'a> Deployer<'a> {
         })
     }
 
-    pub(super) fn record(&self, env: &str, svc: &str) -> Result<ServiceRecord> {
+    /// What the state records for `svc` in `env`, if anything.
+    pub(super) fn deployed(&self, env: &str, svc: &str) -> Option<ServiceRecord> {
         self.state
             .snapshot()
             .environments
             .get(env)
             .and_then(|e| e.services.get(svc))
             .cloned()
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "{svc} is not deployed in environment {env}: run `cloudflow deploy {svc}{}` first",
-                    if env == DEFAULT_ENV {
-                        String::new()
-                    } else {
-                        format!(" --env {env}")
-                    }
-                ))
-            })
+    }
+
+    pub(super) fn record(&self, env: &str, svc: &str) -> Result<ServiceRecord> {
+        self.deployed(env, svc).ok_or_else(|| {
+            Error::Usage(format!(
+                "{svc} is not deployed in environment {env}: run `cloudflow deploy {svc}{}` first",
+                if env == DEFAULT_ENV {
+                    String::new()
+                } else {
+                    format!(" --env {env}")
+                }
+            ))
+        })
     }
 
     pub(super) fn update<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> Result<R> {
         Ok(self.state.update(f)?)
+    }
+
+    /// Change the recorded service `svc` in `env` (nothing when it is not recorded).
+    fn edit(&self, env: &str, svc: &str, f: impl FnOnce(&mut ServiceRecord)) -> Result<()> {
+        self.update(|s| {
+            if let Some(r) = s
+                .environments
+                .get_mut(env)
+                .and_then(|e| e.services.get_mut(svc))
+            {
+                f(r);
+            }
+        })
     }
 
     pub(super) fn set_color(
@@ -120,27 +137,11 @@ impl<'a> Deployer<'a> {
         color: Color,
         rec: Option<ColorRecord>,
     ) -> Result<()> {
-        self.update(|s| {
-            if let Some(r) = s
-                .environments
-                .get_mut(env)
-                .and_then(|e| e.services.get_mut(svc))
-            {
-                *r.color_mut(color) = rec;
-            }
-        })
+        self.edit(env, svc, |r| *r.color_mut(color) = rec)
     }
 
     pub(super) fn set_live(&self, env: &str, svc: &str, color: Color) -> Result<()> {
-        self.update(|s| {
-            if let Some(r) = s
-                .environments
-                .get_mut(env)
-                .and_then(|e| e.services.get_mut(svc))
-            {
-                r.live = color;
-            }
-        })
+        self.edit(env, svc, |r| r.live = color)
     }
 
     pub(super) fn run_for(

@@ -77,18 +77,9 @@ pub fn resolve_replicas(
     min: u32,
     max: u32,
 ) -> Result<(u32, Option<String>), String> {
-    let bad = || format!("size {size:?}: expected a replica count (5) or a change (+2, -1)");
-    let (sign, digits) = match size.as_bytes().first() {
-        Some(b'+') => (1i64, &size[1..]),
-        Some(b'-') => (-1i64, &size[1..]),
-        _ => (0, size),
-    };
-    let n: i64 = digits.parse::<u32>().map_err(|_| bad())?.into();
-    let wanted = if sign == 0 {
-        n
-    } else {
-        current as i64 + sign * n
-    };
+    let wanted = crate::size::resolve(size, current).ok_or_else(|| {
+        format!("size {size:?}: expected a replica count (5) or a change (+2, -1)")
+    })?;
     let clamped = wanted.clamp(min as i64, max as i64) as u32;
     let note = (clamped as i64 != wanted).then(|| {
         format!(

@@ -110,7 +110,6 @@ impl Orchestrator for Swarm {
     }
 
     async fn ensure_proxy(&self, image: &str, port: u16, config: &str) -> Result<bool> {
-        self.write_config(config).await?;
         let exists = self
             .services(&[("cloudflow.cluster", &self.cluster)])
             .await?
@@ -126,6 +125,13 @@ impl Orchestrator for Swarm {
                 .await?;
             return Ok(false);
         }
+        // The bind-mounted configuration must be in place before the first task starts.
+        self.on_managers(&commands::write_file(
+            "proxy-config",
+            cmd::PROXY_CONF,
+            config,
+        ))
+        .await?;
         self.exec
             .run(
                 &self.leader,
@@ -137,31 +143,17 @@ impl Orchestrator for Swarm {
     }
 
     async fn apply_proxy_config(&self, config: &str) -> Result<()> {
-        let c = cmd::proxy_apply(config);
-        let results = for_each_host(&self.managers, 16, |t| {
-            let c = c.clone();
-            async move { self.exec.run(t, "proxy", &c).await }
-        })
-        .await;
-        collect_hosts(results)?;
-        Ok(())
+        self.on_managers(&cmd::proxy_apply(config)).await
     }
 
     async fn remove_proxy(&self) -> Result<()> {
         self.remove_services(&[cmd::PROXY_SERVICE.to_string()])
             .await?;
-        let results = for_each_host(&self.managers, 16, |t| async move {
-            self.exec
-                .run(
-                    t,
-                    "proxy",
-                    &commands::remove_files("proxy-config-rm", &[cmd::PROXY_CONF.to_string()]),
-                )
-                .await
-        })
-        .await;
-        collect_hosts(results)?;
-        Ok(())
+        self.on_managers(&commands::remove_files(
+            "proxy-config-rm",
+            &[cmd::PROXY_CONF.to_string()],
+        ))
+        .await
     }
 
     fn proxy_endpoints(&self) -> Vec<(String, String)> {
@@ -173,11 +165,10 @@ impl Orchestrator for Swarm {
 }
 
 impl Swarm {
-    async fn write_config(&self, config: &str) -> Result<()> {
-        let c = commands::write_file("proxy-config", cmd::PROXY_CONF, config);
-        let results = for_each_host(&self.managers, 16, |t| {
-            let c = c.clone();
-            async move { self.exec.run(t, "proxy", &c).await }
+    /// Run `c` on every manager (where the proxy runs), in parallel; every failure is named.
+    async fn on_managers(&self, c: &crate::commands::Cmd) -> Result<()> {
+        let results = for_each_host(&self.managers, 16, |t| async move {
+            self.exec.run(t, "proxy", c).await
         })
         .await;
         collect_hosts(results)?;
