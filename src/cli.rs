@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::plan::PhaseName;
@@ -31,7 +32,8 @@ pub enum OutputFormat {
                   cloudflow -f cluster.yaml scale web +2        # relative scaling\n  \
                   cloudflow -f cluster.yaml down --yes          # undo everything cloudflow did\n\n\
                   Every flag can also come from the environment: CLOUDFLOW_FILE, CLOUDFLOW_STATE, CLOUDFLOW_OUTPUT, \
-                  CLOUDFLOW_VERBOSE, CLOUDFLOW_YES, CLOUDFLOW_UNTIL.\n\
+                  CLOUDFLOW_VERBOSE, CLOUDFLOW_YES, CLOUDFLOW_UNTIL, CLOUDFLOW_IMAGE, CLOUDFLOW_TTL, ... (each command's --help \
+                  names its variables); booleans take 1/0, true/false, yes/no.\n\
                   Exit codes: 0 done (also when there was nothing to do), 1 runtime failure, 2 bad usage or bad spec."
 )]
 pub struct Cli {
@@ -70,7 +72,8 @@ pub struct Cli {
         short = 'v',
         long = "verbose",
         global = true,
-        env = "CLOUDFLOW_VERBOSE"
+        env = "CLOUDFLOW_VERBOSE",
+        value_parser = BoolishValueParser::new()
     )]
     pub verbose: bool,
 
@@ -183,7 +186,7 @@ pub enum EnvCommand {
     #[command(
         after_help = "Examples:\n  cloudflow -f cluster.yaml env list\n  cloudflow -f cluster.yaml env list -o json | jq '.environments[].name'"
     )]
-    List,
+    List(YesArgs),
     /// Remove an environment: its routes, services and network. `default` cannot be destroyed.
     #[command(after_help = "Example:\n  cloudflow -f cluster.yaml env destroy pr-7")]
     Destroy(EnvNameArgs),
@@ -197,7 +200,7 @@ pub struct EnvCreateArgs {
     /// Environment name: lowercase letters, digits and '-'.
     pub name: String,
     /// How long it lives before `env gc` removes it (30m, 1h, 2d). Without it, it lives until destroyed.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLOUDFLOW_TTL", value_parser = humantime::parse_duration)]
     pub ttl: Option<std::time::Duration>,
     #[command(flatten)]
     pub common: YesArgs,
@@ -213,7 +216,7 @@ pub struct EnvNameArgs {
 #[derive(Debug, Args)]
 pub struct YesArgs {
     /// Accepted for symmetry with up/down; this command acts at once.
-    #[arg(short = 'y', long, env = "CLOUDFLOW_YES")]
+    #[arg(short = 'y', long, env = "CLOUDFLOW_YES", value_parser = BoolishValueParser::new())]
     pub yes: bool,
     /// Give up waiting for tasks to converge after this long (30s, 5m).
     #[arg(long, env = "CLOUDFLOW_TIMEOUT", value_parser = humantime::parse_duration, default_value = "5m")]
@@ -236,16 +239,21 @@ pub struct DeployArgs {
     #[command(flatten)]
     pub target: ServiceArgs,
     /// The image to deploy (default: the spec's image for the service).
-    #[arg(long)]
+    #[arg(long, env = "CLOUDFLOW_IMAGE")]
     pub image: Option<String>,
     /// Start and gate the new colour but leave traffic where it is (see it at the preview host; `switch` later).
-    #[arg(long)]
+    #[arg(long, env = "CLOUDFLOW_NO_SWITCH", value_parser = BoolishValueParser::new())]
     pub no_switch: bool,
     /// Replicas for the new colour: absolute (5) or relative to the live colour (+2, -1).
-    #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
+    #[arg(
+        long,
+        env = "CLOUDFLOW_SCALE",
+        allow_hyphen_values = true,
+        value_name = "SIZE"
+    )]
     pub scale: Option<String>,
     /// Deploy even when the image is already live.
-    #[arg(long)]
+    #[arg(long, env = "CLOUDFLOW_FORCE", value_parser = BoolishValueParser::new())]
     pub force: bool,
 }
 
@@ -270,8 +278,12 @@ pub struct ScaleArgs {
     pub size: String,
 
     /// Accepted for symmetry with up/down; nodes scale acts at once.
-    #[arg(short = 'y', long, env = "CLOUDFLOW_YES")]
+    #[arg(short = 'y', long, env = "CLOUDFLOW_YES", value_parser = BoolishValueParser::new())]
     pub yes: bool,
+
+    /// New workers go through the phases up to this one (`provision`: machines only, no SSH, no drain).
+    #[arg(long, env = "CLOUDFLOW_UNTIL", value_enum)]
+    pub until: Option<PhaseName>,
 }
 
 #[derive(Debug, Args)]
@@ -284,7 +296,7 @@ pub struct PlanArgs {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Do not ask before changing anything (required without a terminal).
-    #[arg(short = 'y', long, env = "CLOUDFLOW_YES")]
+    #[arg(short = 'y', long, env = "CLOUDFLOW_YES", value_parser = BoolishValueParser::new())]
     pub yes: bool,
 
     /// Stop after this phase (`provision` connects to no machine).
@@ -295,7 +307,7 @@ pub struct UpArgs {
 #[derive(Debug, Args)]
 pub struct DownArgs {
     /// Do not ask before changing anything (required without a terminal).
-    #[arg(short = 'y', long, env = "CLOUDFLOW_YES")]
+    #[arg(short = 'y', long, env = "CLOUDFLOW_YES", value_parser = BoolishValueParser::new())]
     pub yes: bool,
 }
 
@@ -379,6 +391,43 @@ mod tests {
         };
         assert!(up.yes);
         assert_eq!(up.until, Some(PhaseName::Provision));
+    }
+
+    /// CONTRACT: every flag can also be set as a `CLOUDFLOW_*` variable, subcommand flags too.
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_positional() || id == "help" || id == "version" {
+                    continue;
+                }
+                match arg.get_env().and_then(|e| e.to_str()) {
+                    Some(v) if v.starts_with("CLOUDFLOW_") => {}
+                    _ => missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id))),
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "cloudflow", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "flags without a CLOUDFLOW_* variable: {missing:?}"
+        );
+        let deploy = Cli::command();
+        let deploy = deploy.find_subcommand("deploy").unwrap();
+        for (flag, var) in [
+            ("image", "CLOUDFLOW_IMAGE"),
+            ("no_switch", "CLOUDFLOW_NO_SWITCH"),
+            ("scale", "CLOUDFLOW_SCALE"),
+            ("force", "CLOUDFLOW_FORCE"),
+        ] {
+            let arg = deploy.get_arguments().find(|a| a.get_id() == flag).unwrap();
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(var));
+        }
     }
 
     #[test]

@@ -9,8 +9,10 @@ use cloudflow_provider_api::ProviderError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Boxed: a spec error carries the source for its snippet, and every `Result` pays for
+    /// the largest variant.
     #[error(transparent)]
-    Spec(#[from] SpecError),
+    Spec(Box<SpecError>),
     /// Bad usage that clap cannot see (e.g. no terminal to confirm on).
     #[error("{0}")]
     Usage(String),
@@ -18,8 +20,9 @@ pub enum Error {
     State(#[from] StateError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// Boxed like `Spec`: it carries host, step, command and stderr tail.
     #[error(transparent)]
-    Exec(#[from] ExecError),
+    Exec(Box<ExecError>),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -29,6 +32,18 @@ pub enum Error {
     Hosts(Vec<ExecError>),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<SpecError> for Error {
+    fn from(e: SpecError) -> Self {
+        Error::Spec(Box::new(e))
+    }
+}
+
+impl From<ExecError> for Error {
+    fn from(e: ExecError) -> Self {
+        Error::Exec(Box::new(e))
+    }
 }
 
 impl Error {
@@ -70,7 +85,7 @@ pub fn collect_hosts<T>(results: Vec<Result<T, ExecError>>) -> Result<Vec<T>> {
     }
     match failed.len() {
         0 => Ok(ok),
-        1 => Err(Error::Exec(failed.remove(0))),
+        1 => Err(Error::from(failed.remove(0))),
         _ => Err(Error::Hosts(failed)),
     }
 }

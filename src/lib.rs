@@ -1,4 +1,8 @@
 //! cloudflow: spec → plan → phases → commands → executor → providers.
+
+// Spec errors carry their source text for the miette snippet, and remote errors the
+// command and its stderr tail: both are large, and both are the cold path.
+#![allow(clippy::result_large_err)]
 pub mod app;
 pub mod cli;
 pub mod commands;
@@ -14,3 +18,4 @@ pub mod size;
 pub mod spec;
 pub mod state;
 pub mod ui;
+pub mod wait;

@@ -6,7 +6,10 @@ use cloudflow::cli::{Cli, OutputFormat};
 use cloudflow::error::Error;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let level = if cli.verbose {
         "cloudflow=debug"
     } else {
@@ -38,6 +41,56 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// clap's own errors: help and version as clap prints them; usage errors exit 2, and under
+/// `-o json` (or `CLOUDFLOW_OUTPUT=json`) stdout still holds one JSON document.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let _ = e.print();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if wants_json(&args, std::env::var("CLOUDFLOW_OUTPUT").ok().as_deref()) {
+        let rendered = e.to_string();
+        let message = rendered
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_string();
+        let doc = serde_json::json!({"error": {"kind": "usage", "message": message, "detail": rendered, "exit_code": 2}});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("JSON value")
+        );
+    }
+    ExitCode::from(2)
+}
+
+/// Whether the raw arguments (which clap refused) ask for JSON output.
+fn wants_json(args: &[String], env: Option<&str>) -> bool {
+    let mut json = env == Some("json");
+    let mut it = args.iter().peekable();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--" => break,
+            "-o" | "--output" => {
+                if let Some(v) = it.next() {
+                    json = v == "json";
+                }
+            }
+            "-ojson" | "--output=json" => json = true,
+            s if s.starts_with("--output=")
+                || (s.starts_with("-o") && s.len() > 2 && !s.starts_with("--")) =>
+            {
+                json = false
+            }
+            _ => {}
+        }
+    }
+    json
 }
 
 fn report_error(format: OutputFormat, e: &Error) {

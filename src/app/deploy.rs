@@ -42,12 +42,17 @@ fn report(o: Outcome) -> Report {
 }
 
 pub async fn run(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
-    if let Command::Env(EnvCommand::List) = &cli.command {
+    if let Command::Env(EnvCommand::List(_)) = &cli.command {
         return env_list(cli, ui).await;
     }
     let site = site(cli, ui).await?;
     let outcome = match &cli.command {
         Command::Deploy(a) => {
+            if let Some(i) = &a.image
+                && let Err(e) = crate::spec::grammar::image(i)
+            {
+                return Err(crate::error::Error::Usage(format!("--image {i:?}: {e}")));
+            }
             let d = site.deployer(a.target.common.timeout);
             let opts = DeployOpts {
                 image: a.image.clone(),

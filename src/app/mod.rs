@@ -48,7 +48,9 @@ pub async fn run(cli: Cli) -> Result<Report> {
         Command::Up(a) => up::up(&cli, a.yes, a.until, ui).await,
         Command::Status => status::status(&cli, ui).await,
         Command::Down(a) => down::down(&cli, a.yes, ui).await,
-        Command::Nodes(crate::cli::NodesCommand::Scale(a)) => nodes::scale(&cli, &a.size, ui).await,
+        Command::Nodes(crate::cli::NodesCommand::Scale(a)) => {
+            nodes::scale(&cli, &a.size, a.until, ui).await
+        }
         Command::Deploy(_)
         | Command::Switch(_)
         | Command::StopOld(_)
@@ -233,7 +235,11 @@ fn aws_config(
     let merged = daemon_json::merge(None, &spec.registry.insecure, &spec.registry.mirrors)
         .map_err(|e| Error::Other(format!("registry settings: {e}")))?;
     if let Some(m) = merged {
-        files.push((commands::DAEMON_JSON.to_string(), m.content));
+        files.push(commands::HostFile {
+            path: commands::DAEMON_JSON.to_string(),
+            content: m.content,
+            mode: commands::PUBLIC,
+        });
     }
     let network = match a.vpc.as_str() {
         "auto" => NetworkChoice::Auto,

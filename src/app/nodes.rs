@@ -13,8 +13,9 @@ use crate::commands;
 use crate::error::{Error, Result};
 use crate::exec::Target;
 use crate::phase::{Bootstrap, Cluster, Phase};
-use crate::plan::{self, Inputs};
+use crate::plan::{self, Inputs, PhaseName};
 use crate::ui::Ui;
+use crate::wait::{Stop, until};
 
 /// `+2`, `-1` relative to `live`; `5` absolute. Below zero is an error, not a silent clamp.
 pub fn resolve_size(size: &str, live: u32) -> Result<u32> {
@@ -31,7 +32,10 @@ pub fn resolve_size(size: &str, live: u32) -> Result<u32> {
     })
 }
 
-pub async fn scale(cli: &Cli, size: &str, ui: Arc<Ui>) -> Result<Report> {
+/// `until` bounds what happens to the machines: `provision` connects to none (no drain before
+/// removal, no bootstrap after creation); `bootstrap` installs new workers without joining them.
+pub async fn scale(cli: &Cli, size: &str, until: Option<PhaseName>, ui: Arc<Ui>) -> Result<Report> {
+    let reach = |p: PhaseName| until.is_none_or(|u| u >= p);
     let s = open(cli, ui.clone(), true, true).await?;
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
@@ -51,7 +55,7 @@ pub async fn scale(cli: &Cli, size: &str, ui: Arc<Ui>) -> Result<Report> {
     let state = ctx.state.snapshot();
     let swarm_formed = state.hosts.values().any(|h| h.swarm.is_some());
 
-    if target < live && swarm_formed {
+    if target < live && swarm_formed && reach(PhaseName::Bootstrap) {
         // The provider removes the newest workers; drain exactly those first.
         let leader = machines
             .iter()
@@ -103,7 +107,7 @@ pub async fn scale(cli: &Cli, size: &str, ui: Arc<Ui>) -> Result<Report> {
     })?;
     *ctx.machines.lock().unwrap() = machines.clone();
 
-    if target > live && swarm_formed {
+    if target > live && swarm_formed && reach(PhaseName::Bootstrap) {
         // New workers: bootstrap and join them as `up` would.
         let facts = gather_facts(ctx, &machines).await?;
         let snapshot = ctx.state.snapshot();
@@ -116,7 +120,7 @@ pub async fn scale(cli: &Cli, size: &str, ui: Arc<Ui>) -> Result<Report> {
             renderer: &ctx.renderer,
         })?;
         for phase in [&Bootstrap as &dyn Phase, &Cluster] {
-            if phase.should_run(&plan) {
+            if reach(phase.name()) && phase.should_run(&plan) {
                 phase.run(ctx, &plan).await?;
             }
         }
@@ -139,19 +143,29 @@ pub async fn scale(cli: &Cli, size: &str, ui: Arc<Ui>) -> Result<Report> {
 
 /// Wait until no task is meant to run on `node` any more (at most two minutes).
 async fn wait_drained(ctx: &crate::phase::Ctx, leader: &Target, node: &str) -> Result<()> {
-    for _ in 0..120 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    until(Duration::from_secs(1), deadline, || async {
         let out = ctx
             .exec
             .run(leader, "cluster", &commands::node_tasks(node))
-            .await?;
+            .await
+            .map_err(|e| Stop::Failed(Error::from(e)))?;
         if out.stdout.trim().is_empty() {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(Stop::NotYet(format!(
+                "{} task(s)",
+                out.stdout.lines().count()
+            )))
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Err(Error::Other(format!(
-        "node {node}: tasks still running two minutes after drain; gave up waiting"
-    )))
+    })
+    .await
+    .map_err(|e| match e {
+        Stop::Failed(e) => e,
+        Stop::NotYet(left) => Error::Other(format!(
+            "node {node}: {left} still running two minutes after drain; gave up waiting"
+        )),
+    })
 }
 
 #[cfg(test)]

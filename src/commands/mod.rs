@@ -24,8 +24,9 @@ pub enum Body {
     Script(String),
 }
 
-/// One remote command.
-#[derive(Debug, Clone)]
+/// One remote command. Its `Debug` is redacted like its `Display`: tokens never leak
+/// through a `{:?}` in a log line or an error.
+#[derive(Clone)]
 pub struct Cmd {
     /// Short step name for progress and errors ("install-docker").
     pub step: String,
@@ -91,6 +92,17 @@ impl Cmd {
     }
 }
 
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cmd")
+            .field("step", &self.step)
+            .field("command", &self.redact_text(&self.command_line()))
+            .field("stdin", &self.stdin.as_ref().map(|_| "***"))
+            .field("effect", &self.effect)
+            .finish()
+    }
+}
+
 impl fmt::Display for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.display())
@@ -126,9 +138,27 @@ pub const APT_PROXY: &str = "/etc/apt/apt.conf.d/95cloudflow-proxy";
 /// Files cloudflow may write on a host, in facts order.
 pub const MANAGED_FILES: &[&str] = &[DOCKER_PROXY_SYSTEMD, DOCKER_PROXY_ENV, APT_PROXY];
 
+/// A file cloudflow puts on a host: path, content and permission bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFile {
+    pub path: String,
+    pub content: String,
+    pub mode: u32,
+}
+
+/// Files that may hold credentials (proxy URLs with a user and password) are 0600.
+pub const PRIVATE: u32 = 0o600;
+pub const PUBLIC: u32 = 0o644;
+
 /// Write `content` to `path` atomically (temp file + rename), creating the directory.
 /// The content travels base64-encoded, so no quoting of it can go wrong.
 pub fn write_file(step: &str, path: &str, content: &str) -> Cmd {
+    write_file_mode(step, path, content, PUBLIC)
+}
+
+/// As [`write_file`], with the file's mode set before it takes the final name (a private
+/// file is never readable by others, not even for a moment).
+pub fn write_file_mode(step: &str, path: &str, content: &str, mode: u32) -> Cmd {
     let b64 = base64::engine::general_purpose::STANDARD.encode(content);
     let dir = path
         .rsplit_once('/')
@@ -140,7 +170,8 @@ pub fn write_file(step: &str, path: &str, content: &str) -> Cmd {
         step,
         Effect::Mutate,
         format!(
-            "# write {path}\nset -e\nmkdir -p {d}\nprintf %s {b} | base64 -d > {p}.cloudflow-tmp\nmv {p}.cloudflow-tmp {p}\n",
+            "# write {path}\nset -e\nmkdir -p {d}\n{umask}printf %s {b} | base64 -d > {p}.cloudflow-tmp\nchmod {mode:o} {p}.cloudflow-tmp\nmv {p}.cloudflow-tmp {p}\n",
+            umask = if mode & 0o077 == 0 { "umask 077\n" } else { "" },
             d = quote(dir),
             b = quote(&b64),
         ),
@@ -205,42 +236,63 @@ pub fn start_docker(r: &Renderer, init: Init, restart: bool) -> Result<Cmd, Rend
 }
 
 /// The proxy files a host should have, `(path, content)`, for its init system.
+/// Files holding a proxy URL with credentials are [`PRIVATE`].
 pub fn proxy_files(
     r: &Renderer,
     proxy: &ProxySpec,
     init: Init,
-) -> Result<Vec<(String, String)>, RenderError> {
+) -> Result<Vec<HostFile>, RenderError> {
     let Some(http) = &proxy.http_proxy else {
         return Ok(Vec::new());
     };
+    let credentials = [Some(http), proxy.https_proxy.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|u| {
+            url::Url::parse(u).is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
+        });
+    let mode = if credentials { PRIVATE } else { PUBLIC };
     let mut ctx = Context::new();
     ctx.insert("http_proxy", http);
     ctx.insert("https_proxy", proxy.https_proxy.as_ref().unwrap_or(http));
     ctx.insert("no_proxy", &proxy.no_proxy.join(","));
-    let hosts: Vec<&String> = proxy.no_proxy.iter().filter(|h| !h.contains('/')).collect();
+    // apt takes per-host exceptions by exact host name: names and IPv4 addresses only.
+    let hosts: Vec<&String> = proxy
+        .no_proxy
+        .iter()
+        .filter(|h| {
+            !h.starts_with('.')
+                && h.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-')
+        })
+        .collect();
     ctx.insert("no_proxy_hosts", &hosts);
     let docker = match init {
         Init::Systemd => (DOCKER_PROXY_SYSTEMD, r.render("docker-proxy.conf", &ctx)?),
         Init::None => (DOCKER_PROXY_ENV, r.render("docker-proxy.env", &ctx)?),
     };
     Ok(vec![
-        (docker.0.to_string(), docker.1),
-        (APT_PROXY.to_string(), r.render("apt-proxy.conf", &ctx)?),
+        HostFile {
+            path: docker.0.to_string(),
+            content: docker.1,
+            mode,
+        },
+        HostFile {
+            path: APT_PROXY.to_string(),
+            content: r.render("apt-proxy.conf", &ctx)?,
+            mode,
+        },
     ])
 }
 
 /// Cloud-init user-data for cloud machines: the same Docker install script as over SSH, plus
 /// daemon.json and proxy files, written at first boot.
-pub fn cloud_init(
-    r: &Renderer,
-    cluster: &str,
-    files: &[(String, String)],
-) -> Result<String, RenderError> {
+pub fn cloud_init(r: &Renderer, cluster: &str, files: &[HostFile]) -> Result<String, RenderError> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let install = r.render("install-docker.sh", &Context::new())?;
     let files: Vec<serde_json::Value> = files
         .iter()
-        .map(|(path, content)| serde_json::json!({"path": path, "b64": b64(content)}))
+        .map(|f| serde_json::json!({"path": f.path, "b64": b64(&f.content), "mode": format!("{:04o}", f.mode)}))
         .collect();
     let mut ctx = Context::new();
     ctx.insert("cluster", cluster);
@@ -383,3 +435,6 @@ pub fn node_rm(id: &str) -> Cmd {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod destinations;

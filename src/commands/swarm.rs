@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Body, Cmd, Effect, quote};
+use super::{Cmd, Effect, quote};
 
 /// The proxy's conf.d on each manager, bind-mounted read-only into the proxy container.
 pub const PROXY_CONF_DIR: &str = "/etc/cloudflow/proxy";
@@ -21,6 +21,28 @@ pub struct ServiceRun {
     pub env: BTreeMap<String, String>,
     /// Networks to join, each with an optional DNS alias.
     pub networks: Vec<(String, Option<String>)>,
+    /// Docker secrets to mount under `/run/secrets/`.
+    pub secrets: Vec<SecretRef>,
+}
+
+/// A Docker secret mounted into a service: `/run/secrets/<target>` holds secret `name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SecretRef {
+    pub name: String,
+    pub target: String,
+}
+
+impl SecretRef {
+    fn arg(&self) -> String {
+        format!("source={},target={}", self.name, self.target)
+    }
+}
+
+/// What a running service has, as far as an in-place update needs to know.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LiveService {
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<SecretRef>,
 }
 
 fn label_args(flag: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
@@ -125,12 +147,17 @@ pub fn service_create(run: &ServiceRun) -> Cmd {
         argv.push("--env".into());
         argv.push(format!("{k}={v}"));
     }
+    for s in &run.secrets {
+        argv.push("--secret".into());
+        argv.push(s.arg());
+    }
     argv.push(run.image.clone());
     owned("service-create", Effect::Mutate, argv)
 }
 
-/// Update an in-place service's image, replicas and environment.
-pub fn service_update(run: &ServiceRun, old_env: &[String]) -> Cmd {
+/// Update an in-place service's image, replicas, environment and secrets to `run`; what the
+/// live service has and `run` does not is removed.
+pub fn service_update(run: &ServiceRun, live: &LiveService) -> Cmd {
     let mut argv: Vec<String> = [
         "docker",
         "service",
@@ -144,7 +171,7 @@ pub fn service_update(run: &ServiceRun, old_env: &[String]) -> Cmd {
     ]
     .map(String::from)
     .into();
-    for k in old_env.iter().filter(|k| !run.env.contains_key(*k)) {
+    for k in live.env.keys().filter(|k| !run.env.contains_key(*k)) {
         argv.push("--env-rm".into());
         argv.push(k.clone());
     }
@@ -152,8 +179,78 @@ pub fn service_update(run: &ServiceRun, old_env: &[String]) -> Cmd {
         argv.push("--env-add".into());
         argv.push(format!("{k}={v}"));
     }
+    for s in live.secrets.iter().filter(|s| !run.secrets.contains(s)) {
+        argv.push("--secret-rm".into());
+        argv.push(s.name.clone());
+    }
+    for s in run.secrets.iter().filter(|s| !live.secrets.contains(s)) {
+        argv.push("--secret-add".into());
+        argv.push(s.arg());
+    }
     argv.push(run.name.clone());
     owned("service-update", Effect::Mutate, argv)
+}
+
+/// A service's container spec as JSON (environment, secrets); fails with "no such service"
+/// when the service does not exist.
+pub fn service_inspect(name: &str) -> Cmd {
+    Cmd::argv(
+        "service-inspect",
+        Effect::Read,
+        &[
+            "docker",
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.TaskTemplate.ContainerSpec}}",
+            name,
+        ],
+    )
+}
+
+/// Create a Docker secret unless it exists. The value goes on stdin: never in argv, never in
+/// a message. Secrets are immutable, so a changed value is a new secret (its name carries a
+/// fingerprint of the value).
+pub fn secret_create(
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    value: secrecy::SecretString,
+) -> Cmd {
+    let mut create = vec!["docker".to_string(), "secret".into(), "create".into()];
+    create.extend(label_args("--label", labels));
+    create.push(name.to_string());
+    create.push("-".into());
+    let create: Vec<String> = create.iter().map(|a| quote(a)).collect();
+    let mut c = Cmd::script(
+        "secret-create",
+        Effect::Mutate,
+        format!(
+            "# create secret {name}\nif docker secret inspect {n} >/dev/null 2>&1; then cat >/dev/null; exit 0; fi\n{} >/dev/null\n",
+            create.join(" "),
+            n = quote(name)
+        ),
+    );
+    c.stdin = Some(value);
+    c
+}
+
+/// Remove the secrets carrying all of `labels`. With `unused_only`, the ones a service still
+/// mounts stay (Docker refuses to remove them): what a rotation left behind goes, the secret
+/// of a colour kept for `rollback` stays.
+pub fn secrets_rm(labels: &[(&str, &str)], unused_only: bool) -> Cmd {
+    let rm = if unused_only {
+        "docker secret rm \"$s\" >/dev/null 2>&1 || true"
+    } else {
+        "docker secret rm \"$s\" >/dev/null"
+    };
+    Cmd::script(
+        "secret-rm",
+        Effect::Mutate,
+        format!(
+            "# remove labelled secrets\nfor s in $(docker secret ls -q {f}); do\n  {rm}\ndone\n",
+            f = filters(labels)
+        ),
+    )
 }
 
 /// Point an existing service at `image` (a no-op when it already runs it).
@@ -250,28 +347,55 @@ pub fn proxy_create(image: &str, port: u16, edge: &str, cluster: &str) -> Cmd {
     )
 }
 
-/// Write a new proxy configuration and reload, in one round trip (the switch's critical path).
+/// Put a new proxy configuration live on this host, in one round trip (the switch's critical
+/// path): the configuration arrives on stdin (no argv limit however many routes there are),
+/// is written beside the live file, tested by the proxy's own `nginx -t` in a test harness
+/// that includes only it, and replaces the live file only when nginx accepts it; then a
+/// graceful `nginx -s reload`. A refused configuration is removed and the live one stays, so a
+/// proxy restart never meets a file nginx has not accepted; the error carries nginx's message.
 pub fn proxy_apply(config: &str) -> Cmd {
-    let (Body::Script(write), Body::Script(reload)) = (
-        super::write_file("proxy-apply", PROXY_CONF, config).body,
-        proxy_reload().body,
-    ) else {
-        unreachable!("both are scripts")
-    };
-    Cmd::script("proxy-apply", Effect::Mutate, format!("{write}{reload}"))
-}
-
-/// Check and gracefully reload the proxy's nginx on this host (`nginx -s reload`: old
-/// workers finish their requests).
-pub fn proxy_reload() -> Cmd {
-    Cmd::script(
-        "proxy-reload",
+    let mut c = Cmd::script(
+        "proxy-apply",
         Effect::Mutate,
         format!(
-            "# reload the cloudflow proxy on this host\n\
+            "# apply a tested cloudflow proxy configuration on this host\n\
+             set -e\n\
+             mkdir -p {PROXY_CONF_DIR}\n\
+             cat > {NEXT}\n\
              c=$(docker ps -q --filter label=com.docker.swarm.service.name={PROXY_SERVICE} | head -n1)\n\
-             if [ -z \"$c\" ]; then echo 'no {PROXY_SERVICE} container runs on this host' >&2; exit 3; fi\n\
-             docker exec \"$c\" nginx -t -q && docker exec \"$c\" nginx -s reload\n"
+             if [ -z \"$c\" ]; then rm -f {NEXT}; echo 'no {PROXY_SERVICE} container runs on this host' >&2; exit 3; fi\n\
+             printf 'events {{}}\\nhttp {{\\n    include /etc/nginx/mime.types;\\n    include /etc/nginx/conf.d/{NEXT_NAME};\\n}}\\n' > {HARNESS}\n\
+             if ! out=$(docker exec \"$c\" nginx -t -q -c /etc/nginx/conf.d/{HARNESS_NAME} 2>&1); then\n\
+             \x20 rm -f {NEXT} {HARNESS}\n\
+             \x20 echo \"nginx refused the new proxy configuration (the live one stays): $out\" >&2\n\
+             \x20 exit 4\n\
+             fi\n\
+             rm -f {HARNESS}\n\
+             mv {NEXT} {PROXY_CONF}\n\
+             docker exec \"$c\" nginx -s reload\n"
         ),
-    )
+    );
+    c.stdin = Some(secrecy::SecretString::from(config.to_string()));
+    c
+}
+
+/// The candidate configuration and the test harness that includes it; neither matches the
+/// `*.conf` that the proxy's own nginx.conf includes.
+const NEXT_NAME: &str = "cloudflow.conf.next";
+const NEXT: &str = "/etc/cloudflow/proxy/cloudflow.conf.next";
+const HARNESS_NAME: &str = "cloudflow.test-harness";
+const HARNESS: &str = "/etc/cloudflow/proxy/cloudflow.test-harness";
+
+/// Write the proxy configuration before the proxy exists (its first task starts on it),
+/// from stdin like [`proxy_apply`].
+pub fn proxy_write(config: &str) -> Cmd {
+    let mut c = Cmd::script(
+        "proxy-config",
+        Effect::Mutate,
+        format!(
+            "# write the cloudflow proxy configuration\nset -e\nmkdir -p {PROXY_CONF_DIR}\ncat > {NEXT}\nmv {NEXT} {PROXY_CONF}\n"
+        ),
+    );
+    c.stdin = Some(secrecy::SecretString::from(config.to_string()));
+    c
 }

@@ -60,6 +60,11 @@ fn swarm_join_redacts_the_token_in_display() {
         c.redact_text("error: SWMTKN-1-secret is invalid"),
         "error: *** is invalid"
     );
+    let debug = format!("{c:?} {c:#?}");
+    assert!(
+        !debug.contains("SWMTKN-1-secret") && debug.contains("***"),
+        "{debug}"
+    );
 }
 
 #[test]
@@ -76,7 +81,16 @@ fn write_file_is_atomic_and_quotes_nothing_from_the_content() {
         s,
         "# write /etc/docker/daemon.json\nset -e\nmkdir -p /etc/docker\n\
          printf %s 'eyJhIjogIml0J3MifQo=' | base64 -d > /etc/docker/daemon.json.cloudflow-tmp\n\
+         chmod 644 /etc/docker/daemon.json.cloudflow-tmp\n\
          mv /etc/docker/daemon.json.cloudflow-tmp /etc/docker/daemon.json\n"
+    );
+    let Body::Script(private) = write_file_mode("p", "/etc/x", "secret", PRIVATE).body else {
+        panic!("script expected")
+    };
+    assert!(
+        private.contains("umask 077\nprintf")
+            && private.contains("chmod 600 /etc/x.cloudflow-tmp\nmv"),
+        "{private}"
     );
     assert_eq!(c.display(), "sh -c <script: write /etc/docker/daemon.json>");
     assert_eq!(
@@ -164,23 +178,34 @@ fn proxy_files_per_init_system() {
         ..Default::default()
     };
     let sd = proxy_files(&renderer(), &proxy, Init::Systemd).unwrap();
-    assert_eq!(sd[0].0, DOCKER_PROXY_SYSTEMD);
+    assert_eq!(sd[0].path, DOCKER_PROXY_SYSTEMD);
+    assert_eq!((sd[0].mode, sd[1].mode), (PUBLIC, PUBLIC));
     assert_eq!(
-        sd[0].1,
+        sd[0].content,
         "# Written by cloudflow: dockerd's HTTP proxy (systemd drop-in).\n[Service]\n\
          Environment=\"HTTP_PROXY=http://proxy.corp:3128\"\nEnvironment=\"HTTPS_PROXY=http://proxy.corp:3128\"\n\
          Environment=\"NO_PROXY=localhost,10.0.0.0/8\"\n"
     );
-    assert_eq!(sd[1].0, APT_PROXY);
+    assert_eq!(sd[1].path, APT_PROXY);
     assert_eq!(
-        sd[1].1,
+        sd[1].content,
         "// Written by cloudflow: the package manager's HTTP proxy.\nAcquire::http::Proxy \"http://proxy.corp:3128\";\n\
          Acquire::https::Proxy \"http://proxy.corp:3128\";\nAcquire::http::Proxy::localhost \"DIRECT\";\n\
          Acquire::https::Proxy::localhost \"DIRECT\";\n"
     );
     let plain = proxy_files(&renderer(), &proxy, Init::None).unwrap();
-    assert_eq!(plain[0].0, DOCKER_PROXY_ENV);
-    assert!(plain[0].1.contains("\nNO_PROXY=localhost,10.0.0.0/8\n"));
+    assert_eq!(plain[0].path, DOCKER_PROXY_ENV);
+    assert!(
+        plain[0]
+            .content
+            .contains("\nNO_PROXY='localhost,10.0.0.0/8'\n")
+    );
+    let with_password = ProxySpec {
+        http_proxy: Some("http://ci:s3cret@proxy.corp:3128".into()),
+        ..Default::default()
+    };
+    let private = proxy_files(&renderer(), &with_password, Init::None).unwrap();
+    assert!(private.iter().all(|f| f.mode == PRIVATE), "{private:?}");
     assert!(
         proxy_files(&renderer(), &ProxySpec::default(), Init::None)
             .unwrap()
@@ -190,7 +215,11 @@ fn proxy_files_per_init_system() {
 
 #[test]
 fn cloud_init_carries_the_install_script_and_files_base64_encoded() {
-    let files = vec![("/etc/docker/daemon.json".to_string(), "{}\n".to_string())];
+    let files = vec![HostFile {
+        path: "/etc/docker/daemon.json".to_string(),
+        content: "{}\n".to_string(),
+        mode: PUBLIC,
+    }];
     let text = cloud_init(&renderer(), "stg", &files).unwrap();
     assert!(text.starts_with("#cloud-config\n"));
     assert!(text.contains("  - path: /etc/docker/daemon.json\n    permissions: \"0644\"\n    encoding: b64\n    content: e30K\n"), "{text}");
@@ -240,13 +269,18 @@ fn swarm_service_builders_are_exact() {
             ("cloudflow-edge".into(), None),
             ("cf-env-default".into(), Some("web".into())),
         ],
+        secrets: vec![SecretRef {
+            name: "cf-new".into(),
+            target: "api_token".into(),
+        }],
     };
     assert_eq!(
         service_create(&run).command_line(),
         "docker service create --detach --name default-web-green --replicas 3 --endpoint-mode dnsrr \
          --with-registry-auth --stop-grace-period 10s --label 'cloudflow.cluster=demo' --label 'cloudflow.color=green' \
          --container-label 'cloudflow.cluster=demo' --container-label 'cloudflow.color=green' --network cloudflow-edge \
-         --network 'name=cf-env-default,alias=web' --env 'LOG_LEVEL=info' reg:5000/web:2"
+         --network 'name=cf-env-default,alias=web' --env 'LOG_LEVEL=info' \
+         --secret 'source=cf-new,target=api_token' reg:5000/web:2"
     );
     assert_eq!(
         service_scale("default-web-blue", 0).command_line(),
@@ -266,26 +300,72 @@ fn swarm_service_builders_are_exact() {
     assert!(text.contains(
         "docker network ls -q --filter 'label=cloudflow.cluster=demo' --filter 'label=cloudflow.env=pr-7'"
     ), "{text}");
-    let Body::Script(apply) = proxy_apply("server {}\n").body else {
+    // The configuration travels on stdin; it is tested before it replaces the live file,
+    // and the reload comes last.
+    let config = "server { listen 80; }\n".repeat(10_000);
+    let apply = proxy_apply(&config);
+    let Body::Script(text) = &apply.body else {
         panic!()
     };
-    assert!(
-        apply.starts_with("# write /etc/cloudflow/proxy/cloudflow.conf\nset -e\n"),
-        "{apply}"
-    );
-    assert!(
-        apply.ends_with("nginx -t -q && docker exec \"$c\" nginx -s reload\n"),
-        "{apply}"
-    );
-    let reload = proxy_reload();
-    let Body::Script(text) = &reload.body else {
-        panic!()
-    };
-    assert!(text.contains("docker exec \"$c\" nginx -t -q && docker exec \"$c\" nginx -s reload"));
+    assert!(text.len() < 2_000 && !text.contains("listen 80"), "{text}");
     assert_eq!(
-        service_update(&run, &["OLD".to_string()]).command_line(),
+        apply.stdin.as_ref().map(|s| s.expose_secret().len()),
+        Some(config.len())
+    );
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing in {text}"))
+    };
+    assert!(
+        at("cat > /etc/cloudflow/proxy/cloudflow.conf.next")
+            < at("nginx -t -q -c /etc/nginx/conf.d/cloudflow.test-harness")
+    );
+    assert!(
+        at("nginx -t -q")
+            < at("mv /etc/cloudflow/proxy/cloudflow.conf.next /etc/cloudflow/proxy/cloudflow.conf")
+    );
+    assert!(at("mv /etc/cloudflow/proxy/cloudflow.conf.next") < at("nginx -s reload"));
+    assert!(text.contains("rm -f /etc/cloudflow/proxy/cloudflow.conf.next /etc/cloudflow/proxy/cloudflow.test-harness\n"));
+    // What runs and the spec no longer has goes: variables and secrets.
+    let live = LiveService {
+        env: [
+            ("OLD".to_string(), "1".to_string()),
+            ("LOG_LEVEL".to_string(), "debug".to_string()),
+        ]
+        .into(),
+        secrets: vec![SecretRef {
+            name: "cf-old".into(),
+            target: "api_token".into(),
+        }],
+    };
+    assert_eq!(
+        service_update(&run, &live).command_line(),
         "docker service update --detach --with-registry-auth --image reg:5000/web:2 --replicas 3 \
-         --env-rm OLD --env-add 'LOG_LEVEL=info' default-web-green"
+         --env-rm OLD --env-add 'LOG_LEVEL=info' --secret-rm cf-old --secret-add 'source=cf-new,target=api_token' \
+         default-web-green"
+    );
+    // A secret is created from stdin: its value is in no argv, message or debug output.
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("cloudflow.secret".to_string(), "api_token".to_string());
+    let c = secret_create("cf-new", &labels, SecretString::from("v4lue-only-on-stdin"));
+    assert_eq!(
+        c.stdin.as_ref().unwrap().expose_secret(),
+        "v4lue-only-on-stdin"
+    );
+    for shown in [c.command_line(), c.display(), format!("{c:?}")] {
+        assert!(!shown.contains("v4lue"), "{shown}");
+    }
+    assert!(
+        c.command_line()
+            .contains("docker secret create --label 'cloudflow.secret=api_token' cf-new -")
+    );
+    let Body::Script(rm) = secrets_rm(&[("cloudflow.cluster", "demo")], true).body else {
+        panic!()
+    };
+    assert!(
+        rm.contains("docker secret ls -q --filter 'label=cloudflow.cluster=demo'")
+            && rm.contains("|| true"),
+        "{rm}"
     );
 }
 

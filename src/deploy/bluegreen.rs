@@ -16,6 +16,8 @@ impl Deployer<'_> {
 
     pub async fn deploy(&self, env: &str, svc_name: &str, opts: &DeployOpts) -> Result<Outcome> {
         let svc = self.service_spec(svc_name)?;
+        // Every secret readable before anything changes (an unset variable is a spec error).
+        self.spec.secret_values(svc)?;
         self.require_env(env).await?;
         if let Some(expired) = self
             .env_record(env)
@@ -102,8 +104,9 @@ impl Deployer<'_> {
                 .remove_services(std::slice::from_ref(&name))
                 .await?;
             self.wait_service(&name, 0, None).await?;
+            let secrets = self.secrets_for(env, svc).await?;
             self.orch
-                .create_service(&self.run_for(env, svc, color, image, replicas))
+                .create_service(&self.run_for(env, svc, color, image, replicas, secrets))
                 .await?;
             let tasks = self.wait_service(&name, replicas, Some(image)).await?;
             self.gate(svc, &name, &tasks).await
@@ -133,11 +136,11 @@ impl Deployer<'_> {
             )));
         }
         let healthy_after = started.elapsed();
+        self.prune_secrets(env, &svc.name).await?;
         let host = format!("{}-{env}.{}", svc.name, self.domain());
         let preview = format!("{}-{env}-preview.{}", svc.name, self.domain());
         if first || !opts.no_switch {
-            self.set_live(env, &svc.name, color)?;
-            let switch = self.publish(&[]).await?;
+            let switch = self.switch_live(env, &svc.name, color).await?;
             let message = if first {
                 format!(
                     "{} in {env}: {image} is live ({color}, {replicas} replica(s)) at {host}",
@@ -192,8 +195,9 @@ impl Deployer<'_> {
             self.set_color(env, &svc.name, color, prev.clone())?;
             if let Some(p) = &prev {
                 self.wait_service(&name, 0, None).await?;
+                let secrets = self.secrets_for(env, svc).await?;
                 self.orch
-                    .create_service(&self.run_for(env, svc, color, &p.image, p.replicas))
+                    .create_service(&self.run_for(env, svc, color, &p.image, p.replicas, secrets))
                     .await?;
                 self.wait_service(&name, p.replicas, Some(&p.image)).await?;
             }
@@ -216,9 +220,16 @@ impl Deployer<'_> {
             .map(|c| c.replicas)
             .unwrap_or(svc.replicas);
         let (replicas, note) = self.size(svc, opts.scale.as_deref(), current)?;
+        // What runs, not what the spec said last time: variables and secrets removed from
+        // the spec go, a changed secret value is a change.
+        let live = self.orch.inspect_service(&name).await?;
+        let secrets = self.secrets_for(env, svc).await?;
         if let Some(c) = &existing
             && c.image == image
             && c.replicas == replicas
+            && live
+                .as_ref()
+                .is_some_and(|l| l.env == svc.env && l.secrets == secrets)
             && !opts.force
         {
             return Ok(Outcome::new(
@@ -247,27 +258,20 @@ impl Deployer<'_> {
                 },
             );
         })?;
-        let run = self.run_for(env, svc, Color::Blue, image, replicas);
-        let exists = self
-            .orch
-            .services(&[
-                ("cloudflow.cluster", self.cluster()),
-                ("cloudflow.env", env),
-            ])
-            .await?
-            .contains(&name);
+        let run = self.run_for(env, svc, Color::Blue, image, replicas, secrets);
+        let exists = live.is_some();
         self.ui.info(&format!(
             "{} in {env}: {} {image} in place ({replicas} replica(s))",
             svc.name,
             if exists { "updating to" } else { "starting" }
         ));
-        if exists {
-            let old_env: Vec<String> = svc.env.keys().cloned().collect();
-            self.orch.update_service(&run, &old_env).await?;
+        if let Some(live) = &live {
+            self.orch.update_service(&run, live).await?;
         } else {
             self.orch.create_service(&run).await?;
         }
         self.wait_service(&name, replicas, Some(image)).await?;
+        self.prune_secrets(env, &svc.name).await?;
         Ok(Outcome::new(
             true,
             format!(
@@ -305,8 +309,7 @@ impl Deployer<'_> {
         };
         self.activate(env, svc, to, &other).await?;
         let switch = Instant::now();
-        self.set_live(env, svc_name, to)?;
-        self.publish(&[]).await?;
+        self.switch_live(env, svc_name, to).await?;
         Ok(Outcome::new(
             true,
             format!(
@@ -395,10 +398,19 @@ impl Deployer<'_> {
             "{svc_name} in {env}: bringing {to} ({}) back at {} replica(s)",
             target.image, target.replicas
         ));
+        let before = r.color(to).cloned();
         self.set_color(env, svc_name, to, Some(target.clone()))?;
-        self.activate(env, svc, to, &target).await?;
-        self.set_live(env, svc_name, to)?;
-        let switch = self.publish(&[]).await?;
+        if let Err(e) = self.activate(env, svc, to, &target).await {
+            // A failed gate puts things back as they were: the colour at its old count.
+            self.set_color(env, svc_name, to, before.clone())?;
+            if let Some(b) = &before {
+                let name = color_service(env, svc_name, to);
+                self.orch.scale_service(&name, b.replicas).await?;
+                self.wait_service(&name, b.replicas, None).await?;
+            }
+            return Err(e);
+        }
+        let switch = self.switch_live(env, svc_name, to).await?;
         Ok(Outcome::new(
             true,
             format!(
@@ -475,6 +487,7 @@ impl Deployer<'_> {
             self.wait_service(s, 0, None).await?;
         }
         self.orch.remove_networks(&filter).await?;
+        self.orch.remove_secrets(&filter, false).await?;
         self.update(|s| {
             s.environments.clear();
             s.proxy = None;

@@ -126,6 +126,7 @@ impl Deployer<'_> {
             self.wait_service(s, 0, None).await?;
         }
         self.orch.remove_networks(&filter).await?;
+        self.orch.remove_secrets(&filter, false).await?;
         self.update(|s| s.environments.remove(env))?;
         Ok(Outcome::new(
             true,

@@ -13,13 +13,14 @@ use super::{
     DEFAULT_ENV, EDGE_NETWORK, Probe, Task, color_service, convergence, env_network, labels,
     proxy_config,
 };
-use crate::commands::swarm::{PROXY_SERVICE, ServiceRun};
+use crate::commands::swarm::{PROXY_SERVICE, SecretRef, ServiceRun};
 use crate::error::{Error, Result};
 use crate::orchestrator::Orchestrator;
 use crate::render::Renderer;
 use crate::spec::{ServiceSpec, Spec, Strategy};
 use crate::state::{ClusterState, Color, ColorRecord, ProxyRecord, ServiceRecord, StateHandle};
 use crate::ui::Ui;
+use crate::wait::{Stop, until};
 
 /// What a command did, for text and JSON output.
 pub struct Outcome {
@@ -151,6 +152,7 @@ impl<'a> Deployer<'a> {
         color: Color,
         image: &str,
         replicas: u32,
+        secrets: Vec<SecretRef>,
     ) -> ServiceRun {
         let (name, networks, color_label) = match svc.strategy {
             Strategy::BlueGreen => (
@@ -174,7 +176,66 @@ impl<'a> Deployer<'a> {
             labels: labels(self.cluster(), env, Some(&svc.name), Some(color_label)),
             env: svc.env.clone(),
             networks,
+            secrets,
         }
+    }
+
+    // ---- secrets -----------------------------------------------------------------------------
+
+    /// Read the service's secret values on this machine, make sure the Docker secrets holding
+    /// them exist (created from stdin), and return what the service mounts.
+    pub(super) async fn secrets_for(&self, env: &str, svc: &ServiceSpec) -> Result<Vec<SecretRef>> {
+        if svc.secrets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.spec.secret_values(svc)?;
+        let salt = self.salt()?;
+        let mut refs = Vec::new();
+        for (target, value) in values {
+            use secrecy::ExposeSecret;
+            let name = super::secret_name(&salt, env, &svc.name, &target, value.expose_secret());
+            let mut l = labels(self.cluster(), env, Some(&svc.name), None);
+            l.insert("cloudflow.secret".into(), target.clone());
+            self.orch.ensure_secret(&name, &l, value).await?;
+            refs.push(SecretRef { name, target });
+        }
+        refs.sort();
+        Ok(refs)
+    }
+
+    /// Remove the service's secrets no service mounts any more (left by a rotation).
+    pub(super) async fn prune_secrets(&self, env: &str, svc: &str) -> Result<()> {
+        if self
+            .spec
+            .services
+            .get(svc)
+            .is_some_and(|s| s.secrets.is_empty())
+            && self.state.snapshot().secret_salt.is_none()
+        {
+            return Ok(());
+        }
+        self.orch
+            .remove_secrets(
+                &[
+                    ("cloudflow.cluster", self.cluster()),
+                    ("cloudflow.env", env),
+                    ("cloudflow.service", svc),
+                ],
+                true,
+            )
+            .await
+    }
+
+    /// The cluster's random salt for secret fingerprints, made on first use.
+    fn salt(&self) -> Result<String> {
+        if let Some(s) = self.state.snapshot().secret_salt {
+            return Ok(s);
+        }
+        let mut bytes = [0u8; 16];
+        getrandom::getrandom(&mut bytes)
+            .map_err(|e| Error::Other(format!("no randomness for the secret salt: {e}")))?;
+        let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.update(|s| s.secret_salt.get_or_insert(fresh).clone())
     }
 
     // ---- proxy -------------------------------------------------------------------------------
@@ -253,6 +314,23 @@ impl<'a> Deployer<'a> {
         Ok(start.elapsed())
     }
 
+    /// Make `color` the live colour and publish the routes. When the proxy does not take the
+    /// new configuration (nginx refused it, a manager failed), the state goes back to the
+    /// colour that was live: the state and the proxies keep agreeing.
+    pub(super) async fn switch_live(&self, env: &str, svc: &str, color: Color) -> Result<Duration> {
+        let before = self.record(env, svc)?.live;
+        self.set_live(env, svc, color)?;
+        match self.publish(&[]).await {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                if before != color {
+                    self.set_live(env, svc, before)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
     // ---- convergence and health --------------------------------------------------------------
 
     /// Wait until `service` runs exactly `replicas` tasks (of `image`, when given) and no
@@ -264,8 +342,8 @@ impl<'a> Deployer<'a> {
         image: Option<&str>,
     ) -> Result<Vec<Task>> {
         let deadline = Instant::now() + self.timeout;
-        loop {
-            let tasks = self.orch.tasks(service).await?;
+        let waited = until(Duration::from_millis(500), deadline, || async {
+            let tasks = self.orch.tasks(service).await.map_err(Stop::Failed)?;
             let c = convergence(&tasks, replicas, image);
             if c.done {
                 return Ok(tasks
@@ -276,27 +354,34 @@ impl<'a> Deployer<'a> {
             let failed = tasks
                 .iter()
                 .filter(|t| ["failed", "rejected"].contains(&t.state.as_str()))
-                .filter(|t| image.is_none_or(|i| t.image == i))
+                .filter(|t| image.is_none_or(|i| super::image_matches(&t.image, i)))
                 .count() as u32;
-            let failing = c.running == 0 && failed >= replicas + 3;
-            if Instant::now() >= deadline || failing {
-                return Err(Error::Other(format!(
-                    "{service}: gave up {} waiting for {replicas} replica(s) running{}: {} running, {} still stopping{}",
-                    if failing {
-                        format!("after {failed} failed task(s)")
-                    } else {
-                        format!("after {}s", self.timeout.as_secs())
-                    },
+            let seen = format!(
+                "{} running, {} still stopping{}",
+                c.running,
+                c.stopping,
+                c.last_error
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            );
+            // A task that keeps being rejected (an image that cannot be pulled) fails early.
+            if c.running == 0 && failed >= replicas + 3 {
+                return Err(Stop::Failed(Error::Other(format!(
+                    "{service}: gave up after {failed} failed task(s) waiting for {replicas} replica(s) running{}: {seen}",
                     image.map(|i| format!(" {i}")).unwrap_or_default(),
-                    c.running,
-                    c.stopping,
-                    c.last_error
-                        .map(|e| format!("; last error: {e}"))
-                        .unwrap_or_default()
-                )));
+                ))));
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            Err(Stop::NotYet(seen))
+        })
+        .await;
+        waited.map_err(|e| match e {
+            Stop::Failed(e) => e,
+            Stop::NotYet(seen) => Error::Other(format!(
+                "{service}: gave up after {}s waiting for {replicas} replica(s) running{}: {seen}",
+                self.timeout.as_secs(),
+                image.map(|i| format!(" {i}")).unwrap_or_default(),
+            )),
+        })
     }
 
     /// Probe every replica individually through its own route in the proxy.

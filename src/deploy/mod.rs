@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tera::Context;
 
+use crate::commands::swarm::{LiveService, SecretRef};
 use crate::render::{RenderError, Renderer};
 use crate::spec::Strategy;
 use crate::state::{ClusterState, Color, EnvRecord};
@@ -206,11 +207,88 @@ pub struct Convergence {
     pub last_error: Option<String>,
 }
 
+/// Whether a task's image (as Swarm reports it: usually pinned, `name:tag@sha256:…`) is the
+/// image that was asked for: by digest when the request names one, else by name and tag (no
+/// tag is `latest`); `docker.io/` and `library/` are the same as nothing.
+pub fn image_matches(task_image: &str, wanted: &str) -> bool {
+    fn split(i: &str) -> (String, Option<&str>, Option<&str>) {
+        let (rest, digest) = match i.split_once('@') {
+            Some((r, d)) => (r, Some(d)),
+            None => (i, None),
+        };
+        let slash = rest.rfind('/').map(|p| p + 1).unwrap_or(0);
+        let (name, tag) = match rest[slash..].rfind(':') {
+            Some(p) => (&rest[..slash + p], Some(&rest[slash + p + 1..])),
+            None => (rest, None),
+        };
+        let name = name.strip_prefix("docker.io/").unwrap_or(name);
+        let name = name.strip_prefix("library/").unwrap_or(name);
+        (name.to_string(), tag, digest)
+    }
+    let (tn, tt, td) = split(task_image);
+    let (wn, wt, wd) = split(wanted);
+    if tn != wn {
+        return false;
+    }
+    match wd {
+        Some(d) => td == Some(d) && (wt.is_none() || tt == wt),
+        None => tt.unwrap_or("latest") == wt.unwrap_or("latest"),
+    }
+}
+
+/// `docker service inspect`'s container spec: its environment (`["K=V", ...]` or absent)
+/// and the secrets it mounts.
+pub fn parse_container_spec(json: &str) -> Result<LiveService, String> {
+    let v: serde_json::Value = serde_json::from_str(json.trim())
+        .map_err(|e| format!("cannot read a service's container spec ({e})"))?;
+    let env = v["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| kv.as_str())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect();
+    let mut secrets: Vec<SecretRef> = v["Secrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| SecretRef {
+            name: s["SecretName"].as_str().unwrap_or_default().to_string(),
+            target: s["File"]["Name"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    secrets.sort();
+    Ok(LiveService { env, secrets })
+}
+
+/// The Docker secret that holds `value` for secret `secret` of `service` in `env`: its name
+/// carries a salted fingerprint of the value (secrets are immutable; a new value is a new
+/// secret), so a changed value is noticed without reading any secret back. The salt is the
+/// cluster's own random one, so the name says nothing about the value.
+pub fn secret_name(salt: &str, env: &str, service: &str, secret: &str, value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [salt, env, service, secret, value] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let hex: String = h
+        .finalize()
+        .iter()
+        .take(10)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("cf-{hex}")
+}
+
 pub fn convergence(tasks: &[Task], replicas: u32, image: Option<&str>) -> Convergence {
     let wanted: Vec<&Task> = tasks.iter().filter(|t| t.desired == "running").collect();
     let running = wanted
         .iter()
-        .filter(|t| t.state == "running" && image.is_none_or(|i| t.image == i))
+        .filter(|t| t.state == "running" && image.is_none_or(|i| image_matches(&t.image, i)))
         .count() as u32;
     let stopping = tasks
         .iter()
@@ -258,8 +336,8 @@ pub fn parse_tasks(service: &str, out: &str) -> Result<Vec<Task>, String> {
                 desired: s(&t["DesiredState"]),
                 state: s(&t["Status"]["State"]),
                 error: s(&t["Status"]["Err"]),
-                // Swarm pins images by digest: compare without it.
-                image: image.split('@').next().unwrap_or("").to_string(),
+                // As Swarm has it (pinned by digest): see `image_matches`.
+                image,
                 addresses,
             }
         })

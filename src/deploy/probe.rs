@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HOST;
 
 use super::Probe;
+use crate::wait::{Stop, until};
 
 pub const PROBE_HOST: &str = "cloudflow-probe";
 
@@ -55,25 +56,31 @@ impl ProxyClient {
     pub async fn wait_generation(&self, generation: u64, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         for (name, address) in &self.endpoints {
-            let mut last;
-            loop {
-                last = match self
+            until(Duration::from_millis(25), deadline, || async {
+                match self
                     .get(address, PROBE_HOST, "/_cloudflow/generation")
                     .await
                 {
-                    Ok((200, body)) if body.trim() == generation.to_string() => break,
-                    Ok((status, body)) => format!("answered {status}: {}", first_line(&body)),
-                    Err(e) => e,
-                };
-                if Instant::now() >= deadline {
-                    return Err(format!(
-                        "the proxy on {name} ({address}:{}) did not load configuration {generation} within {}s; last: {last}",
-                        self.port,
-                        timeout.as_secs()
-                    ));
+                    Ok((200, body)) if body.trim() == generation.to_string() => Ok(()),
+                    Ok((status, body)) => Err(Stop::<()>::NotYet(format!(
+                        "answered {status}: {}",
+                        first_line(&body)
+                    ))),
+                    Err(e) => Err(Stop::NotYet(e)),
                 }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            })
+            .await
+            .map_err(|e| {
+                let last = match e {
+                    Stop::NotYet(l) => l,
+                    Stop::Failed(()) => String::new(),
+                };
+                format!(
+                    "the proxy on {name} ({address}:{}) did not load configuration {generation} within {}s; last: {last}",
+                    self.port,
+                    timeout.as_secs()
+                )
+            })?;
         }
         Ok(())
     }
@@ -91,28 +98,34 @@ impl ProxyClient {
             .ok_or_else(|| "no manager runs the proxy".to_string())?;
         let deadline = Instant::now() + timeout;
         let path = format!("/_cloudflow/probe/{}", p.id);
-        loop {
-            let failure = match self.get(address, PROBE_HOST, &path).await {
-                Ok((s, _)) if s < accept_below && s != 502 && s != 504 => return Ok(()),
-                Ok((502 | 504, _)) => format!(
-                    "did not answer on {}:{} (the proxy got no response)",
-                    p.address, p.port
-                ),
-                Ok((s, body)) => format!("GET {} answered {s}: {}", p.path, first_line(&body)),
-                Err(e) => format!("the proxy could not be asked: {e}"),
+        until(Duration::from_millis(500), deadline, || async {
+            Err(Stop::<()>::NotYet(
+                match self.get(address, PROBE_HOST, &path).await {
+                    Ok((s, _)) if s < accept_below && s != 502 && s != 504 => return Ok(()),
+                    Ok((502 | 504, _)) => format!(
+                        "did not answer on {}:{} (the proxy got no response)",
+                        p.address, p.port
+                    ),
+                    Ok((s, body)) => format!("GET {} answered {s}: {}", p.path, first_line(&body)),
+                    Err(e) => format!("the proxy could not be asked: {e}"),
+                },
+            ))
+        })
+        .await
+        .map_err(|e| {
+            let failure = match e {
+                Stop::NotYet(f) => f,
+                Stop::Failed(()) => String::new(),
             };
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "replica {} on node {} ({}:{}) failed its health check for {}s: {failure}",
-                    p.replica,
-                    p.node,
-                    p.address,
-                    p.port,
-                    timeout.as_secs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            format!(
+                "replica {} on node {} ({}:{}) failed its health check for {}s: {failure}",
+                p.replica,
+                p.node,
+                p.address,
+                p.port,
+                timeout.as_secs()
+            )
+        })
     }
 }
 

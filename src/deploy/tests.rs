@@ -153,7 +153,11 @@ fn tasks_parse_with_node_names_addresses_and_errors() {
     assert_eq!(t.len(), 3);
     assert_eq!(t[0].name, "default-web-green.1");
     assert_eq!(t[0].node, "host-1");
-    assert_eq!(t[0].image, "reg:5000/web:2");
+    assert!(
+        image_matches(&t[0].image, "reg:5000/web:2"),
+        "{}",
+        t[0].image
+    );
     assert_eq!(t[0].addresses["cloudflow-edge"], "10.0.1.7");
     assert_eq!(t[2].error, "No such image: reg:5000/web:2");
     assert!(parse_tasks("x", "[]\n---\n").unwrap().is_empty());
@@ -222,4 +226,80 @@ fn services_line_names_colour_image_and_replicas() {
         services_line(&env_list(&ClusterState::new("x", "lab"))[0]),
         "-"
     );
+}
+
+#[test]
+fn task_images_match_by_digest_or_by_name_and_tag() {
+    let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let pinned = format!("reg:5000/web:1@{d}");
+    assert!(image_matches(&pinned, "reg:5000/web:1"));
+    assert!(image_matches(&pinned, &format!("reg:5000/web@{d}")));
+    assert!(image_matches(&pinned, &format!("reg:5000/web:1@{d}")));
+    assert!(!image_matches(&pinned, "reg:5000/web:2"));
+    assert!(!image_matches(&pinned, "reg:5000/web"));
+    assert!(!image_matches(
+        &pinned,
+        &format!("reg:5000/web@{}", d.replace('0', "f"))
+    ));
+    // No tag is latest; Docker Hub's implicit prefixes are the same as none.
+    assert!(image_matches(
+        &format!("reg:5000/web:latest@{d}"),
+        "reg:5000/web"
+    ));
+    assert!(image_matches(
+        &format!("docker.io/library/nginx:latest@{d}"),
+        "nginx"
+    ));
+    assert!(image_matches(
+        &format!("reg:5000/web@{d}"),
+        &format!("reg:5000/web@{d}")
+    ));
+    assert!(!image_matches(
+        &format!("reg:5000/api:1@{d}"),
+        "reg:5000/web:1"
+    ));
+    // Before: a digest-pinned request never matched what Swarm reports.
+    let t = Task {
+        id: "t".into(),
+        name: "web.1".into(),
+        node: "n".into(),
+        desired: "running".into(),
+        state: "running".into(),
+        error: String::new(),
+        image: pinned.clone(),
+        addresses: Default::default(),
+    };
+    assert!(convergence(&[t], 1, Some(&format!("reg:5000/web@{d}"))).done);
+}
+
+#[test]
+fn a_services_environment_and_secrets_read_from_its_container_spec() {
+    let live = parse_container_spec(
+        r#"{"Image":"r/w:1","Env":["A=1","B=x=y","EMPTY"],"Secrets":[{"File":{"Name":"token","UID":"0","GID":"0","Mode":292},"SecretID":"abc","SecretName":"cf-00"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(live.env.get("A").map(String::as_str), Some("1"));
+    assert_eq!(live.env.get("B").map(String::as_str), Some("x=y"));
+    assert_eq!(live.env.get("EMPTY").map(String::as_str), Some(""));
+    assert_eq!(
+        live.secrets,
+        [crate::commands::swarm::SecretRef {
+            name: "cf-00".into(),
+            target: "token".into()
+        }]
+    );
+    let bare = parse_container_spec("{\"Image\":\"r/w:1\"}\n").unwrap();
+    assert!(bare.env.is_empty() && bare.secrets.is_empty());
+    assert!(parse_container_spec("<no value>").is_err());
+}
+
+#[test]
+fn secret_names_change_with_the_value_and_say_nothing_about_it() {
+    let a = secret_name("salt", "default", "web", "token", "s3cret");
+    assert!(a.starts_with("cf-") && a.len() == 23, "{a}");
+    assert_eq!(a, secret_name("salt", "default", "web", "token", "s3cret"));
+    assert_ne!(a, secret_name("salt", "default", "web", "token", "s3cret2"));
+    assert_ne!(a, secret_name("salt", "pr-7", "web", "token", "s3cret"));
+    assert_ne!(a, secret_name("other", "default", "web", "token", "s3cret"));
+    assert!(!a.contains("s3cret"));
 }

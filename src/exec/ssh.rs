@@ -57,8 +57,33 @@ impl SshExecutor {
         Ok(sess)
     }
 
+    /// Run `cmd`, reconnecting when the host's session has died (a dropped link, a restarted
+    /// sshd, an idle NAT timeout): a command that never started is sent again on a fresh
+    /// session, and so is a read-only one that broke off mid-way. A mutating command that broke
+    /// off mid-way is not repeated blindly: its error says the link dropped.
     async fn exec(&self, target: &Target, phase: &str, cmd: &Cmd) -> Result<Output, ExecError> {
-        let sess = self.session(target).await?;
+        use backon::{ConstantBuilder, Retryable};
+        (|| self.exec_once(target, phase, cmd))
+            .retry(
+                ConstantBuilder::default()
+                    .with_delay(Duration::from_millis(500))
+                    .with_max_times(2),
+            )
+            .when(|e| match e {
+                Attempt::NotStarted(_) => true,
+                Attempt::BrokeOff(_) => cmd.effect == crate::commands::Effect::Read,
+                Attempt::Final(_) => false,
+            })
+            .notify(|e, _| {
+                tracing::debug!(host = %target.name, step = %cmd.step, error = %e.error(), "SSH session lost; reconnecting");
+                self.forget(&target.name);
+            })
+            .await
+            .map_err(Attempt::into_error)
+    }
+
+    async fn exec_once(&self, target: &Target, phase: &str, cmd: &Cmd) -> Result<Output, Attempt> {
+        let sess = self.session(target).await.map_err(Attempt::Final)?;
         let line = wrap_for_user(&target.user, &cmd.command_line());
         let stdin = cmd.stdin.as_ref().map(|s| s.expose_secret().to_string());
         let timeout = self.cfg.command_timeout;
@@ -68,22 +93,27 @@ impl SshExecutor {
         let out = tokio::task::spawn_blocking(move || {
             let sess = sess.lock().unwrap();
             run_channel(&sess, &line, stdin.as_deref(), timeout).map_err(|e| match e {
-                ChannelError::TimedOut => ExecError::TimedOut {
+                ChannelError::TimedOut => Attempt::Final(ExecError::TimedOut {
                     host: t.name.clone(),
                     phase: p.clone(),
                     step: c.step.clone(),
                     command: c.display(),
                     secs: timeout.as_secs(),
-                },
-                ChannelError::Ssh(m) => ExecError::Session {
+                }),
+                ChannelError::Open(m) => Attempt::NotStarted(ExecError::Session {
                     host: t.name.clone(),
-                    what: format!("running {}", c.step),
+                    what: format!("starting {}", c.step),
                     message: m,
-                },
+                }),
+                ChannelError::Ssh(m) => Attempt::BrokeOff(ExecError::Session {
+                    host: t.name.clone(),
+                    what: format!("running {} (the connection dropped while it ran)", c.step),
+                    message: m,
+                }),
             })
         })
         .await
-        .map_err(|e| ExecError::Local(format!("SSH task failed: {e}")))??;
+        .map_err(|e| Attempt::Final(ExecError::Local(format!("SSH task failed: {e}"))))??;
         tracing::debug!(host = %target.name, step = %cmd.step, code = out.code, ms = started.elapsed().as_millis() as u64, "done");
         Ok(out)
     }
@@ -171,7 +201,31 @@ fn connect(cfg: &SshConfig, t: &Target) -> Result<ssh2::Session, ExecError> {
 
 enum ChannelError {
     TimedOut,
+    /// The channel could not be opened or the command not sent: nothing ran.
+    Open(String),
+    /// The link failed while the command ran.
     Ssh(String),
+}
+
+/// How one attempt ended, for the reconnect policy in `exec`.
+#[derive(Debug)]
+enum Attempt {
+    NotStarted(ExecError),
+    BrokeOff(ExecError),
+    Final(ExecError),
+}
+
+impl Attempt {
+    fn error(&self) -> &ExecError {
+        match self {
+            Attempt::NotStarted(e) | Attempt::BrokeOff(e) | Attempt::Final(e) => e,
+        }
+    }
+    fn into_error(self) -> ExecError {
+        match self {
+            Attempt::NotStarted(e) | Attempt::BrokeOff(e) | Attempt::Final(e) => e,
+        }
+    }
 }
 
 impl From<ssh2::Error> for ChannelError {
@@ -195,8 +249,9 @@ fn run_channel(
     timeout: Duration,
 ) -> Result<Output, ChannelError> {
     sess.set_blocking(true);
-    let mut ch = sess.channel_session()?;
-    ch.exec(line)?;
+    let open = |e: ssh2::Error| ChannelError::Open(e.message().to_string());
+    let mut ch = sess.channel_session().map_err(open)?;
+    ch.exec(line).map_err(open)?;
     if let Some(input) = stdin {
         ch.write_all(input.as_bytes())?;
     }

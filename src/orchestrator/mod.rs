@@ -5,7 +5,7 @@ mod swarm;
 
 use std::collections::BTreeMap;
 
-use crate::commands::swarm::ServiceRun;
+use crate::commands::swarm::{LiveService, ServiceRun};
 use crate::deploy::Task;
 use crate::error::Result;
 
@@ -20,9 +20,21 @@ pub trait Orchestrator: Send + Sync {
     /// Names of services carrying all of `labels`.
     async fn services(&self, labels: &[(&str, &str)]) -> Result<Vec<String>>;
     async fn create_service(&self, run: &ServiceRun) -> Result<()>;
-    /// Change image, replicas and environment of a running service in place.
-    async fn update_service(&self, run: &ServiceRun, old_env: &[String]) -> Result<()>;
+    /// Change image, replicas, environment and secrets of a running service in place (what
+    /// `live` has and `run` does not goes).
+    async fn update_service(&self, run: &ServiceRun, live: &LiveService) -> Result<()>;
     async fn scale_service(&self, name: &str, replicas: u32) -> Result<()>;
+    /// What a service has now (environment, secrets); `None` when it does not exist.
+    async fn inspect_service(&self, name: &str) -> Result<Option<LiveService>>;
+    /// Create a secret unless it exists; the value never leaves the command's stdin.
+    async fn ensure_secret(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        value: secrecy::SecretString,
+    ) -> Result<()>;
+    /// Remove secrets carrying all of `labels` (with `unused_only`, those no service mounts).
+    async fn remove_secrets(&self, labels: &[(&str, &str)], unused_only: bool) -> Result<()>;
     /// Remove services; names that do not exist are fine.
     async fn remove_services(&self, names: &[String]) -> Result<()>;
     /// Every task of a service (running, starting, stopping, failed); empty when it does not exist.

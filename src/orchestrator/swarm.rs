@@ -7,7 +7,10 @@ use std::time::Duration;
 use backon::{ConstantBuilder, Retryable};
 
 use super::Orchestrator;
-use crate::commands::{self, swarm as cmd, swarm::ServiceRun};
+use crate::commands::{
+    self, swarm as cmd,
+    swarm::{LiveService, ServiceRun},
+};
 use crate::deploy::{self, Task};
 use crate::error::{Error, Result, collect_hosts};
 use crate::exec::{Executor, Target, for_each_host};
@@ -66,9 +69,9 @@ impl Orchestrator for Swarm {
         Ok(())
     }
 
-    async fn update_service(&self, run: &ServiceRun, old_env: &[String]) -> Result<()> {
+    async fn update_service(&self, run: &ServiceRun, live: &LiveService) -> Result<()> {
         self.exec
-            .run(&self.leader, PHASE, &cmd::service_update(run, old_env))
+            .run(&self.leader, PHASE, &cmd::service_update(run, live))
             .await?;
         Ok(())
     }
@@ -76,6 +79,49 @@ impl Orchestrator for Swarm {
     async fn scale_service(&self, name: &str, replicas: u32) -> Result<()> {
         self.exec
             .run(&self.leader, PHASE, &cmd::service_scale(name, replicas))
+            .await?;
+        Ok(())
+    }
+
+    async fn inspect_service(&self, name: &str) -> Result<Option<LiveService>> {
+        let out = self
+            .exec
+            .probe(&self.leader, PHASE, &cmd::service_inspect(name))
+            .await?;
+        if out.code != 0 {
+            if out.stderr.to_lowercase().contains("no such service") {
+                return Ok(None);
+            }
+            return Err(Error::Other(format!(
+                "host {}: inspecting service {name} failed: {}",
+                self.leader.name,
+                out.stderr.trim()
+            )));
+        }
+        Ok(Some(
+            deploy::parse_container_spec(&out.stdout).map_err(Error::Other)?,
+        ))
+    }
+
+    async fn ensure_secret(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        value: secrecy::SecretString,
+    ) -> Result<()> {
+        self.exec
+            .run(
+                &self.leader,
+                PHASE,
+                &cmd::secret_create(name, labels, value),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_secrets(&self, labels: &[(&str, &str)], unused_only: bool) -> Result<()> {
+        self.exec
+            .run(&self.leader, PHASE, &cmd::secrets_rm(labels, unused_only))
             .await?;
         Ok(())
     }
@@ -126,12 +172,7 @@ impl Orchestrator for Swarm {
             return Ok(false);
         }
         // The bind-mounted configuration must be in place before the first task starts.
-        self.on_managers(&commands::write_file(
-            "proxy-config",
-            cmd::PROXY_CONF,
-            config,
-        ))
-        .await?;
+        self.on_managers(&cmd::proxy_write(config)).await?;
         self.exec
             .run(
                 &self.leader,

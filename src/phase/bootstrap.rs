@@ -91,14 +91,22 @@ pub(super) async fn apply(
     let init = ctx.facts_of(host).map(|f| f.init).unwrap_or(Init::None);
     match step {
         Step::Provider(_) => {}
-        Step::WriteFile { path, content } => {
+        Step::WriteFile {
+            path,
+            content,
+            mode,
+        } => {
             record(ctx, host, |h| {
                 if !h.files.contains(path) {
                     h.files.push(path.clone());
                 }
             })?;
             ctx.exec
-                .run(t, &p, &commands::write_file("write-file", path, content))
+                .run(
+                    t,
+                    &p,
+                    &commands::write_file_mode("write-file", path, content, *mode),
+                )
                 .await?;
         }
         Step::InstallDocker => {

@@ -55,6 +55,9 @@ pub enum Step {
         path: String,
         #[serde(skip)]
         content: String,
+        /// Permission bits (0600 for files that may hold credentials).
+        #[serde(skip)]
+        mode: u32,
     },
     InstallDocker,
     WriteDaemonJson {
@@ -246,7 +249,22 @@ pub fn compute(i: &Inputs) -> Result<Plan, PlanError> {
     }
     cluster_steps(&hosts, i.facts, &mut plan);
     deploy_steps(i, &hosts, &mut plan);
+    live_size_notes(i, &mut plan);
     Ok(plan)
+}
+
+/// Declared vs live: a worker count changed by `nodes scale` (or a hook) is kept by `up`;
+/// `plan` says so where it differs from the spec.
+fn live_size_notes(i: &Inputs, plan: &mut Plan) {
+    if let crate::spec::ProviderSpec::Aws(a) = &i.spec.provider
+        && let Some(live) = i.state.workers
+        && live != a.workers
+    {
+        plan.notes.push(format!(
+            "workers: live {live}, spec {} — `up` keeps the live count; `cloudflow nodes scale {}` changes it",
+            a.workers, a.workers
+        ));
+    }
 }
 
 /// Proxy and deploy: from the leader's view of the swarm (reality) and the state (which
@@ -359,11 +377,15 @@ fn bootstrap_steps(
     let init = facts.map(|f| f.init).unwrap_or(Init::None);
 
     let mut docker_env_changed = false;
-    for (path, content) in commands::proxy_files(i.renderer, &i.spec.proxy, init)? {
-        let current = facts.and_then(|f| f.files.get(&path));
-        if current != Some(&sha256_hex(&content)) {
-            docker_env_changed |= path != commands::APT_PROXY;
-            steps.push(Step::WriteFile { path, content });
+    for f in commands::proxy_files(i.renderer, &i.spec.proxy, init)? {
+        let current = facts.and_then(|h| h.files.get(&f.path));
+        if current != Some(&sha256_hex(&f.content)) {
+            docker_env_changed |= f.path != commands::APT_PROXY;
+            steps.push(Step::WriteFile {
+                path: f.path,
+                content: f.content,
+                mode: f.mode,
+            });
         }
     }
 

@@ -483,3 +483,46 @@ fn bare_metal_down_removes_deployments_before_the_swarm_goes() {
             .all(|a| a.phase < PhaseName::Deploy)
     );
 }
+
+#[test]
+fn a_live_worker_count_that_differs_from_the_spec_is_noted() {
+    let spec = spec::parse(
+        Path::new("c.yaml"),
+        "name: demo\nprovider:\n  aws: { region: r, instance_type: t, image: ami-1, workers: 2, ssh_key: /k }\n",
+    )
+    .unwrap();
+    let r = Renderer::new(None).unwrap();
+    let mut state = ClusterState::new("demo", "aws");
+    let plan_for = |state: &ClusterState| {
+        compute(&Inputs {
+            spec: &spec,
+            state,
+            machines: &machines(),
+            provider_actions: &[],
+            facts: &all_done(),
+            renderer: &r,
+        })
+        .unwrap()
+    };
+    assert!(
+        plan_for(&state)
+            .notes
+            .iter()
+            .all(|n| !n.contains("workers"))
+    );
+    state.workers = Some(2);
+    assert!(
+        plan_for(&state)
+            .notes
+            .iter()
+            .all(|n| !n.contains("workers"))
+    );
+    state.workers = Some(5);
+    let notes = plan_for(&state).notes;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("workers: live 5, spec 2") && n.contains("nodes scale 2")),
+        "{notes:?}"
+    );
+}

@@ -45,6 +45,30 @@ pub enum RenderError {
     Template { name: String, message: String },
 }
 
+/// `{{ v | sh }}`: one shell word that `sh` reads back as exactly `v` (single-quoted).
+pub fn sh_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+/// `{{ v | systemd }}`: the inside of a double-quoted systemd value (`Environment="K=…"`) that
+/// systemd reads back as exactly `v`: specifiers (`%`) doubled, `\` and `"` escaped.
+pub fn systemd_quote(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('%', "%%")
+}
+
+fn filter(
+    f: fn(&str) -> String,
+) -> impl Fn(&tera::Value, &std::collections::HashMap<String, tera::Value>) -> tera::Result<tera::Value>
++ Sync
++ Send {
+    move |v, _| match v {
+        tera::Value::String(s) => Ok(tera::Value::String(f(s))),
+        other => Ok(tera::Value::String(f(&other.to_string()))),
+    }
+}
+
 pub struct Renderer {
     tera: Tera,
 }
@@ -58,6 +82,8 @@ impl Renderer {
     pub fn new(override_dir: Option<&Path>) -> Result<Self, RenderError> {
         let mut tera = Tera::default();
         tera.autoescape_on(vec![]);
+        tera.register_filter("sh", filter(sh_quote));
+        tera.register_filter("systemd", filter(systemd_quote));
         for (name, body) in EMBEDDED {
             let custom = override_dir
                 .map(|d| d.join(format!("{name}.tera")))
@@ -114,7 +140,7 @@ mod tests {
         assert!(
             r.render("docker-proxy.env", &ctx)
                 .unwrap()
-                .contains("HTTP_PROXY=http://p:1")
+                .contains("HTTP_PROXY='http://p:1'")
         );
     }
 

@@ -4,6 +4,7 @@
 //! addresses) both point at `file:line:column` and render with the source snippet (miette).
 
 mod error;
+pub mod grammar;
 mod services;
 
 use std::path::{Path, PathBuf};
@@ -12,7 +13,10 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use error::SpecError;
-pub use services::{HealthSpec, ServiceSpec, Strategy, parse_duration, valid_service_name};
+pub use services::{
+    HealthSpec, SecretSource, ServiceSpec, Strategy, parse_duration, valid_secret_name,
+    valid_service_name,
+};
 
 /// A validated spec.
 #[derive(Debug, Clone)]
@@ -200,7 +204,7 @@ fn default_aws_user() -> String {
 struct RawLab {
     hosts: Spanned<u32>,
     managers: Option<Spanned<u32>>,
-    image: Option<String>,
+    image: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -229,7 +233,7 @@ struct RawHost {
 #[serde(deny_unknown_fields)]
 struct RawRegistry {
     #[serde(default)]
-    insecure: Vec<String>,
+    insecure: Vec<Spanned<String>>,
     #[serde(default)]
     mirrors: Vec<Spanned<String>>,
     auth: Option<RawAuth>,
@@ -238,8 +242,8 @@ struct RawRegistry {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
-    server: String,
-    username: String,
+    server: Spanned<String>,
+    username: Spanned<String>,
     password_env: Spanned<String>,
 }
 
@@ -249,9 +253,9 @@ struct RawProxy {
     http_proxy: Option<Spanned<String>>,
     https_proxy: Option<Spanned<String>>,
     #[serde(default)]
-    no_proxy: Vec<String>,
-    domain: Option<String>,
-    image: Option<String>,
+    no_proxy: Vec<Spanned<String>>,
+    domain: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
     port: Option<u16>,
 }
 
@@ -332,10 +336,13 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                 }
                 Some(m) => m.value,
             };
+            if let Some(i) = &lab.image {
+                check(&at, i, "lab image", grammar::image)?;
+            }
             ProviderSpec::Lab(LabSpec {
                 hosts,
                 managers,
-                image: lab.image,
+                image: lab.image.map(|i| i.value),
             })
         }
         RawProvider::Aws(a) => {
@@ -412,6 +419,12 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                 if address.is_empty() {
                     return Err(at(Location::of(&h.address), "empty host address".into()));
                 }
+                if let Err(e) = grammar::host(&address) {
+                    return Err(at(
+                        Location::of(&h.address),
+                        format!("host address {address:?}: {e}"),
+                    ));
+                }
                 if hosts.iter().any(|o| o.address == address && o.port == port) {
                     return Err(at(
                         Location::of(&h.address),
@@ -436,19 +449,30 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
     };
 
     for m in &raw.registry.mirrors {
-        if !(m.value.starts_with("http://") || m.value.starts_with("https://")) {
+        check(&at, m, "registry mirror", grammar::mirror_url)?;
+    }
+    for i in &raw.registry.insecure {
+        check(&at, i, "insecure registry", grammar::registry_host)?;
+    }
+    if let Some(a) = &raw.registry.auth {
+        let server = a
+            .server
+            .value
+            .strip_prefix("https://")
+            .or_else(|| a.server.value.strip_prefix("http://"))
+            .unwrap_or(&a.server.value);
+        let server = server.strip_suffix('/').unwrap_or(server);
+        if let Err(e) = grammar::registry_host(server) {
             return Err(at(
-                Location::of(m),
-                format!(
-                    "registry mirror {:?} must be a URL starting with http:// or https://",
-                    m.value
-                ),
+                Location::of(&a.server),
+                format!("registry.auth.server {:?}: {e}", a.server.value),
             ));
         }
+        check(&at, &a.username, "registry.auth.username", grammar::token)?;
     }
     let auth = raw.registry.auth.map(|a| RegistryAuth {
-        server: a.server,
-        username: a.username,
+        server: a.server.value,
+        username: a.username.value,
         password_env: a.password_env.value.clone(),
         password_env_at: Location::of(&a.password_env),
     });
@@ -467,15 +491,16 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         .into_iter()
         .flatten()
     {
-        if !p.value.contains("://") {
-            return Err(at(
-                Location::of(p),
-                format!(
-                    "proxy {:?} must be a URL like http://proxy.corp:3128",
-                    p.value
-                ),
-            ));
-        }
+        check(&at, p, "proxy", grammar::proxy_url)?;
+    }
+    for n in &raw.proxy.no_proxy {
+        check(&at, n, "no_proxy entry", grammar::no_proxy_entry)?;
+    }
+    if let Some(d) = &raw.proxy.domain {
+        check(&at, d, "proxy.domain", grammar::dns_name)?;
+    }
+    if let Some(i) = &raw.proxy.image {
+        check(&at, i, "proxy.image", grammar::image)?;
     }
 
     let mut all_services = match &raw.services_from {
@@ -519,16 +544,16 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         provider,
         orchestrator,
         registry: RegistrySpec {
-            insecure: raw.registry.insecure,
+            insecure: raw.registry.insecure.into_iter().map(|i| i.value).collect(),
             mirrors: raw.registry.mirrors.into_iter().map(|m| m.value).collect(),
             auth,
         },
         proxy: ProxySpec {
             http_proxy: raw.proxy.http_proxy.map(|p| p.value),
             https_proxy: raw.proxy.https_proxy.map(|p| p.value),
-            no_proxy: raw.proxy.no_proxy,
-            domain: raw.proxy.domain,
-            image: raw.proxy.image,
+            no_proxy: raw.proxy.no_proxy.into_iter().map(|n| n.value).collect(),
+            domain: raw.proxy.domain.map(|d| d.value),
+            image: raw.proxy.image.map(|i| i.value),
             port: raw.proxy.port,
         },
         templates: raw.templates.map(|t| expand_path(&t, &base)),
@@ -560,6 +585,58 @@ impl Spec {
         }
     }
 
+    /// Read a service's secret values on this machine (environment variables or files beside
+    /// the spec), by secret name. Errors name the variable or file and where the spec names
+    /// it, never a value.
+    pub fn secret_values(
+        &self,
+        svc: &ServiceSpec,
+    ) -> Result<Vec<(String, secrecy::SecretString)>, SpecError> {
+        let source_text = || std::fs::read_to_string(&self.path).unwrap_or_default();
+        let file = self.path.display().to_string();
+        let base = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for (name, src) in &svc.secrets {
+            let value = match src {
+                SecretSource::Env { var, at } => match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => v,
+                    _ => {
+                        return Err(SpecError::at(
+                            &file,
+                            &source_text(),
+                            *at,
+                            format!(
+                                "environment variable {var} (secret {name} of service {}) is not set; export it before running cloudflow",
+                                svc.name
+                            ),
+                        ));
+                    }
+                },
+                SecretSource::File { path, at } => {
+                    let p = expand_path(path, &base);
+                    std::fs::read_to_string(&p).map_err(|e| {
+                        SpecError::at(
+                            &file,
+                            &source_text(),
+                            *at,
+                            format!(
+                                "cannot read {} (secret {name} of service {}): {e}",
+                                p.display(),
+                                svc.name
+                            ),
+                        )
+                    })?
+                }
+            };
+            out.push((name.clone(), secrecy::SecretString::from(value)));
+        }
+        Ok(out)
+    }
+
     /// The directory the embedded state store lives in by default: `.cloudflow/` beside the spec.
     pub fn default_state_dir(&self) -> PathBuf {
         let dir = self
@@ -569,6 +646,16 @@ impl Spec {
             .unwrap_or(Path::new("."));
         dir.join(".cloudflow")
     }
+}
+
+/// Check a spanned string against its grammar; the error points at it.
+fn check(
+    at: &dyn Fn(Location, String) -> SpecError,
+    v: &Spanned<String>,
+    what: &str,
+    grammar: fn(&str) -> Result<(), String>,
+) -> Result<(), SpecError> {
+    grammar(&v.value).map_err(|e| at(Location::of(v), format!("{what} {:?}: {e}", v.value)))
 }
 
 fn valid_name(name: &str) -> bool {

@@ -38,7 +38,19 @@ pub struct ServiceSpec {
     pub max_replicas: u32,
     pub health: HealthSpec,
     pub env: BTreeMap<String, String>,
+    /// Secrets by the file name they get under `/run/secrets/`; values are read on the
+    /// operator's machine at deploy time and never stored.
+    pub secrets: BTreeMap<String, SecretSource>,
     pub strategy: Strategy,
+}
+
+/// Where a secret's value comes from, on the machine that runs cloudflow.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretSource {
+    /// An environment variable (the spec names it; the value is never in the spec).
+    Env { var: String, at: Location },
+    /// A file, relative to the spec's directory.
+    File { path: String, at: Location },
 }
 
 /// Longest service name: `<env>-<service>-<colour>` must stay a DNS label (63).
@@ -59,7 +71,26 @@ pub(super) struct RawService {
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
+    secrets: HashMap<Spanned<String>, RawSecret>,
+    #[serde(default)]
     strategy: Strategy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: Option<Spanned<String>>,
+    file: Option<Spanned<String>>,
+}
+
+/// A secret's name: the file it becomes under `/run/secrets/`.
+pub fn valid_secret_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
 #[derive(Deserialize)]
@@ -111,10 +142,10 @@ fn validate(name: &str, s: RawService, loc: Location, at: At) -> Result<ServiceS
             ),
         ));
     }
-    if s.image.value.trim().is_empty() {
+    if let Err(e) = super::grammar::image(&s.image.value) {
         return Err(at(
             Location::of(&s.image),
-            format!("service {name}: empty image"),
+            format!("service {name}: image {:?}: {e}", s.image.value),
         ));
     }
     if s.strategy == Strategy::BlueGreen && s.port.is_none() {
@@ -150,13 +181,10 @@ fn validate(name: &str, s: RawService, loc: Location, at: At) -> Result<ServiceS
             timeout: DEFAULT_HEALTH_TIMEOUT,
         },
         Some(h) => {
-            if !h.path.value.starts_with('/') || h.path.value.contains(char::is_whitespace) {
+            if let Err(e) = super::grammar::url_path(&h.path.value) {
                 return Err(at(
                     Location::of(&h.path),
-                    format!(
-                        "service {name}: health path {:?} must start with / and contain no spaces",
-                        h.path.value
-                    ),
+                    format!("service {name}: health path {:?}: {e}", h.path.value),
                 ));
             }
             let timeout = match &h.timeout {
@@ -175,13 +203,60 @@ fn validate(name: &str, s: RawService, loc: Location, at: At) -> Result<ServiceS
         }
     };
     for k in s.env.keys() {
-        if k.is_empty() || k.contains('=') {
-            return Err(at(loc, format!("service {name}: invalid env name {k:?}")));
+        if let Err(e) = super::grammar::env_name(k) {
+            return Err(at(loc, format!("service {name}: env name {k:?}: {e}")));
         }
+    }
+    let mut secrets = BTreeMap::new();
+    for (key, raw) in sorted(s.secrets) {
+        let sloc = Location::of(&key);
+        if !valid_secret_name(&key.value) {
+            return Err(at(
+                sloc,
+                format!(
+                    "service {name}: secret name {:?}: 1-64 letters, digits, '_', '.' and '-', starting with a letter or digit \
+                     (it becomes the file /run/secrets/<name>)",
+                    key.value
+                ),
+            ));
+        }
+        let source = match (raw.env, raw.file) {
+            (Some(e), None) => {
+                if let Err(m) = super::grammar::env_name(&e.value) {
+                    return Err(at(
+                        Location::of(&e),
+                        format!(
+                            "service {name}: secret {}: env {:?}: {m}",
+                            key.value, e.value
+                        ),
+                    ));
+                }
+                SecretSource::Env {
+                    var: e.value.clone(),
+                    at: Location::of(&e),
+                }
+            }
+            (None, Some(f)) if !f.value.trim().is_empty() => SecretSource::File {
+                path: f.value.clone(),
+                at: Location::of(&f),
+            },
+            _ => {
+                return Err(at(
+                    sloc,
+                    format!(
+                        "service {name}: secret {} needs exactly one of `env: VARIABLE` or `file: PATH` \
+                         (values never go in the spec)",
+                        key.value
+                    ),
+                ));
+            }
+        };
+        secrets.insert(key.value, source);
     }
     Ok(ServiceSpec {
         name: name.to_string(),
         image: s.image.value,
+        secrets,
         port: s.port,
         replicas,
         min_replicas: min,
@@ -303,6 +378,7 @@ pub(super) fn from_compose(path: &Path) -> Result<BTreeMap<String, ServiceSpec>,
             max_replicas: None,
             health: None,
             env,
+            secrets: HashMap::new(),
             strategy: if port.is_some() {
                 Strategy::BlueGreen
             } else {

@@ -277,3 +277,38 @@ fn services_from_a_compose_file() {
         "{e}"
     );
 }
+
+#[test]
+fn service_secrets_name_a_variable_or_a_file_never_a_value() {
+    let base = "name: s\nprovider:\n  lab: { hosts: 1 }\nproxy: { domain: d.test, image: \"r/nginx:1\" }\nservices:\n  web:\n    image: r/web:1\n    port: 80\n";
+    let spec = parse(
+        Path::new("s.yaml"),
+        &format!("{base}    secrets:\n      api_token: {{ env: CF_UNIT_TOKEN_UNSET }}\n      tls.key: {{ file: ./key.pem }}\n"),
+    )
+    .unwrap();
+    let web = &spec.services["web"];
+    assert!(
+        matches!(&web.secrets["api_token"], SecretSource::Env { var, .. } if var == "CF_UNIT_TOKEN_UNSET")
+    );
+    assert!(
+        matches!(&web.secrets["tls.key"], SecretSource::File { path, .. } if path == "./key.pem")
+    );
+    for (bad, want) in [
+        ("      x: { env: A, file: b }\n", "exactly one"),
+        ("      x: {}\n", "exactly one"),
+        ("      x: { value: s3cret }\n", "unknown field"),
+        ("      \"../x\": { env: A }\n", "secret name"),
+        ("      x: { env: \"A-$B\" }\n", "environment variable name"),
+    ] {
+        let e = parse(Path::new("s.yaml"), &format!("{base}    secrets:\n{bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s.yaml:") && e.contains(want), "{bad}: {e}");
+    }
+    // Values are read at deploy time; a missing variable names itself and its spec line.
+    let e = spec.secret_values(web).unwrap_err().to_string();
+    assert!(
+        e.contains("CF_UNIT_TOKEN_UNSET") && e.contains("is not set"),
+        "{e}"
+    );
+}

@@ -32,6 +32,10 @@ pub struct ClusterState {
     /// Set when cloudflow started the reverse proxy.
     #[serde(default)]
     pub proxy: Option<ProxyRecord>,
+    /// Random, per cluster: salts the fingerprints in service secrets' names. Not a secret
+    /// value itself; no secret value is ever stored.
+    #[serde(default)]
+    pub secret_salt: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -194,6 +198,7 @@ impl ClusterState {
             known_hosts: BTreeMap::new(),
             environments: BTreeMap::new(),
             proxy: None,
+            secret_salt: None,
         }
     }
 

@@ -103,3 +103,57 @@ fn every_example_validates() {
     }
     assert!(seen >= 2);
 }
+
+/// CONTRACT: boolean variables take 1/0, true/false, yes/no; subcommand flags have variables too.
+#[test]
+fn boolean_and_subcommand_flags_from_the_environment() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("cloudflow.yaml"),
+        "name: cfit-envbool\nprovider:\n  lab: { hosts: 1 }\n",
+    )
+    .unwrap();
+    // Every spelling is accepted (before, clap refused `1` and `yes` with exit 2): `down` of a
+    // cluster that does not exist then has nothing to do (exit 0) ...
+    for yes in ["1", "yes", "true", "on"] {
+        let run = cloudflow_env(dir.path(), &["down"], &[("CLOUDFLOW_YES", yes)]);
+        assert_eq!(run.code, 0, "CLOUDFLOW_YES={yes}: {}", run.stderr);
+    }
+    // ... and a "no" is a no: `up` shows its plan, then refuses without a terminal.
+    for no in ["0", "no", "false"] {
+        let run = cloudflow_env(dir.path(), &["up"], &[("CLOUDFLOW_YES", no)]);
+        assert_eq!(run.code, 2, "CLOUDFLOW_YES={no}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("without --yes"),
+            "CLOUDFLOW_YES={no}: {}",
+            run.stderr
+        );
+    }
+    // `env list` accepts --yes harmlessly; `nodes scale` takes --until.
+    let run = cloudflow(dir.path(), &["env", "list", "--yes", "-o", "json"]).ok();
+    assert!(run.json()["environments"].is_array());
+    let help = cloudflow(dir.path(), &["nodes", "scale", "--help"]).ok();
+    assert!(help.stdout.contains("--until"), "{}", help.stdout);
+}
+
+/// CONTRACT: with -o json, stdout is one JSON document, usage errors included.
+#[test]
+fn usage_errors_are_json_under_output_json() {
+    let dir = workdir();
+    for args in [
+        &["-o", "json", "frobnicate"][..],
+        &["up", "--until", "never", "-o", "json"],
+        &["--output=json", "scale"],
+    ] {
+        let run = cloudflow(dir.path(), args);
+        assert_eq!(run.code, 2, "{args:?}");
+        let doc = run.json();
+        assert_eq!(doc["error"]["kind"], "usage", "{args:?}: {doc}");
+        assert!(!doc["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let run = cloudflow_env(dir.path(), &["frobnicate"], &[("CLOUDFLOW_OUTPUT", "json")]);
+    assert_eq!(run.json()["error"]["exit_code"], 2);
+    // Text mode keeps clap's own message on stderr and nothing on stdout.
+    let run = cloudflow(dir.path(), &["frobnicate"]);
+    assert!(run.stdout.is_empty() && run.stderr.contains("frobnicate"));
+}

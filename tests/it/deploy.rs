@@ -54,8 +54,11 @@ fn spec(reg: &Registry, img: &Images) -> String {
          \x20   max_replicas: 5\n\
          \x20   health: {{ path: /healthz, timeout: 15s }}\n\
          \x20   env: {{ LOG_LEVEL: info }}\n\
+         \x20   secrets: {{ api_token: {{ env: CF_TEST_API_TOKEN }} }}\n\
          \x20 db:\n\
          \x20   image: \"{v1}\"\n\
+         \x20   env: {{ DB_MODE: primary, KEEP: \"1\" }}\n\
+         \x20   secrets: {{ db_password: {{ file: ./db_password }} }}\n\
          \x20   strategy: in-place\n",
         pull = reg.pull,
         proxy = img.proxy,
@@ -74,10 +77,19 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
     std::fs::write(&spec_path, spec(&reg, &img)).unwrap();
     let _guard = LabGuard;
     let f = spec_path.to_str().unwrap();
+    // Service secrets come from this machine: a variable for web, a file for db. Every
+    // output of every command is kept, to check at the end that no value ever shows.
+    let token = std::cell::RefCell::new("tok-4f1c9e-first".to_string());
+    std::fs::write(d.join("db_password"), "pw-8d2a71-first").unwrap();
+    let outputs = std::cell::RefCell::new(Vec::<String>::new());
     let cf = |args: &[&str]| {
         let mut all = vec!["-f", f];
         all.extend_from_slice(args);
-        cloudflow(d, &all)
+        let run = cloudflow_env(d, &all, &[("CF_TEST_API_TOKEN", token.borrow().as_str())]);
+        outputs
+            .borrow_mut()
+            .push(format!("{}\n{}", run.stdout, run.stderr));
+        run
     };
 
     // `up` forms the swarm, starts the proxy and deploys the spec's services.
@@ -105,6 +117,13 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
         "{body}"
     );
     assert_eq!(get(&addr, &preview, "/").unwrap().0, 503);
+    // The secret arrived as a file in every replica (Docker secret, created from stdin).
+    for _ in 0..4 {
+        assert_eq!(
+            get(&addr, &live, "/secret/api_token").unwrap(),
+            (200, "tok-4f1c9e-first".to_string())
+        );
+    }
     assert_eq!(running("default-web-blue"), 2);
     assert_eq!(running("default-db"), 1);
     let status = cf(&["status", "-o", "json"]).ok().json();
@@ -131,7 +150,9 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
     // From here on a client loops requests through the proxy: none may fail.
     let load = Load::start(&addr, &live);
 
-    let deployed = cf(&["deploy", "web", "--image", &img.web_v2, "-o", "json"]).ok();
+    // A new value is a new secret: the new colour mounts it, the old one keeps its own.
+    *token.borrow_mut() = "tok-77b0d2-second".to_string();
+    let deployed = cf(&["deploy", "web", "--image", &img.web_v2, "-o", "json", "-v"]).ok();
     let j = deployed.json();
     assert_eq!(
         (j["color"].as_str(), j["switched"].as_bool()),
@@ -144,6 +165,14 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
             .unwrap()
             .1
             .starts_with("version=1")
+    );
+    assert_eq!(
+        get(&addr, &live, "/secret/api_token").unwrap().1,
+        "tok-77b0d2-second"
+    );
+    assert_eq!(
+        get(&addr, &preview, "/secret/api_token").unwrap().1,
+        "tok-4f1c9e-first"
     );
 
     let again = cf(&["deploy", "web", "--image", &img.web_v2]).ok();
@@ -198,6 +227,54 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
             .starts_with("version=2")
     );
 
+    // A proxy configuration nginx refuses never goes live: a template override that renders
+    // an unknown directive makes the switch fail with nginx's own message, the live file
+    // stays as it was (no candidate left behind), and traffic stays where it was.
+    let live_conf = on_manager("cat /etc/cloudflow/proxy/cloudflow.conf");
+    std::fs::create_dir_all(d.join("tpl")).unwrap();
+    std::fs::write(
+        d.join("tpl/nginx-routes.conf.tera"),
+        format!(
+            "{}\ncloudflow_not_a_directive on;\n",
+            include_str!("../../templates/nginx-routes.conf.tera")
+        ),
+    )
+    .unwrap();
+    let with_templates = format!("{}templates: ./tpl\n", spec(&reg, &img));
+    std::fs::write(&spec_path, &with_templates).unwrap();
+    let refused = cf(&["switch", "web"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("nginx refused the new proxy configuration")
+            && refused.stderr.contains("cloudflow_not_a_directive"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        on_manager("cat /etc/cloudflow/proxy/cloudflow.conf"),
+        live_conf
+    );
+    assert_eq!(on_manager("ls /etc/cloudflow/proxy/"), "cloudflow.conf");
+    on_manager(
+        "docker exec $(docker ps -q --filter label=com.docker.swarm.service.name=cloudflow-proxy) nginx -t -q",
+    );
+    assert!(get(&addr, &live, "/").unwrap().1.starts_with("version=1"));
+    let status = cf(&["status", "-o", "json"]).ok().json();
+    let web = status["environments"][0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        web["color"], "blue",
+        "the state still names the colour served: {web}"
+    );
+    std::fs::write(&spec_path, spec(&reg, &img)).unwrap();
+
     // An in-place side service is updated in place: one service, new image.
     cf(&["deploy", "db", "--image", &img.web_v2]).ok();
     let db = on_manager(
@@ -209,6 +286,40 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
         on_manager("docker service ls -q --filter label=cloudflow.service=db | wc -l"),
         "1"
     );
+    // A variable removed from the spec goes from the running service (same image: before,
+    // this said "no changes" and kept DB_MODE); a changed secret file is rotated in place
+    // and the old secret removed.
+    std::fs::write(
+        &spec_path,
+        spec(&reg, &img).replace("DB_MODE: primary, ", ""),
+    )
+    .unwrap();
+    let db_secrets =
+        || on_manager("docker secret ls -q --filter label=cloudflow.service=db | wc -l");
+    let db_mounts = || {
+        on_manager(
+            "docker service inspect default-db --format '{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}'",
+        )
+    };
+    assert_eq!(db_secrets(), "1");
+    let before = db_mounts();
+    std::fs::write(d.join("db_password"), "pw-3c5e90-second").unwrap();
+    cf(&["deploy", "db", "--image", &img.web_v2]).ok();
+    let after = db_mounts();
+    assert!(
+        before.contains("\"Name\":\"db_password\"") && after.contains("\"Name\":\"db_password\""),
+        "{after}"
+    );
+    assert_ne!(before, after, "the rotated secret is mounted");
+    assert_eq!(db_secrets(), "1", "the old secret was removed");
+    let db_env = on_manager(
+        "docker service inspect default-db --format '{{json .Spec.TaskTemplate.ContainerSpec.Env}}'",
+    );
+    assert!(
+        !db_env.contains("DB_MODE") && db_env.contains("KEEP=1"),
+        "{db_env}"
+    );
+    std::fs::write(&spec_path, spec(&reg, &img)).unwrap();
 
     // --no-switch: the new colour waits at the preview host until `switch`.
     let waiting = cf(&["deploy", "web", "--image", &img.web_v2, "--no-switch"]).ok();
@@ -281,9 +392,14 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
         ),
         "{svc}"
     );
+    assert_ne!(
+        on_manager("docker secret ls -q --filter label=cloudflow.env=pr-7"),
+        ""
+    );
     cf(&["env", "destroy", "pr-7"]).ok();
     let left = on_manager(
-        "docker service ls -q --filter label=cloudflow.env=pr-7; docker network ls -q --filter label=cloudflow.env=pr-7",
+        "docker service ls -q --filter label=cloudflow.env=pr-7; docker network ls -q --filter label=cloudflow.env=pr-7; \
+         docker secret ls -q --filter label=cloudflow.env=pr-7",
     );
     assert_eq!(left, "", "left behind with cloudflow.env=pr-7");
     assert_eq!(
@@ -318,6 +434,33 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
         "{}",
         plan.stdout
     );
+
+    // No secret value in any output (plain, JSON, verbose, errors) or in the state's bytes.
+    let mut state_bytes = Vec::new();
+    let mut stack = vec![d.join(".cloudflow")];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                stack.push(e);
+            } else {
+                state_bytes.extend(std::fs::read(&e).unwrap());
+            }
+        }
+    }
+    assert!(!state_bytes.is_empty());
+    let state_text = String::from_utf8_lossy(&state_bytes);
+    for value in [
+        "tok-4f1c9e-first",
+        "tok-77b0d2-second",
+        "pw-8d2a71-first",
+        "pw-3c5e90-second",
+    ] {
+        assert!(!state_text.contains(value), "{value} is in the state");
+        for out in outputs.borrow().iter() {
+            assert!(!out.contains(value), "{value} was shown:\n{out}");
+        }
+    }
 
     cf(&["down", "--yes"]).ok();
     assert_eq!(

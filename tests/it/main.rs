@@ -7,5 +7,7 @@ mod cli;
 mod deploy;
 mod deploy_fixture;
 mod errors;
+mod http_proxy;
 mod lab;
+mod ssh;
 mod support;

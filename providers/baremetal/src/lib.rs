@@ -23,11 +23,19 @@ pub struct BareMetal {
 }
 
 impl BareMetal {
+    /// A machine is named by its address, or by `address:port` where several hosts share an
+    /// address (containers or NAT behind one IP): SSH sessions, facts and state are keyed by
+    /// the name, so two such hosts must never share one.
     fn machines(&self) -> Vec<Machine> {
+        let shared = |a: &str| self.hosts.iter().filter(|o| o.address == a).count() > 1;
         self.hosts
             .iter()
             .map(|h| Machine {
-                name: h.address.clone(),
+                name: if shared(&h.address) {
+                    format!("{}:{}", h.address, h.port)
+                } else {
+                    h.address.clone()
+                },
                 id: format!("{}:{}", h.address, h.port),
                 role: h.role,
                 ssh: SshEndpoint {
@@ -104,5 +112,28 @@ mod tests {
         assert_eq!(m[1].id, "10.0.0.6:2222");
         assert!(bm.plan(&m).is_empty());
         assert!(!bm.owns_machines());
+    }
+
+    #[test]
+    fn hosts_sharing_an_address_get_names_with_their_port() {
+        let host = |port| Host {
+            address: "10.0.0.5".into(),
+            port,
+            role: Role::Worker,
+        };
+        let bm = BareMetal {
+            user: "root".into(),
+            hosts: vec![
+                host(22),
+                host(2222),
+                Host {
+                    address: "10.0.0.6".into(),
+                    port: 22,
+                    role: Role::Manager,
+                },
+            ],
+        };
+        let names: Vec<String> = bm.machines().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["10.0.0.5:22", "10.0.0.5:2222", "10.0.0.6"]);
     }
 }

@@ -188,10 +188,10 @@ pub fn apt_mirror_from_sources(text: &str) -> Option<String> {
             if usable(url) {
                 return Some(url.trim_end_matches('/').to_string());
             }
-        } else if let Some(rest) = line.strip_prefix("URIs:") {
-            if let Some(url) = rest.split_whitespace().find(|u| usable(u)) {
-                return Some(url.trim_end_matches('/').to_string());
-            }
+        } else if let Some(rest) = line.strip_prefix("URIs:")
+            && let Some(url) = rest.split_whitespace().find(|u| usable(u))
+        {
+            return Some(url.trim_end_matches('/').to_string());
         }
     }
     None

@@ -1,6 +1,7 @@
 /* A tiny test web service for the deploy tests, built static (`gcc -static`) into a
  * FROM-scratch image. GET /healthz answers 200 unless HEALTHY=0 (then 500); any other
- * path answers "version=$VERSION host=<hostname>". On SIGTERM it keeps serving for
+ * path answers "version=$VERSION host=<hostname>"; GET /secret/NAME answers the content of
+ * /run/secrets/NAME (so a test can check what a Docker secret delivered). On SIGTERM it keeps serving for
  * DRAIN_SECONDS (default 2) so requests still in flight or routed by a stale DNS answer
  * finish, then exits — what a well-behaved service does behind a proxy. */
 #include <errno.h>
@@ -54,6 +55,28 @@ static void serve(int fd, const char *version, int healthy, const char *host) {
     if (strncmp(req, "GET /healthz", 12) == 0) {
         if (healthy) respond(fd, 200, "OK", "ok\n");
         else respond(fd, 500, "Internal Server Error", "unhealthy: HEALTHY=0\n");
+        return;
+    }
+    if (strncmp(req, "GET /secret/", 12) == 0) {
+        char name[128] = {0}, path[192], content[400] = {0};
+        size_t i = 0;
+        for (const char *p = req + 12; i < sizeof name - 1 && *p && *p != ' '; p++, i++) {
+            char c = *p;
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '-' || c == '.'))
+                break;
+            name[i] = c;
+        }
+        snprintf(path, sizeof path, "/run/secrets/%s", name);
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            respond(fd, 404, "Not Found", "no such secret\n");
+            return;
+        }
+        size_t n = fread(content, 1, sizeof content - 1, f);
+        content[n] = 0;
+        fclose(f);
+        respond(fd, 200, "OK", content);
         return;
     }
     snprintf(body, sizeof body, "version=%s host=%s\n", version, host);
