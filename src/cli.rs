@@ -284,6 +284,10 @@ pub struct ScaleArgs {
     /// New workers go through the phases up to this one (`provision`: machines only, no SSH, no drain).
     #[arg(long, env = "CLOUDFLOW_UNTIL", value_enum)]
     pub until: Option<PhaseName>,
+
+    /// How long new workers may take to boot (SSH answering, cloud-init done).
+    #[arg(long, env = "CLOUDFLOW_TIMEOUT", value_parser = humantime::parse_duration, default_value = "15m")]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +295,9 @@ pub struct PlanArgs {
     /// Plan only up to and including this phase.
     #[arg(long, env = "CLOUDFLOW_UNTIL", value_enum)]
     pub until: Option<PhaseName>,
+    /// How long to wait for new cloud machines to finish booting before reading their facts.
+    #[arg(long, env = "CLOUDFLOW_TIMEOUT", value_parser = humantime::parse_duration, default_value = "15m")]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +309,10 @@ pub struct UpArgs {
     /// Stop after this phase (`provision` connects to no machine).
     #[arg(long, env = "CLOUDFLOW_UNTIL", value_enum)]
     pub until: Option<PhaseName>,
+
+    /// How long new cloud machines may take to boot (SSH answering, cloud-init done).
+    #[arg(long, env = "CLOUDFLOW_TIMEOUT", value_parser = humantime::parse_duration, default_value = "15m")]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

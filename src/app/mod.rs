@@ -5,6 +5,7 @@ mod deploy;
 mod down;
 mod facts;
 mod nodes;
+mod ready;
 mod status;
 mod up;
 
@@ -44,12 +45,12 @@ pub async fn run(cli: Cli) -> Result<Report> {
     let ui = Arc::new(Ui::new(false));
     match &cli.command {
         Command::Validate => validate(&cli),
-        Command::Plan(a) => up::plan(&cli, a.until, ui).await,
-        Command::Up(a) => up::up(&cli, a.yes, a.until, ui).await,
+        Command::Plan(a) => up::plan(&cli, a.until, a.timeout, ui).await,
+        Command::Up(a) => up::up(&cli, a.yes, a.until, a.timeout, ui).await,
         Command::Status => status::status(&cli, ui).await,
         Command::Down(a) => down::down(&cli, a.yes, ui).await,
         Command::Nodes(crate::cli::NodesCommand::Scale(a)) => {
-            nodes::scale(&cli, &a.size, a.until, ui).await
+            nodes::scale(&cli, &a.size, a.until, a.timeout, ui).await
         }
         Command::Deploy(_)
         | Command::Switch(_)
@@ -253,12 +254,15 @@ fn aws_config(
         image: a.image.clone(),
         managers: a.managers,
         workers: live_workers.unwrap_or(a.workers),
-        public_key: public_key_of(&a.ssh_key)?,
+        // Only creating the key pair needs it: `down`, `status` and `plan` work without the
+        // key file (the error waits for the one call that needs the key).
+        public_key: public_key_of(&a.ssh_key).map_err(|e| e.to_string()),
         network,
         allowed_cidrs: a.allowed_cidrs.clone(),
         proxy_port: spec.proxy.port.unwrap_or(80),
         user_data: commands::cloud_init(renderer, &spec.name, &files)?,
         ssh_user: a.user.clone(),
+        ssh_private: a.address == spec::AddressChoice::Private,
         wait: Duration::from_secs(600),
     })
 }

@@ -34,7 +34,13 @@ pub fn resolve_size(size: &str, live: u32) -> Result<u32> {
 
 /// `until` bounds what happens to the machines: `provision` connects to none (no drain before
 /// removal, no bootstrap after creation); `bootstrap` installs new workers without joining them.
-pub async fn scale(cli: &Cli, size: &str, until: Option<PhaseName>, ui: Arc<Ui>) -> Result<Report> {
+pub async fn scale(
+    cli: &Cli,
+    size: &str,
+    until: Option<PhaseName>,
+    timeout: Duration,
+    ui: Arc<Ui>,
+) -> Result<Report> {
     let reach = |p: PhaseName| until.is_none_or(|u| u >= p);
     let s = open(cli, ui.clone(), true, true).await?;
     let ctx = &s.ctx;
@@ -108,7 +114,8 @@ pub async fn scale(cli: &Cli, size: &str, until: Option<PhaseName>, ui: Arc<Ui>)
     *ctx.machines.lock().unwrap() = machines.clone();
 
     if target > live && swarm_formed && reach(PhaseName::Bootstrap) {
-        // New workers: bootstrap and join them as `up` would.
+        // New workers: wait for their first boot, then bootstrap and join them as `up` would.
+        super::ready::wait_booted(ctx, &machines, timeout).await?;
         let facts = gather_facts(ctx, &machines).await?;
         let snapshot = ctx.state.snapshot();
         let plan = plan::compute(&Inputs {

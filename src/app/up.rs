@@ -1,6 +1,7 @@
 //! `plan` and `up`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cloudflow_provider_api::{Machine, ProviderAction};
 use serde_json::json;
@@ -26,16 +27,27 @@ fn reachable(machines: &[Machine], actions: &[ProviderAction]) -> Vec<Machine> {
         .collect()
 }
 
-/// List machines, read facts (unless `until` is provision), and plan.
-async fn compute(s: &Session, until: Option<PhaseName>) -> Result<(Plan, Vec<ProviderAction>)> {
+/// List machines, read facts (unless `until` is provision), and plan. Cloud machines that
+/// have not finished their first boot are waited for (at most `timeout`) before their facts
+/// are read; what the provider would repair in existing resources is part of the plan.
+async fn compute(
+    s: &Session,
+    until: Option<PhaseName>,
+    timeout: Duration,
+) -> Result<(Plan, Vec<ProviderAction>)> {
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();
-    let actions = ctx.provider.plan(&machines);
+    let mut actions = ctx.provider.plan(&machines);
+    if !machines.is_empty() {
+        actions.extend(ctx.provider.drift().await?);
+    }
     let facts = if until == Some(PhaseName::Provision) {
         Default::default()
     } else {
-        gather_facts(ctx, &reachable(&machines, &actions)).await?
+        let hosts = reachable(&machines, &actions);
+        super::ready::wait_booted(ctx, &hosts, timeout).await?;
+        gather_facts(ctx, &hosts).await?
     };
     let state = ctx.state.snapshot();
     let plan = plan::compute(&Inputs {
@@ -50,21 +62,32 @@ async fn compute(s: &Session, until: Option<PhaseName>) -> Result<(Plan, Vec<Pro
     Ok((plan, actions))
 }
 
-pub async fn plan(cli: &Cli, until: Option<PhaseName>, ui: Arc<Ui>) -> Result<Report> {
+pub async fn plan(
+    cli: &Cli,
+    until: Option<PhaseName>,
+    timeout: Duration,
+    ui: Arc<Ui>,
+) -> Result<Report> {
     let s = open(cli, ui, false, false).await?;
-    let (plan, _) = compute(&s, until).await?;
+    let (plan, _) = compute(&s, until, timeout).await?;
     Ok(Report {
         json: json!({"cluster": plan.cluster, "changes": plan.actions.len(), "plan": plan}),
         text: plan.to_string(),
     })
 }
 
-pub async fn up(cli: &Cli, yes: bool, until: Option<PhaseName>, ui: Arc<Ui>) -> Result<Report> {
+pub async fn up(
+    cli: &Cli,
+    yes: bool,
+    until: Option<PhaseName>,
+    timeout: Duration,
+    ui: Arc<Ui>,
+) -> Result<Report> {
     let mut s = open(cli, ui.clone(), true, true).await?;
     if until != Some(PhaseName::Provision) {
         s.ctx.password = s.ctx.spec.registry_password()?;
     }
-    let (mut plan, _) = compute(&s, until).await?;
+    let (mut plan, _) = compute(&s, until, timeout).await?;
     let ctx = &s.ctx;
     let checked = ctx.machines().len();
     if plan.is_empty() {
@@ -98,7 +121,7 @@ pub async fn up(cli: &Cli, yes: bool, until: Option<PhaseName>, ui: Arc<Ui>) -> 
         }
         if phase.name() == PhaseName::Bootstrap && !plan.forecast_hosts.is_empty() {
             // Hosts made just now: read their facts and plan the rest for real.
-            let (fresh, _) = compute(&s, until).await?;
+            let (fresh, _) = compute(&s, until, timeout).await?;
             plan = fresh;
         }
         if phase.should_run(&plan) {

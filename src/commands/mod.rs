@@ -211,6 +211,22 @@ pub fn facts(r: &Renderer, registries: &[String]) -> Result<Cmd, RenderError> {
     ))
 }
 
+/// Wait (at most `secs`) for cloud-init to finish the machine's first boot, then print its
+/// status (`status: done`, `status: error` with details). Machines without cloud-init are done.
+pub fn cloud_init_wait(secs: u64) -> Cmd {
+    Cmd::script(
+        "cloud-init-wait",
+        Effect::Read,
+        format!(
+            "# wait for cloud-init to finish the first boot\n\
+             if ! command -v cloud-init >/dev/null 2>&1; then echo 'status: done'; exit 0; fi\n\
+             timeout {secs} cloud-init status --wait >/dev/null 2>&1\n\
+             if [ $? -eq 124 ]; then echo 'status: running'; exit 0; fi\n\
+             cloud-init status --long 2>&1 || true\n"
+        ),
+    )
+}
+
 pub fn install_docker(r: &Renderer) -> Result<Cmd, RenderError> {
     Ok(Cmd::script(
         "install-docker",
@@ -297,6 +313,14 @@ pub fn cloud_init(r: &Renderer, cluster: &str, files: &[HostFile]) -> Result<Str
     let mut ctx = Context::new();
     ctx.insert("cluster", cluster);
     ctx.insert("install_docker_b64", &b64(&install));
+    // Images without systemd (containers, minimal images) get dockerd started directly.
+    let mut start = Context::new();
+    start.insert("init", Init::None.as_str());
+    start.insert("restart", &false);
+    ctx.insert(
+        "start_docker_b64",
+        &b64(&r.render("start-docker.sh", &start)?),
+    );
     ctx.insert("files", &files);
     r.render("cloud-init.yaml", &ctx)
 }

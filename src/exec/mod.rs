@@ -21,6 +21,9 @@ pub struct Target {
     pub address: String,
     pub port: u16,
     pub user: String,
+    /// Where the cluster's members reach this host, when not at `address` (a cloud
+    /// instance's private address): Swarm advertises and joins on it.
+    pub private_address: Option<String>,
 }
 
 impl From<&cloudflow_provider_api::Machine> for Target {
@@ -30,6 +33,7 @@ impl From<&cloudflow_provider_api::Machine> for Target {
             address: m.ssh.address.clone(),
             port: m.ssh.port,
             user: m.ssh.user.clone(),
+            private_address: m.private_address.clone(),
         }
     }
 }
@@ -79,6 +83,13 @@ pub enum ExecError {
         host: String,
         address: String,
         offered: String,
+    },
+    /// A new machine did not finish booting in time, or its first boot failed.
+    #[error("host {host} ({address}): {what}")]
+    NotReady {
+        host: String,
+        address: String,
+        what: String,
     },
     /// The SSH session failed (handshake, channel).
     #[error("host {host}: SSH {what}: {message}")]

@@ -70,7 +70,12 @@ fn render(r: std::result::Result<Cmd, crate::render::RenderError>) -> Result<Cmd
 }
 
 /// The address a host should advertise to the swarm (an IP: resolve inventory hostnames).
+/// The address Swarm advertises and joins on: the private one where the provider knows it
+/// (members talk inside the network, whatever address cloudflow uses for SSH).
 pub(super) fn advertise_ip(t: &Target) -> String {
+    if let Some(p) = &t.private_address {
+        return p.clone();
+    }
     (t.address.as_str(), t.port)
         .to_socket_addrs()
         .ok()

@@ -41,6 +41,7 @@ fn fixture(spec_text: &str, rec: Recording, password: Option<&str>) -> Fixture {
             user: "root".into(),
         },
         running: true,
+        private_address: None,
     };
     let machines = vec![machine("m1", Role::Manager), machine("w1", Role::Worker)];
     let fresh = facts::parse("os_id=debian\nhostname=h\ninit=none\nend=ok\n").unwrap();

@@ -38,6 +38,7 @@ fn machine(name: &str, role: Role) -> Machine {
             user: "root".into(),
         },
         running: true,
+        private_address: None,
     }
 }
 

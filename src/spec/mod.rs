@@ -81,6 +81,20 @@ pub struct AwsSpec {
     /// `auto`, a `vpc-…` id or a `subnet-…` id.
     pub vpc: String,
     pub allowed_cidrs: Vec<String>,
+    /// Which address cloudflow uses to reach instances over SSH.
+    pub address: AddressChoice,
+}
+
+/// `provider.aws.address`: how cloudflow reaches instances. The swarm always advertises and
+/// joins on private addresses, whichever this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressChoice {
+    /// The public address (cloudflow runs outside the VPC).
+    #[default]
+    Public,
+    /// The private address (cloudflow runs inside the VPC: a CI runner, a bastion).
+    Private,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +207,8 @@ struct RawAws {
     vpc: Option<Spanned<String>>,
     #[serde(default)]
     allowed_cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    address: AddressChoice,
 }
 
 fn default_aws_user() -> String {
@@ -396,6 +412,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                 user: a.user,
                 vpc,
                 allowed_cidrs: a.allowed_cidrs.into_iter().map(|c| c.value).collect(),
+                address: a.address,
             })
         }
         RawProvider::BareMetal(bm) => {

@@ -162,6 +162,9 @@ pub struct HostRecord {
     /// Set when cloudflow made this host join (or init) the swarm.
     #[serde(default)]
     pub swarm: Option<Role>,
+    /// The machine finished its first boot (SSH answered, cloud-init done): not waited for again.
+    #[serde(default)]
+    pub booted: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -213,7 +213,7 @@ fn aws_provision_reconcile_scale_and_down_leave_nothing() {
     );
     let user_data = inv["user_data"].as_str().unwrap();
     assert!(user_data.starts_with("#cloud-config"), "{user_data}");
-    assert!(user_data.contains("/usr/local/sbin/cloudflow-install-docker && systemctl daemon-reload && systemctl enable --now docker"));
+    assert!(user_data.contains("/usr/local/sbin/cloudflow-install-docker && if [ -d /run/systemd/system ]; then systemctl daemon-reload && systemctl enable --now docker; else /usr/local/sbin/cloudflow-start-docker; fi"));
     assert!(
         user_data.contains("  - path: /etc/docker/daemon.json"),
         "registry settings ride along: {user_data}"

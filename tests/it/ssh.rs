@@ -33,6 +33,7 @@ fn a_dead_session_is_reconnected_and_the_command_runs() {
         address: hosts.addresses[0].clone(),
         port: 22,
         user: "root".into(),
+        private_address: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let read = Cmd::argv("read", Effect::Read, &["hostname"]);

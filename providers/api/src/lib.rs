@@ -48,6 +48,10 @@ pub struct Machine {
     pub ssh: SshEndpoint,
     /// Whether the machine is up as far as the provider can tell.
     pub running: bool,
+    /// The address the cluster's members use to reach this machine (Swarm advertises and
+    /// joins on it), when it differs from the SSH address: a cloud instance's private address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_address: Option<String>,
 }
 
 /// A resource a provider creates: recorded in the journal before it exists.
@@ -88,6 +92,12 @@ pub enum ProviderAction {
     Destroy {
         resource: Resource,
     },
+    /// Bring an existing resource back to what the spec wants (a rule removed behind
+    /// cloudflow's back, a half-made network left by a crash).
+    Update {
+        resource: Resource,
+        change: String,
+    },
 }
 
 impl fmt::Display for ProviderAction {
@@ -105,6 +115,9 @@ impl fmt::Display for ProviderAction {
             } => write!(f, "create {resource}"),
             ProviderAction::Start { resource } => write!(f, "start {resource}"),
             ProviderAction::Destroy { resource } => write!(f, "destroy {resource}"),
+            ProviderAction::Update { resource, change } => {
+                write!(f, "update {resource}: {change}")
+            }
         }
     }
 }
@@ -182,6 +195,18 @@ pub trait Provider: Send + Sync {
 
     /// What `create` would do, given what `list` returned. Pure: no I/O.
     fn plan(&self, existing: &[Machine]) -> Vec<ProviderAction>;
+
+    /// What `create` would repair in resources that exist (read from the backend, not from
+    /// memory): edited firewall rules, half-made networks. Nothing by default.
+    async fn drift(&self) -> Result<Vec<ProviderAction>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether new machines finish their first boot with cloud-init, so the core waits for
+    /// `cloud-init status --wait` before it bootstraps them.
+    fn boots_with_cloud_init(&self) -> bool {
+        false
+    }
 
     /// Make the wanted machines exist; idempotent. Returns every wanted machine.
     async fn create(

@@ -7,6 +7,7 @@
 
 mod errors;
 mod network;
+pub mod reconcile;
 
 use std::time::Duration;
 
@@ -38,8 +39,9 @@ pub struct AwsConfig {
     pub image: String,
     pub managers: u32,
     pub workers: u32,
-    /// OpenSSH public key line, imported as the cluster's key pair.
-    pub public_key: String,
+    /// OpenSSH public key line, imported as the cluster's key pair (or why it could not be
+    /// read: only importing the key pair needs it, so `down` works without the key file).
+    pub public_key: Result<String, String>,
     pub network: NetworkChoice,
     pub allowed_cidrs: Vec<String>,
     pub proxy_port: u16,
@@ -47,6 +49,9 @@ pub struct AwsConfig {
     pub user_data: String,
     /// The SSH user of the image (`admin` on Debian AMIs, `ubuntu` on Ubuntu).
     pub ssh_user: String,
+    /// Reach instances at their private addresses (cloudflow runs inside the VPC) rather
+    /// than their public ones.
+    pub ssh_private: bool,
     /// How long to wait for instances to run or terminate.
     pub wait: Duration,
 }
@@ -157,11 +162,15 @@ impl Aws {
             Some("manager") => Role::Manager,
             _ => Role::Worker,
         };
-        let address = i
-            .public_ip_address()
-            .or(i.private_ip_address())
-            .unwrap_or_default()
-            .to_string();
+        let private = i.private_ip_address().map(str::to_string);
+        let address = if self.cfg.ssh_private {
+            private.clone()
+        } else {
+            i.public_ip_address()
+                .map(str::to_string)
+                .or(private.clone())
+        }
+        .unwrap_or_default();
         Machine {
             name: i.instance_id().unwrap_or_default().to_string(),
             id: i.instance_id().unwrap_or_default().to_string(),
@@ -172,6 +181,7 @@ impl Aws {
                 user: self.cfg.ssh_user.clone(),
             },
             running: i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running),
+            private_address: private,
         }
     }
 
@@ -287,13 +297,21 @@ impl Aws {
         {
             return Ok(());
         }
+        let public_key = self
+            .cfg
+            .public_key
+            .as_ref()
+            .map_err(|e| ProviderError::Spec {
+                field: "provider.aws.ssh_key".into(),
+                message: e.clone(),
+            })?;
         let res = Resource::new("key-pair", &name);
         journal.intend(&res).map_err(|e| journal_err(&res, e))?;
         self.client
             .import_key_pair()
             .key_name(&name)
             .public_key_material(aws_sdk_ec2::primitives::Blob::new(
-                self.cfg.public_key.trim().as_bytes(),
+                public_key.trim().as_bytes(),
             ))
             .tag_specifications(tags(&self.cfg.cluster, ResourceType::KeyPair, None, &name))
             .send()
@@ -312,7 +330,7 @@ impl Aws {
         journal: &dyn Journal,
     ) -> Result<Vec<String>, ProviderError> {
         // A token per batch: named in the journal first, so a crash after the call is traceable.
-        let token = format!("{}-{role}-{}", self.cfg.cluster, chrono_like_now());
+        let token = client_token(&self.cfg.cluster, role, &chrono_like_now());
         let res = Resource::new("instances", format!("{role}:{count}:{token}"));
         journal.intend(&res).map_err(|e| journal_err(&res, e))?;
         let name = format!("cf-{}-{role}", self.cfg.cluster);
@@ -402,6 +420,15 @@ fn chrono_like_now() -> String {
     format!("{}{:09}", d.as_secs(), d.subsec_nanos())
 }
 
+/// EC2 takes client tokens of at most 64 characters: the cluster name (up to 40) is cut to
+/// leave room for the role and the time.
+pub fn client_token(cluster: &str, role: Role, now: &str) -> String {
+    let keep = 64 - (now.len() + role.to_string().len() + 2);
+    let cluster: String = cluster.chars().take(keep.min(cluster.len())).collect();
+    let token = format!("{cluster}-{role}-{now}");
+    token.chars().take(64).collect()
+}
+
 /// Pure: what `create` would do given the live instances.
 pub fn plan_instances(cfg: &AwsConfig, existing: &[Machine]) -> Vec<ProviderAction> {
     let mut actions = Vec::new();
@@ -453,6 +480,19 @@ impl Provider for Aws {
 
     fn plan(&self, existing: &[Machine]) -> Vec<ProviderAction> {
         plan_instances(&self.cfg, existing)
+    }
+
+    async fn drift(&self) -> Result<Vec<ProviderAction>, ProviderError> {
+        self.check_region().await?;
+        let seen = reconcile::inspect(&self.client, &self.cfg).await?;
+        Ok(reconcile::repairs(&self.cfg, &seen)
+            .iter()
+            .map(|r| r.action(&self.cfg.cluster))
+            .collect())
+    }
+
+    fn boots_with_cloud_init(&self) -> bool {
+        true
     }
 
     async fn create(

@@ -5,14 +5,12 @@
 use std::time::Duration;
 
 use aws_sdk_ec2::Client;
-use aws_sdk_ec2::types::{
-    AttributeBooleanValue, Filter, IpPermission, IpRange, ResourceType, UserIdGroupPair,
-};
+use aws_sdk_ec2::types::{Filter, ResourceType};
 use backon::{ConstantBuilder, Retryable};
 use cloudflow_provider_api::{DestroyReport, Journal, Progress, ProviderError, Resource};
 
 use super::errors::{api, journal_err};
-use super::{AwsConfig, cluster_filter, tags};
+use super::{AwsConfig, cluster_filter, reconcile, tags};
 
 /// Where instances go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +120,7 @@ pub async fn ensure(
             let subnet = match found.subnets().first().and_then(|s| s.subnet_id()) {
                 Some(id) => id.to_string(),
                 None => {
-                    let id = record(journal, "subnet", &name, || async {
+                    record(journal, "subnet", &name, || async {
                         let out = client
                             .create_subnet()
                             .vpc_id(&vpc)
@@ -137,17 +135,7 @@ pub async fn ensure(
                             .unwrap_or_default()
                             .to_string())
                     })
-                    .await?;
-                    client
-                        .modify_subnet_attribute()
-                        .subnet_id(&id)
-                        .map_public_ip_on_launch(
-                            AttributeBooleanValue::builder().value(true).build(),
-                        )
-                        .send()
-                        .await
-                        .map_err(|e| api("ModifySubnetAttribute", e))?;
-                    id
+                    .await?
                 }
             };
             let found = client
@@ -156,37 +144,22 @@ pub async fn ensure(
                 .send()
                 .await
                 .map_err(|e| api("DescribeInternetGateways", e))?;
-            let igw = match found.internet_gateways().first() {
-                Some(g) => {
-                    let id = g.internet_gateway_id().unwrap_or_default().to_string();
-                    if !g
-                        .attachments()
-                        .iter()
-                        .any(|a| a.vpc_id() == Some(vpc.as_str()))
-                    {
-                        attach(client, &id, &vpc).await?;
-                    }
-                    id
-                }
-                None => {
-                    let id = record(journal, "internet-gateway", &name, || async {
-                        let out = client
-                            .create_internet_gateway()
-                            .tag_specifications(tags(c, ResourceType::InternetGateway, None, &name))
-                            .send()
-                            .await
-                            .map_err(|e| api("CreateInternetGateway", e))?;
-                        Ok(out
-                            .internet_gateway()
-                            .and_then(|g| g.internet_gateway_id())
-                            .unwrap_or_default()
-                            .to_string())
-                    })
-                    .await?;
-                    attach(client, &id, &vpc).await?;
-                    id
-                }
-            };
+            if found.internet_gateways().is_empty() {
+                record(journal, "internet-gateway", &name, || async {
+                    let out = client
+                        .create_internet_gateway()
+                        .tag_specifications(tags(c, ResourceType::InternetGateway, None, &name))
+                        .send()
+                        .await
+                        .map_err(|e| api("CreateInternetGateway", e))?;
+                    Ok(out
+                        .internet_gateway()
+                        .and_then(|g| g.internet_gateway_id())
+                        .unwrap_or_default()
+                        .to_string())
+                })
+                .await?;
+            }
             let found = client
                 .describe_route_tables()
                 .filters(cluster_filter(c))
@@ -194,7 +167,7 @@ pub async fn ensure(
                 .await
                 .map_err(|e| api("DescribeRouteTables", e))?;
             if found.route_tables().is_empty() {
-                let rt = record(journal, "route-table", &name, || async {
+                record(journal, "route-table", &name, || async {
                     let out = client
                         .create_route_table()
                         .vpc_id(&vpc)
@@ -209,21 +182,6 @@ pub async fn ensure(
                         .to_string())
                 })
                 .await?;
-                client
-                    .create_route()
-                    .route_table_id(&rt)
-                    .destination_cidr_block("0.0.0.0/0")
-                    .gateway_id(&igw)
-                    .send()
-                    .await
-                    .map_err(|e| api("CreateRoute", e))?;
-                client
-                    .associate_route_table()
-                    .route_table_id(&rt)
-                    .subnet_id(&subnet)
-                    .send()
-                    .await
-                    .map_err(|e| api("AssociateRouteTable", e))?;
             }
             (vpc, subnet)
         }
@@ -266,24 +224,29 @@ pub async fn ensure(
         }
     };
     let security_group = ensure_security_group(client, cfg, &vpc, journal).await?;
+    // What exists is only half the job: finish what a crash left half-made (the gateway's
+    // attachment, the route and its association, public IPs on launch) and bring the
+    // security group's rules to what the spec says now.
+    let fixes = reconcile::repairs(cfg, &reconcile::inspect(client, cfg).await?);
+    if !fixes.is_empty() {
+        progress.step(&format!(
+            "aws: {} network change(s): {}",
+            fixes.len(),
+            fixes
+                .iter()
+                .map(|f| f.action(c).to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        reconcile::apply(client, &fixes).await?;
+    }
     Ok(Network {
         subnet,
         security_group,
     })
 }
 
-async fn attach(client: &Client, igw: &str, vpc: &str) -> Result<(), ProviderError> {
-    client
-        .attach_internet_gateway()
-        .internet_gateway_id(igw)
-        .vpc_id(vpc)
-        .send()
-        .await
-        .map_err(|e| api("AttachInternetGateway", e))?;
-    Ok(())
-}
-
-/// SSH and the proxy port from `allowed_cidrs`; Swarm's ports only between members.
+/// The cluster's security group (its rules are reconciled by `reconcile`).
 async fn ensure_security_group(
     client: &Client,
     cfg: &AwsConfig,
@@ -315,44 +278,6 @@ async fn ensure_security_group(
         Ok(out.group_id().unwrap_or_default().to_string())
     })
     .await?;
-    let ranges: Vec<IpRange> = cfg
-        .allowed_cidrs
-        .iter()
-        .map(|cidr| IpRange::builder().cidr_ip(cidr).build())
-        .collect();
-    let open = |port: u16| {
-        IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(port as i32)
-            .to_port(port as i32)
-            .set_ip_ranges(Some(ranges.clone()))
-            .build()
-    };
-    let member = |proto: &str, port: i32| {
-        IpPermission::builder()
-            .ip_protocol(proto)
-            .from_port(port)
-            .to_port(port)
-            .user_id_group_pairs(UserIdGroupPair::builder().group_id(&id).build())
-            .build()
-    };
-    let mut req = client.authorize_security_group_ingress().group_id(&id);
-    if !ranges.is_empty() {
-        req = req
-            .ip_permissions(open(22))
-            .ip_permissions(open(cfg.proxy_port));
-    }
-    for p in [
-        member("tcp", 2377),
-        member("tcp", 7946),
-        member("udp", 7946),
-        member("udp", 4789),
-    ] {
-        req = req.ip_permissions(p);
-    }
-    req.send()
-        .await
-        .map_err(|e| api("AuthorizeSecurityGroupIngress", e))?;
     Ok(id)
 }
 

@@ -44,6 +44,7 @@ impl BareMetal {
                     user: self.user.clone(),
                 },
                 running: true,
+                private_address: None,
             })
             .collect()
     }

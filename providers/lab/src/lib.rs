@@ -274,6 +274,7 @@ impl Lab {
                 user: "root".into(),
             },
             running,
+            private_address: None,
         })
     }
 
@@ -385,6 +386,8 @@ impl Provider for Lab {
                         .map_err(|e| api(format!("remove container {}", resource.name), e))?;
                     journal.removed(&resource)?;
                 }
+                // The lab plans no updates: containers are made whole or not at all.
+                ProviderAction::Update { .. } => {}
             }
         }
         let mut machines = Vec::new();
@@ -514,6 +517,7 @@ mod tests {
                 user: "root".into(),
             },
             running,
+            private_address: None,
         }
     }
 
