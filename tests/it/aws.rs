@@ -11,15 +11,15 @@ use serde_json::Value;
 
 use crate::support::*;
 
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Moto {
-    fn start(env: &[(&str, &str)]) -> Moto {
+    pub(crate) fn start(env: &[(&str, &str)]) -> Moto {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -46,7 +46,7 @@ impl Moto {
         }
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_ENDPOINT_URL", self.url.clone()),
             ("AWS_ACCESS_KEY_ID", "testing".into()),
@@ -57,7 +57,7 @@ impl Moto {
         ]
     }
 
-    fn actions(&self) -> Vec<String> {
+    pub(crate) fn actions(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
@@ -66,7 +66,12 @@ impl Moto {
     }
 
     /// Run cloudflow against this server; returns the run and the API actions it made.
-    fn cloudflow(&self, dir: &Path, args: &[&str], extra: &[(&str, &str)]) -> (Run, Vec<String>) {
+    pub(crate) fn cloudflow(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> (Run, Vec<String>) {
         let before = self.actions().len();
         let base = self.env();
         let env: Vec<(&str, &str)> = base
@@ -80,7 +85,7 @@ impl Moto {
     }
 
     /// Run a Python snippet with `ec2`, a boto3 client of this server, in scope; its stdout.
-    fn boto3(&self, body: &str) -> String {
+    pub(crate) fn boto3(&self, body: &str) -> String {
         let script = format!(
             "import base64, boto3, json\nec2 = boto3.client(\"ec2\", endpoint_url=\"{}\", region_name=\"eu-west-1\", \
              aws_access_key_id=\"testing\", aws_secret_access_key=\"testing\")\n{body}",
@@ -100,7 +105,7 @@ impl Moto {
     }
 
     /// What exists for `cluster`, seen through boto3.
-    fn inventory(&self, cluster: &str) -> Value {
+    pub(crate) fn inventory(&self, cluster: &str) -> Value {
         let out = self.boto3(&format!(
             r#"
 f = [{{"Name": "tag:cloudflow:cluster", "Values": ["{cluster}"]}}]
@@ -136,7 +141,7 @@ ec2.terminate_instances(InstanceIds=ids[:1])
         ));
     }
 
-    fn ami(&self) -> String {
+    pub(crate) fn ami(&self) -> String {
         self.boto3(r#"print(ec2.describe_images()["Images"][0]["ImageId"])"#)
     }
 }

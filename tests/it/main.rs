@@ -2,6 +2,7 @@
 //! dockerd inside them, a real distribution registry, and the local Docker engine for the lab.
 
 mod aws;
+mod aws_twin;
 mod bare_metal;
 mod cli;
 mod deploy;
