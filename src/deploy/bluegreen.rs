@@ -462,8 +462,22 @@ impl Deployer<'_> {
         if n > from
             && let Some(svc) = self.spec.services.get(svc_name)
             && r.strategy == Strategy::BlueGreen
+            && let Err(e) = self.gate(svc, &name, &tasks).await
         {
-            self.gate(svc, &name, &tasks).await?;
+            // A failed probe puts things back as they were: the previous replica count, in
+            // the orchestrator and in the state.
+            self.ui.info(&format!(
+                "{svc_name} in {env}: new replica(s) failed their health check; back to {from}"
+            ));
+            self.orch.scale_service(&name, from).await?;
+            self.set_color(env, svc_name, r.live, Some(live.clone()))?;
+            self.wait_service(&name, from, None).await?;
+            self.publish(&[]).await?;
+            return Err(Error::Other(format!(
+                "{svc_name} in {env}: scaling {from} → {n} failed its health gate; {from} replica(s) kept\n{e}"
+            )));
+        }
+        if n > from && r.strategy == Strategy::BlueGreen {
             self.publish(&[]).await?;
         }
         Ok(Outcome::new(

@@ -432,3 +432,71 @@ fn aws_api_calls_do_not_grow_per_instance() {
         "down calls grew with instances: {figures:?}"
     );
 }
+
+/// A crash can leave the network half made (a route table without its route or association,
+/// a subnet without public IPs on launch, a gateway detached): `plan` shows what the next
+/// `up` finishes, and `up` finishes it (checked with boto3).
+#[test]
+fn aws_half_made_network_is_finished_by_the_next_up() {
+    let moto = Moto::start(&[]);
+    let ami = moto.ami();
+    let dir = workdir();
+    let d = dir.path();
+    spec(d, "cfit-aws-net", &ami, 0);
+    moto.cloudflow(d, &["up", "--yes", "--until", "provision"], &[])
+        .0
+        .ok();
+    let network = r#"
+f = [{"Name": "tag:cloudflow:cluster", "Values": ["cfit-aws-net"]}]
+rt = ec2.describe_route_tables(Filters=f)["RouteTables"][0]
+sn = ec2.describe_subnets(Filters=f)["Subnets"][0]
+gw = ec2.describe_internet_gateways(Filters=f)["InternetGateways"][0]
+state = {
+    "default_route": any(r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("GatewayId") == gw["InternetGatewayId"] for r in rt["Routes"]),
+    "associated": any(a.get("SubnetId") == sn["SubnetId"] for a in rt["Associations"]),
+    "public_ip": sn["MapPublicIpOnLaunch"],
+    "attached": len(gw.get("Attachments", [])) > 0,
+}
+"#;
+    let healthy = moto.boto3(&format!(
+        "{network}print(json.dumps(state, sort_keys=True))"
+    ));
+    assert_eq!(
+        healthy,
+        r#"{"associated": true, "attached": true, "default_route": true, "public_ip": true}"#
+    );
+    moto.boto3(&format!(
+        "{network}\
+         ec2.delete_route(RouteTableId=rt[\"RouteTableId\"], DestinationCidrBlock=\"0.0.0.0/0\")\n\
+         for a in rt[\"Associations\"]:\n    ec2.disassociate_route_table(AssociationId=a[\"RouteTableAssociationId\"])\n\
+         ec2.modify_subnet_attribute(SubnetId=sn[\"SubnetId\"], MapPublicIpOnLaunch={{\"Value\": False}})\n"
+    ));
+    let (plan, _) = moto.cloudflow(d, &["plan", "--until", "provision"], &[]);
+    let plan = plan.ok().stdout;
+    for want in [
+        "update subnet cloudflow-cfit-aws-net: give instances a public address on launch",
+        "update route-table cloudflow-cfit-aws-net: add the default route through the gateway",
+        "update route-table cloudflow-cfit-aws-net: associate it with the subnet",
+    ] {
+        assert!(plan.contains(want), "{want} missing:\n{plan}");
+    }
+    let (run, calls) = moto.cloudflow(d, &["up", "--yes", "--until", "provision"], &[]);
+    run.ok();
+    for call in [
+        "ModifySubnetAttribute",
+        "CreateRoute",
+        "AssociateRouteTable",
+    ] {
+        assert_eq!(count(&calls, call), 1, "{call}: {calls:?}");
+    }
+    assert_eq!(count(&calls, "RunInstances"), 0);
+    assert_eq!(
+        moto.boto3(&format!(
+            "{network}print(json.dumps(state, sort_keys=True))"
+        )),
+        healthy
+    );
+    let (again, _) = moto.cloudflow(d, &["up", "--yes", "--until", "provision"], &[]);
+    assert!(again.ok().stdout.contains("no changes"));
+    moto.cloudflow(d, &["down", "--yes"], &[]).0.ok();
+}

@@ -358,6 +358,52 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
     );
     assert!(report.versions.contains(&"version=2".to_string()));
 
+    // New replicas take traffic only once healthy: with an image HEALTHCHECK (the slow
+    // starter answers 503 for 6 s), Swarm keeps a starting task out of DNS, and cloudflow
+    // waits for it; a client looping through `scale +2` sees no failure.
+    cf(&["deploy", "web", "--image", &img.web_slow_hc]).ok();
+    let load = Load::start(&addr, &live);
+    cf(&["scale", "web", "+2"]).ok();
+    let report = load.finish();
+    eprintln!(
+        "load during scale +2 of a slow starter with a HEALTHCHECK: {} requests, {} failed",
+        report.sent, report.failed
+    );
+    assert_eq!(report.failed, 0, "failed requests: {:?}", report.failures);
+    // A new replica that fails its gate is removed again: the count stays where it was.
+    cf(&["deploy", "web", "--image", &img.web_slow, "--scale", "3"]).ok();
+    std::fs::write(
+        &spec_path,
+        spec(&reg, &img).replace("timeout: 15s", "timeout: 2s"),
+    )
+    .unwrap();
+    let failed = cf(&["scale", "web", "+1"]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("3 replica(s) kept") && failed.stderr.contains("answered 503"),
+        "{}",
+        failed.stderr
+    );
+    eventually(
+        "the live colour back at 3 replicas",
+        Duration::from_secs(30),
+        || running("default-web-green") == 3,
+    );
+    let status = cf(&["status", "-o", "json"]).ok().json();
+    let web = status["environments"][0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (web["color"].as_str(), web["replicas"].as_u64()),
+        (Some("green"), Some(3)),
+        "{web}"
+    );
+    std::fs::write(&spec_path, spec(&reg, &img)).unwrap();
+
     // Environments.
     cf(&["env", "create", "pr-7", "--ttl", "1h"]).ok();
     cf(&["deploy", "web", "--image", &img.web_v2, "--env", "pr-7"]).ok();

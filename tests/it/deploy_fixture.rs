@@ -93,6 +93,10 @@ pub struct Images {
     pub web_v2: String,
     /// Answers /healthz with 500.
     pub web_bad: String,
+    /// Answers everything 503 for its first 8 seconds (a slow start), no HEALTHCHECK.
+    pub web_slow: String,
+    /// The same slow start (6 s), with an image HEALTHCHECK (`webapp probe`, exec form).
+    pub web_slow_hc: String,
     pub proxy: String,
 }
 
@@ -123,6 +127,17 @@ pub fn build_images(reg: &Registry, lab_image: &str) -> Images {
     let web_v1 = build("cf-test-web:1", &web("1", "1"));
     let web_v2 = build("cf-test-web:2", &web("2", "1"));
     let web_bad = build("cf-test-web:bad", &web("bad", "0"));
+    let web_slow = build(
+        "cf-test-web:slow",
+        &format!("{}ENV STARTUP_SECONDS=8\n", web("slow", "1")),
+    );
+    let web_slow_hc = build(
+        "cf-test-web:slow-hc",
+        &format!(
+            "{}ENV STARTUP_SECONDS=6\nHEALTHCHECK --interval=1s --timeout=2s --retries=60 CMD [\"/webapp\", \"probe\"]\n",
+            web("slowhc", "1")
+        ),
+    );
     let proxy = build(
         "cf-test-proxy:1",
         &format!(
@@ -140,6 +155,8 @@ pub fn build_images(reg: &Registry, lab_image: &str) -> Images {
         web_v1,
         web_v2,
         web_bad,
+        web_slow,
+        web_slow_hc,
         proxy,
     }
 }

@@ -1,7 +1,10 @@
 /* A tiny test web service for the deploy tests, built static (`gcc -static`) into a
  * FROM-scratch image. GET /healthz answers 200 unless HEALTHY=0 (then 500); any other
  * path answers "version=$VERSION host=<hostname>"; GET /secret/NAME answers the content of
- * /run/secrets/NAME (so a test can check what a Docker secret delivered). On SIGTERM it keeps serving for
+ * /run/secrets/NAME (so a test can check what a Docker secret delivered). With
+ * STARTUP_SECONDS=N it answers every request 503 for its first N seconds (a slow start).
+ * `webapp probe` is its own health check (an image HEALTHCHECK needs no shell or curl): it
+ * asks 127.0.0.1:$PORT/healthz and exits 0 on 200, 1 otherwise. On SIGTERM it keeps serving for
  * DRAIN_SECONDS (default 2) so requests still in flight or routed by a stale DNS answer
  * finish, then exits — what a well-behaved service does behind a proxy. */
 #include <errno.h>
@@ -39,6 +42,9 @@ static void respond(int fd, int status, const char *reason, const char *body) {
     }
 }
 
+static time_t started_at;
+static int startup_seconds;
+
 static void serve(int fd, const char *version, int healthy, const char *host) {
     char req[4096];
     size_t len = 0;
@@ -52,6 +58,10 @@ static void serve(int fd, const char *version, int healthy, const char *host) {
         if (strstr(req, "\r\n\r\n")) break;
     }
     char body[512];
+    if (time(NULL) < started_at + startup_seconds) {
+        respond(fd, 503, "Service Unavailable", "starting\n");
+        return;
+    }
     if (strncmp(req, "GET /healthz", 12) == 0) {
         if (healthy) respond(fd, 200, "OK", "ok\n");
         else respond(fd, 500, "Internal Server Error", "unhealthy: HEALTHY=0\n");
@@ -83,7 +93,26 @@ static void serve(int fd, const char *version, int healthy, const char *host) {
     respond(fd, 200, "OK", body);
 }
 
-int main(void) {
+static int probe(int port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) return 1;
+    const char *req = "GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if (write(s, req, strlen(req)) < 0) return 1;
+    char buf[64] = {0};
+    ssize_t n = read(s, buf, sizeof buf - 1);
+    close(s);
+    return (n > 12 && strncmp(buf + 9, "200", 3) == 0) ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "probe") == 0) return probe(atoi(env_or("PORT", "8080")));
+    started_at = time(NULL);
+    startup_seconds = atoi(env_or("STARTUP_SECONDS", "0"));
     const char *version = env_or("VERSION", "0");
     int healthy = strcmp(env_or("HEALTHY", "1"), "0") != 0;
     int port = atoi(env_or("PORT", "8080"));
