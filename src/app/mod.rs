@@ -105,6 +105,13 @@ pub struct Session {
     _lock: Option<StateLock>,
 }
 
+impl Session {
+    /// Whether this command holds the cluster's lock (and so may write the state).
+    pub fn holds_lock(&self) -> bool {
+        self._lock.is_some()
+    }
+}
+
 /// Where the embedded state (and the lab's SSH key) lives.
 fn state_dir(cli: &Cli, spec: &Spec) -> PathBuf {
     match cli.state.as_deref() {

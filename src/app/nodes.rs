@@ -115,7 +115,7 @@ pub async fn scale(
 
     if target > live && swarm_formed && reach(PhaseName::Bootstrap) {
         // New workers: wait for their first boot, then bootstrap and join them as `up` would.
-        super::ready::wait_booted(ctx, &machines, timeout).await?;
+        super::ready::wait_booted(ctx, &machines, timeout, true).await?;
         let facts = gather_facts(ctx, &machines).await?;
         let snapshot = ctx.state.snapshot();
         let plan = plan::compute(&Inputs {

@@ -13,8 +13,14 @@ use crate::phase::Ctx;
 use crate::wait::{Stop, until};
 
 /// Wait for every running machine not yet recorded as booted. The error names each machine
-/// that did not become ready, its address and what it was waiting for.
-pub async fn wait_booted(ctx: &Ctx, machines: &[Machine], timeout: Duration) -> Result<()> {
+/// that did not become ready, its address and what it was waiting for. `record` is false
+/// for commands that hold no lock (`plan`): they wait but write nothing to the state.
+pub async fn wait_booted(
+    ctx: &Ctx,
+    machines: &[Machine],
+    timeout: Duration,
+    record: bool,
+) -> Result<()> {
     if !ctx.provider.boots_with_cloud_init() {
         return Ok(());
     }
@@ -43,6 +49,9 @@ pub async fn wait_booted(ctx: &Ctx, machines: &[Machine], timeout: Duration) -> 
     })
     .await;
     let booted = collect_hosts(results)?;
+    if !record {
+        return Ok(());
+    }
     ctx.state.update(|s| {
         for name in &booted {
             s.host(name).booted = true;
@@ -58,10 +67,11 @@ async fn wait_one(ctx: &Ctx, t: &Target, deadline: Instant) -> Result<String, Ex
         what,
     };
     until(Duration::from_secs(2), deadline, || async {
+        // Each attempt stays well inside the executor's 20-minute limit per command.
         let left = deadline
             .saturating_duration_since(Instant::now())
             .as_secs()
-            .max(1);
+            .clamp(1, 15 * 60);
         match ctx
             .exec
             .probe(t, "provision", &commands::cloud_init_wait(left))

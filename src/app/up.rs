@@ -35,6 +35,8 @@ async fn compute(
     until: Option<PhaseName>,
     timeout: Duration,
 ) -> Result<(Plan, Vec<ProviderAction>)> {
+    // Only a command holding the lock records what it saw boot.
+    let record = s.holds_lock();
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();
@@ -46,7 +48,7 @@ async fn compute(
         Default::default()
     } else {
         let hosts = reachable(&machines, &actions);
-        super::ready::wait_booted(ctx, &hosts, timeout).await?;
+        super::ready::wait_booted(ctx, &hosts, timeout, record).await?;
         gather_facts(ctx, &hosts).await?
     };
     let state = ctx.state.snapshot();

@@ -151,7 +151,8 @@ pub const PRIVATE: u32 = 0o600;
 pub const PUBLIC: u32 = 0o644;
 
 /// Write `content` to `path` atomically (temp file + rename), creating the directory.
-/// The content travels base64-encoded, so no quoting of it can go wrong.
+/// The content travels on stdin: no quoting of it can go wrong, and nothing of it shows in
+/// the remote process list (`/proc/*/cmdline`) or in a message.
 pub fn write_file(step: &str, path: &str, content: &str) -> Cmd {
     write_file_mode(step, path, content, PUBLIC)
 }
@@ -159,23 +160,23 @@ pub fn write_file(step: &str, path: &str, content: &str) -> Cmd {
 /// As [`write_file`], with the file's mode set before it takes the final name (a private
 /// file is never readable by others, not even for a moment).
 pub fn write_file_mode(step: &str, path: &str, content: &str, mode: u32) -> Cmd {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(content);
     let dir = path
         .rsplit_once('/')
         .map(|(d, _)| d)
         .filter(|d| !d.is_empty())
         .unwrap_or("/");
     let p = quote(path);
-    Cmd::script(
+    let mut c = Cmd::script(
         step,
         Effect::Mutate,
         format!(
-            "# write {path}\nset -e\nmkdir -p {d}\n{umask}printf %s {b} | base64 -d > {p}.cloudflow-tmp\nchmod {mode:o} {p}.cloudflow-tmp\nmv {p}.cloudflow-tmp {p}\n",
+            "# write {path}\nset -e\nmkdir -p {d}\n{umask}cat > {p}.cloudflow-tmp\nchmod {mode:o} {p}.cloudflow-tmp\nmv {p}.cloudflow-tmp {p}\n",
             umask = if mode & 0o077 == 0 { "umask 077\n" } else { "" },
             d = quote(dir),
-            b = quote(&b64),
         ),
-    )
+    );
+    c.stdin = Some(SecretString::from(content.to_string()));
+    c
 }
 
 pub fn remove_files(step: &str, paths: &[String]) -> Cmd {

@@ -241,13 +241,13 @@ pub fn secrets_rm(labels: &[(&str, &str)], unused_only: bool) -> Cmd {
     let rm = if unused_only {
         "docker secret rm \"$s\" >/dev/null 2>&1 || true"
     } else {
-        "docker secret rm \"$s\" >/dev/null"
+        "docker secret rm \"$s\" >/dev/null || rc=1"
     };
     Cmd::script(
         "secret-rm",
         Effect::Mutate,
         format!(
-            "# remove labelled secrets\nfor s in $(docker secret ls -q {f}); do\n  {rm}\ndone\n",
+            "# remove labelled secrets\nrc=0\nfor s in $(docker secret ls -q {f}); do\n  {rm}\ndone\nexit $rc\n",
             f = filters(labels)
         ),
     )
@@ -353,7 +353,10 @@ pub fn proxy_create(image: &str, port: u16, edge: &str, cluster: &str) -> Cmd {
 /// that includes only it, and replaces the live file only when nginx accepts it; then a
 /// graceful `nginx -s reload`. A refused configuration is removed and the live one stays, so a
 /// proxy restart never meets a file nginx has not accepted; the error carries nginx's message.
-pub fn proxy_apply(config: &str) -> Cmd {
+/// Where no proxy task runs at the moment (it is restarting), the candidate is tested in a
+/// throwaway container of the proxy's `image` and installed without a reload: the task that
+/// starts next loads it.
+pub fn proxy_apply(config: &str, image: &str) -> Cmd {
     let mut c = Cmd::script(
         "proxy-apply",
         Effect::Mutate,
@@ -362,17 +365,23 @@ pub fn proxy_apply(config: &str) -> Cmd {
              set -e\n\
              mkdir -p {PROXY_CONF_DIR}\n\
              cat > {NEXT}\n\
-             c=$(docker ps -q --filter label=com.docker.swarm.service.name={PROXY_SERVICE} | head -n1)\n\
-             if [ -z \"$c\" ]; then rm -f {NEXT}; echo 'no {PROXY_SERVICE} container runs on this host' >&2; exit 3; fi\n\
              printf 'events {{}}\\nhttp {{\\n    include /etc/nginx/mime.types;\\n    include /etc/nginx/conf.d/{NEXT_NAME};\\n}}\\n' > {HARNESS}\n\
-             if ! out=$(docker exec \"$c\" nginx -t -q -c /etc/nginx/conf.d/{HARNESS_NAME} 2>&1); then\n\
+             c=$(docker ps -q --filter label=com.docker.swarm.service.name={PROXY_SERVICE} | head -n1)\n\
+             bad=0\n\
+             if [ -n \"$c\" ]; then\n\
+             \x20 out=$(docker exec \"$c\" nginx -t -q -c /etc/nginx/conf.d/{HARNESS_NAME} 2>&1) || bad=1\n\
+             else\n\
+             \x20 out=$(docker run --rm -v {PROXY_CONF_DIR}:/etc/nginx/conf.d:ro --entrypoint nginx {img} -t -q -c /etc/nginx/conf.d/{HARNESS_NAME} 2>&1) || bad=1\n\
+             fi\n\
+             if [ $bad -ne 0 ]; then\n\
              \x20 rm -f {NEXT} {HARNESS}\n\
              \x20 echo \"nginx refused the new proxy configuration (the live one stays): $out\" >&2\n\
              \x20 exit 4\n\
              fi\n\
              rm -f {HARNESS}\n\
              mv {NEXT} {PROXY_CONF}\n\
-             docker exec \"$c\" nginx -s reload\n"
+             if [ -n \"$c\" ]; then docker exec \"$c\" nginx -s reload; fi\n",
+            img = super::quote(image),
         ),
     );
     c.stdin = Some(secrecy::SecretString::from(config.to_string()));

@@ -80,15 +80,19 @@ fn write_file_is_atomic_and_quotes_nothing_from_the_content() {
     assert_eq!(
         s,
         "# write /etc/docker/daemon.json\nset -e\nmkdir -p /etc/docker\n\
-         printf %s 'eyJhIjogIml0J3MifQo=' | base64 -d > /etc/docker/daemon.json.cloudflow-tmp\n\
+         cat > /etc/docker/daemon.json.cloudflow-tmp\n\
          chmod 644 /etc/docker/daemon.json.cloudflow-tmp\n\
          mv /etc/docker/daemon.json.cloudflow-tmp /etc/docker/daemon.json\n"
+    );
+    assert_eq!(
+        c.stdin.as_ref().unwrap().expose_secret(),
+        "{\"a\": \"it's\"}\n"
     );
     let Body::Script(private) = write_file_mode("p", "/etc/x", "secret", PRIVATE).body else {
         panic!("script expected")
     };
     assert!(
-        private.contains("umask 077\nprintf")
+        private.contains("umask 077\ncat >")
             && private.contains("chmod 600 /etc/x.cloudflow-tmp\nmv"),
         "{private}"
     );
@@ -303,11 +307,21 @@ fn swarm_service_builders_are_exact() {
     // The configuration travels on stdin; it is tested before it replaces the live file,
     // and the reload comes last.
     let config = "server { listen 80; }\n".repeat(10_000);
-    let apply = proxy_apply(&config);
+    let apply = proxy_apply(&config, "reg:5000/nginx:1");
     let Body::Script(text) = &apply.body else {
         panic!()
     };
     assert!(text.len() < 2_000 && !text.contains("listen 80"), "{text}");
+    let syntax = std::process::Command::new("sh")
+        .args(["-n", "-c", text])
+        .output()
+        .unwrap();
+    assert!(
+        syntax.status.success(),
+        "{}",
+        String::from_utf8_lossy(&syntax.stderr)
+    );
+    assert!(text.contains("docker run --rm -v /etc/cloudflow/proxy:/etc/nginx/conf.d:ro --entrypoint nginx reg:5000/nginx:1 -t -q"), "{text}");
     assert_eq!(
         apply.stdin.as_ref().map(|s| s.expose_secret().len()),
         Some(config.len())

@@ -408,6 +408,8 @@ impl Deployer<'_> {
                 self.orch.scale_service(&name, b.replicas).await?;
                 self.wait_service(&name, b.replicas, None).await?;
             }
+            // The preview host says again what it said before (e.g. "stopped").
+            self.publish(&[]).await?;
             return Err(e);
         }
         let switch = self.switch_live(env, svc_name, to).await?;
@@ -471,10 +473,16 @@ impl Deployer<'_> {
             ));
             self.orch.scale_service(&name, from).await?;
             self.set_color(env, svc_name, r.live, Some(live.clone()))?;
-            self.wait_service(&name, from, None).await?;
+            // Swarm picks which tasks go: check the ones it kept, and say so if one of them
+            // is not healthy either.
+            let kept = self.wait_service(&name, from, None).await?;
+            let kept_health = match self.gate(svc, &name, &kept).await {
+                Ok(()) => String::new(),
+                Err(k) => format!(" (and not all of them answer healthy now: {k})"),
+            };
             self.publish(&[]).await?;
             return Err(Error::Other(format!(
-                "{svc_name} in {env}: scaling {from} → {n} failed its health gate; {from} replica(s) kept\n{e}"
+                "{svc_name} in {env}: scaling {from} → {n} failed its health gate; {from} replica(s) kept{kept_health}\n{e}"
             )));
         }
         if n > from && r.strategy == Strategy::BlueGreen {

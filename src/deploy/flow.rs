@@ -272,7 +272,7 @@ impl<'a> Deployer<'a> {
         self.wait_service(PROXY_SERVICE, managers, Some(&image))
             .await?;
         if !created {
-            self.orch.apply_proxy_config(&conf).await?;
+            self.orch.apply_proxy_config(&conf, &image).await?;
         }
         self.proxy
             .wait_generation(generation, self.timeout)
@@ -305,8 +305,14 @@ impl<'a> Deployer<'a> {
             p.generation
         })?;
         let conf = self.config(generation, probes)?;
+        let image = self
+            .state
+            .snapshot()
+            .proxy
+            .map(|p| p.image)
+            .unwrap_or_default();
         let start = Instant::now();
-        self.orch.apply_proxy_config(&conf).await?;
+        self.orch.apply_proxy_config(&conf, &image).await?;
         self.proxy
             .wait_generation(generation, Duration::from_secs(30))
             .await
@@ -325,6 +331,11 @@ impl<'a> Deployer<'a> {
             Err(e) => {
                 if before != color {
                     self.set_live(env, svc, before)?;
+                    // Managers that did take the new routes get the old ones back (best
+                    // effort: the error below is what the user needs to act on).
+                    if let Err(again) = self.publish(&[]).await {
+                        tracing::debug!(error = %again, "republishing the previous routes failed");
+                    }
                 }
                 Err(e)
             }

@@ -42,7 +42,8 @@ pub trait Orchestrator: Send + Sync {
     /// Start the reverse proxy unless it runs; `config` is in place before it starts.
     async fn ensure_proxy(&self, image: &str, port: u16, config: &str) -> Result<bool>;
     /// Put a new proxy configuration in place everywhere the proxy runs and reload it gracefully.
-    async fn apply_proxy_config(&self, config: &str) -> Result<()>;
+    /// `image` is the proxy's (to test a configuration where no proxy task runs right now).
+    async fn apply_proxy_config(&self, config: &str, image: &str) -> Result<()>;
     /// Remove the proxy and its configuration files.
     async fn remove_proxy(&self) -> Result<()>;
     /// `(name, address)` of every place the proxy listens (probes and reload checks go there).

@@ -183,8 +183,8 @@ impl Orchestrator for Swarm {
         Ok(true)
     }
 
-    async fn apply_proxy_config(&self, config: &str) -> Result<()> {
-        self.on_managers(&cmd::proxy_apply(config)).await
+    async fn apply_proxy_config(&self, config: &str, image: &str) -> Result<()> {
+        self.on_managers(&cmd::proxy_apply(config, image)).await
     }
 
     async fn remove_proxy(&self) -> Result<()> {

@@ -39,6 +39,20 @@ pub fn proxy_url(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A URL with its `user:password@` part replaced by `***@`, for messages.
+pub fn mask_userinfo(s: &str) -> String {
+    match s.split_once("://") {
+        Some((scheme, rest)) => match rest.rfind('@') {
+            Some(at) => format!("{scheme}://***{}", &rest[at..]),
+            None => s.to_string(),
+        },
+        None => match s.rfind('@') {
+            Some(at) => format!("***{}", &s[at..]),
+            None => s.to_string(),
+        },
+    }
+}
+
 /// `http(s)://host[:port][/path]` — registry mirrors.
 pub fn mirror_url(s: &str) -> Result<(), String> {
     base_url(s, "a URL starting with http:// or https://")?;

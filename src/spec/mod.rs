@@ -508,7 +508,15 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         .into_iter()
         .flatten()
     {
-        check(&at, p, "proxy", grammar::proxy_url)?;
+        // A proxy URL may carry a password: the error masks it and shows no snippet.
+        if let Err(e) = grammar::proxy_url(&p.value) {
+            return Err(SpecError::at(
+                &file,
+                "",
+                Location::of(p),
+                format!("proxy {:?}: {e}", grammar::mask_userinfo(&p.value)),
+            ));
+        }
     }
     for n in &raw.proxy.no_proxy {
         check(&at, n, "no_proxy entry", grammar::no_proxy_entry)?;

@@ -312,3 +312,14 @@ fn service_secrets_name_a_variable_or_a_file_never_a_value() {
         "{e}"
     );
 }
+
+#[test]
+fn a_bad_proxy_url_error_never_shows_its_password() {
+    let text = "name: s\nprovider:\n  lab: { hosts: 1 }\nproxy:\n  http_proxy: \"http://ci:s3cr et#x@proxy.corp:3128\"\n";
+    let e = parse(Path::new("s.yaml"), text).unwrap_err();
+    let plain = format!("{e} {e:?}");
+    let shown = format!("{plain} {:?}", miette::Report::new(e));
+    assert!(shown.contains("s.yaml:5:15"), "{shown}");
+    assert!(shown.contains("***@proxy.corp:3128"), "{shown}");
+    assert!(!shown.contains("s3cr"), "{shown}");
+}

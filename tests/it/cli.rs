@@ -113,21 +113,39 @@ fn boolean_and_subcommand_flags_from_the_environment() {
         "name: cfit-envbool\nprovider:\n  lab: { hosts: 1 }\n",
     )
     .unwrap();
-    // Every spelling is accepted (before, clap refused `1` and `yes` with exit 2): `down` of a
-    // cluster that does not exist then has nothing to do (exit 0) ...
-    for yes in ["1", "yes", "true", "on"] {
-        let run = cloudflow_env(dir.path(), &["down"], &[("CLOUDFLOW_YES", yes)]);
+    // Every spelling of yes is a yes (before, clap refused `1` and `yes` with exit 2): `up
+    // --until provision` makes the lab host, `down` removes it again.
+    host_image();
+    let hosts = || {
+        docker_ok(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=cloudflow.cluster=cfit-envbool",
+        ])
+        .lines()
+        .count()
+    };
+    for (yes, no) in [("1", "0"), ("yes", "no"), ("true", "false"), ("on", "off")] {
+        let run = cloudflow_env(
+            dir.path(),
+            &["up", "--until", "provision"],
+            &[("CLOUDFLOW_YES", yes)],
+        );
         assert_eq!(run.code, 0, "CLOUDFLOW_YES={yes}: {}", run.stderr);
-    }
-    // ... and a "no" is a no: `up` shows its plan, then refuses without a terminal.
-    for no in ["0", "no", "false"] {
-        let run = cloudflow_env(dir.path(), &["up"], &[("CLOUDFLOW_YES", no)]);
+        assert_eq!(hosts(), 1, "CLOUDFLOW_YES={yes} made the host");
+        // ... and a no is a no: `down` shows its plan, then refuses without a terminal.
+        let run = cloudflow_env(dir.path(), &["down"], &[("CLOUDFLOW_YES", no)]);
         assert_eq!(run.code, 2, "CLOUDFLOW_YES={no}: {}", run.stderr);
         assert!(
             run.stderr.contains("without --yes"),
             "CLOUDFLOW_YES={no}: {}",
             run.stderr
         );
+        assert_eq!(hosts(), 1, "CLOUDFLOW_YES={no} removed nothing");
+        let run = cloudflow_env(dir.path(), &["down"], &[("CLOUDFLOW_YES", yes)]);
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        assert_eq!(hosts(), 0, "CLOUDFLOW_YES={yes} removed the host");
     }
     // `env list` accepts --yes harmlessly; `nodes scale` takes --until.
     let run = cloudflow(dir.path(), &["env", "list", "--yes", "-o", "json"]).ok();

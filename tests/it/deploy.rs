@@ -227,15 +227,16 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
             .starts_with("version=2")
     );
 
-    // A proxy configuration nginx refuses never goes live: a template override that renders
-    // an unknown directive makes the switch fail with nginx's own message, the live file
-    // stays as it was (no candidate left behind), and traffic stays where it was.
-    let live_conf = on_manager("cat /etc/cloudflow/proxy/cloudflow.conf");
+    // A proxy configuration nginx refuses never goes live: a template override renders an
+    // unknown directive only in the switch's configuration (the health gate's, which lists
+    // probes, is fine), so the gate passes and the switch fails with nginx's own message.
+    // The live file stays (no candidate left behind), traffic stays where it was, and the
+    // state goes back to naming the colour actually served.
     std::fs::create_dir_all(d.join("tpl")).unwrap();
     std::fs::write(
         d.join("tpl/nginx-routes.conf.tera"),
         format!(
-            "{}\ncloudflow_not_a_directive on;\n",
+            "{}\n{{% if probes | length == 0 %}}cloudflow_not_a_directive on;{{% endif %}}\n",
             include_str!("../../templates/nginx-routes.conf.tera")
         ),
     )
@@ -252,9 +253,16 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
         "{}",
         refused.stderr
     );
-    assert_eq!(
-        on_manager("cat /etc/cloudflow/proxy/cloudflow.conf"),
-        live_conf
+    let live_conf = on_manager("cat /etc/cloudflow/proxy/cloudflow.conf");
+    assert!(!live_conf.contains("cloudflow_not_a_directive"));
+    let live_route = live_conf
+        .split("server_name web-default.demo.test;")
+        .nth(1)
+        .and_then(|rest| rest.split("server {").next())
+        .unwrap_or_default();
+    assert!(
+        live_route.contains("set $cf_upstream default-web-blue;"),
+        "{live_conf}"
     );
     assert_eq!(on_manager("ls /etc/cloudflow/proxy/"), "cloudflow.conf");
     on_manager(
@@ -402,7 +410,41 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
         (Some("green"), Some(3)),
         "{web}"
     );
+    // A rollback whose colour fails its gate puts that colour back as it was. Blue (the
+    // HEALTHCHECK image) goes live, green (the slow starter without one) is stopped; a
+    // rollback to green with a 2 s gate fails, and green is stopped again.
     std::fs::write(&spec_path, spec(&reg, &img)).unwrap();
+    cf(&["switch", "web"]).ok();
+    cf(&["stop-old", "web"]).ok();
+    assert_eq!(running("default-web-green"), 0);
+    std::fs::write(
+        &spec_path,
+        spec(&reg, &img).replace("timeout: 15s", "timeout: 2s"),
+    )
+    .unwrap();
+    let back = cf(&["rollback", "web"]);
+    assert_eq!(back.code, 1, "{}", back.stderr);
+    assert!(
+        back.stderr.contains("default-web-green.") && back.stderr.contains("answered 503"),
+        "{}",
+        back.stderr
+    );
+    eventually("green stopped again", Duration::from_secs(30), || {
+        running("default-web-green") == 0
+    });
+    let (status, body) = get(&addr, &preview, "/").unwrap();
+    assert_eq!(
+        status, 503,
+        "the preview still says green was stopped: {body}"
+    );
+    assert!(
+        get(&addr, &live, "/")
+            .unwrap()
+            .1
+            .starts_with("version=slowhc")
+    );
+    std::fs::write(&spec_path, spec(&reg, &img)).unwrap();
+    cf(&["scale", "web", "3"]).ok();
 
     // Environments.
     cf(&["env", "create", "pr-7", "--ttl", "1h"]).ok();
