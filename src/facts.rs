@@ -50,7 +50,8 @@ pub struct HostFacts {
     pub swarm: SwarmFacts,
     /// Current /etc/docker/daemon.json, when the file exists.
     pub daemon_json: Option<String>,
-    /// sha256 of each managed file that exists.
+    /// `<sha256>:<mode>` (octal) of each managed file that exists: a file with the right
+    /// content but the wrong permissions (0644 holding a proxy password) is written again.
     pub files: BTreeMap<String, String>,
     /// Registries with credentials in the docker client config.
     pub logins: BTreeSet<String>,

@@ -379,7 +379,7 @@ fn bootstrap_steps(
     let mut docker_env_changed = false;
     for f in commands::proxy_files(i.renderer, &i.spec.proxy, init)? {
         let current = facts.and_then(|h| h.files.get(&f.path));
-        if current != Some(&sha256_hex(&f.content)) {
+        if current != Some(&format!("{}:{:o}", sha256_hex(&f.content), f.mode)) {
             docker_env_changed |= f.path != commands::APT_PROXY;
             steps.push(Step::WriteFile {
                 path: f.path,

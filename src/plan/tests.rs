@@ -527,3 +527,52 @@ fn a_live_worker_count_that_differs_from_the_spec_is_noted() {
         "{notes:?}"
     );
 }
+
+#[test]
+fn a_proxy_file_with_the_right_content_but_open_permissions_is_written_again() {
+    let text = format!("{SPEC}proxy:\n  http_proxy: \"http://ci:pw@proxy.corp:3128\"\n");
+    let spec = spec::parse(Path::new("c.yaml"), &text).unwrap();
+    let r = Renderer::new(None).unwrap();
+    let files = crate::commands::proxy_files(&r, &spec.proxy, facts::Init::None).unwrap();
+    let plan_with_mode = |mode: &str| {
+        let mut all = BTreeMap::new();
+        for (name, manager) in [("m1", true), ("w1", false), ("w2", false)] {
+            let mut f = done(manager);
+            for file in &files {
+                f.files.insert(
+                    file.path.clone(),
+                    format!("{}:{mode}", sha256_hex(&file.content)),
+                );
+            }
+            all.insert(name.to_string(), f);
+        }
+        let state = ClusterState::new("demo", "bare-metal");
+        compute(&Inputs {
+            spec: &spec,
+            state: &state,
+            machines: &machines(),
+            provider_actions: &[],
+            facts: &all,
+            renderer: &r,
+        })
+        .unwrap()
+    };
+    // Written 0644 by an earlier version: same content, written again (0600).
+    let open = plan_with_mode("644");
+    assert!(
+        open.actions
+            .iter()
+            .any(|a| matches!(&a.step, Step::WriteFile { mode, .. } if *mode == 0o600)),
+        "{}",
+        lines(&open).join("\n")
+    );
+    let closed = plan_with_mode("600");
+    assert!(
+        !closed
+            .actions
+            .iter()
+            .any(|a| matches!(a.step, Step::WriteFile { .. })),
+        "{}",
+        lines(&closed).join("\n")
+    );
+}
