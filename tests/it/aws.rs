@@ -141,6 +141,20 @@ ec2.terminate_instances(InstanceIds=ids[:1])
         ));
     }
 
+    /// After `down`: no instance, security group, key pair, VPC or subnet tagged `cluster`.
+    pub(crate) fn assert_nothing_tagged(&self, cluster: &str) {
+        let inv = self.inventory(cluster);
+        for k in [
+            "instances",
+            "security_groups",
+            "key_pairs",
+            "vpcs",
+            "subnets",
+        ] {
+            assert_eq!(inv[k], 0, "{k} left after down: {inv}");
+        }
+    }
+
     pub(crate) fn ami(&self) -> String {
         self.boto3(r#"print(ec2.describe_images()["Images"][0]["ImageId"])"#)
     }
@@ -259,16 +273,7 @@ fn aws_provision_reconcile_scale_and_down_leave_nothing() {
     assert!(position(&calls, "DeleteSecurityGroup") < position(&calls, "DeleteVpc"));
     assert!(position(&calls, "DetachInternetGateway") < position(&calls, "DeleteVpc"));
     assert!(position(&calls, "DeleteSubnet") < position(&calls, "DeleteVpc"));
-    let inv = moto.inventory("cfit-aws");
-    for k in [
-        "instances",
-        "security_groups",
-        "key_pairs",
-        "vpcs",
-        "subnets",
-    ] {
-        assert_eq!(inv[k], 0, "{k} left after down: {inv}");
-    }
+    moto.assert_nothing_tagged("cfit-aws");
     assert!(
         moto.cloudflow(d, &["down", "--yes"], &[])
             .0

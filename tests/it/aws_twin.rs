@@ -356,16 +356,7 @@ print(sorted(r["CidrIp"] for p in g["IpPermissions"] for r in p.get("IpRanges", 
     let started = Instant::now();
     cf(&["down", "--yes"], &[]).ok();
     eprintln!("twin: down {:.1}s", started.elapsed().as_secs_f64());
-    let inv = moto.inventory(CLUSTER);
-    for k in [
-        "instances",
-        "security_groups",
-        "key_pairs",
-        "vpcs",
-        "subnets",
-    ] {
-        assert_eq!(inv[k], 0, "{k} left after down: {inv}");
-    }
+    moto.assert_nothing_tagged(CLUSTER);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !Twin::containers().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));

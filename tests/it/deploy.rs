@@ -91,6 +91,17 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
             .push(format!("{}\n{}", run.stdout, run.stderr));
         run
     };
+    // The default environment's web entry in `status -o json`.
+    let web_status = || {
+        let status = cf(&["status", "-o", "json"]).ok().json();
+        status["environments"][0]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "web")
+            .cloned()
+            .unwrap()
+    };
 
     // `up` forms the swarm, starts the proxy and deploys the spec's services.
     let up = cf(&["up", "--yes"]).ok();
@@ -269,14 +280,7 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
         "docker exec $(docker ps -q --filter label=com.docker.swarm.service.name=cloudflow-proxy) nginx -t -q",
     );
     assert!(get(&addr, &live, "/").unwrap().1.starts_with("version=1"));
-    let status = cf(&["status", "-o", "json"]).ok().json();
-    let web = status["environments"][0]["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "web")
-        .cloned()
-        .unwrap();
+    let web = web_status();
     assert_eq!(
         web["color"], "blue",
         "the state still names the colour served: {web}"
@@ -397,14 +401,7 @@ fn blue_green_scale_rollback_and_environments_on_a_lab_swarm() {
         Duration::from_secs(30),
         || running("default-web-green") == 3,
     );
-    let status = cf(&["status", "-o", "json"]).ok().json();
-    let web = status["environments"][0]["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "web")
-        .cloned()
-        .unwrap();
+    let web = web_status();
     assert_eq!(
         (web["color"].as_str(), web["replicas"].as_u64()),
         (Some("green"), Some(3)),
