@@ -265,24 +265,25 @@ pub fn parse_container_spec(json: &str) -> Result<LiveService, String> {
 }
 
 /// The Docker secret that holds `value` for secret `secret` of `service` in `env`: its name
-/// carries a salted fingerprint of the value (secrets are immutable; a new value is a new
-/// secret), so a changed value is noticed without reading any secret back. The salt is the
-/// cluster's own random one, so the name says nothing about the value.
+/// carries a fingerprint of the value (secrets are immutable; a new value is a new secret),
+/// so a changed value is noticed without reading any secret back. The fingerprint is
+/// PBKDF2-HMAC-SHA256 (200 000 rounds) salted with the cluster's own random salt and the
+/// secret's place: a name says nothing about the value, and guessing a weak value from it
+/// costs 200 000 HMACs a try even to someone who also holds the state.
 pub fn secret_name(salt: &str, env: &str, service: &str, secret: &str, value: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for part in [salt, env, service, secret, value] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
+    use sha2::Sha256;
+    let mut place = Vec::new();
+    for part in [salt, env, service, secret] {
+        place.extend((part.len() as u64).to_le_bytes());
+        place.extend(part.as_bytes());
     }
-    let hex: String = h
-        .finalize()
-        .iter()
-        .take(10)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let mut out = [0u8; 10];
+    pbkdf2::pbkdf2_hmac::<Sha256>(value.as_bytes(), &place, SECRET_ROUNDS, &mut out);
+    let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
     format!("cf-{hex}")
 }
+
+const SECRET_ROUNDS: u32 = 200_000;
 
 pub fn convergence(tasks: &[Task], replicas: u32, image: Option<&str>) -> Convergence {
     let wanted: Vec<&Task> = tasks.iter().filter(|t| t.desired == "running").collect();
