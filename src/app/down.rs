@@ -18,6 +18,11 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();
+    if ctx.state.snapshot().adopt_renamed_hosts(&machines) {
+        ctx.state.update(|s| {
+            s.adopt_renamed_hosts(&machines);
+        })?;
+    }
     let state = ctx.state.snapshot();
     let owns = ctx.provider.owns_machines();
 

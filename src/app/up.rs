@@ -40,6 +40,11 @@ async fn compute(
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();
+    if record && ctx.state.snapshot().adopt_renamed_hosts(&machines) {
+        ctx.state.update(|s| {
+            s.adopt_renamed_hosts(&machines);
+        })?;
+    }
     let mut actions = ctx.provider.plan(&machines);
     if !machines.is_empty() {
         actions.extend(ctx.provider.drift().await?);

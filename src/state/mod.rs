@@ -135,6 +135,33 @@ impl Journal for StateHandle {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_records_follow_a_bare_metal_host_when_its_name_changes() {
+        use cloudflow_provider_api::{Machine, Role, SshEndpoint};
+        let m = |name: &str, port: u16| Machine {
+            name: name.into(),
+            id: name.into(),
+            role: Role::Worker,
+            ssh: SshEndpoint {
+                address: "10.0.0.5".into(),
+                port,
+                user: "root".into(),
+            },
+            running: true,
+            private_address: None,
+        };
+        let mut s = super::ClusterState::new("c", "bare-metal");
+        s.host("10.0.0.5").installed_docker = true;
+        // A second host joins the inventory at the same address: names gain their port.
+        assert!(s.adopt_renamed_hosts(&[m("10.0.0.5:22", 22), m("10.0.0.5:2222", 2222)]));
+        assert!(s.hosts["10.0.0.5:22"].installed_docker);
+        assert!(!s.hosts.contains_key("10.0.0.5") && !s.hosts.contains_key("10.0.0.5:2222"));
+        // It leaves again: the name loses its port, the record follows.
+        assert!(s.adopt_renamed_hosts(&[m("10.0.0.5", 22)]));
+        assert!(s.hosts["10.0.0.5"].installed_docker);
+        assert!(!s.adopt_renamed_hosts(&[m("10.0.0.5", 22)]));
+    }
+
     use super::*;
 
     #[test]

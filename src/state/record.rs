@@ -227,4 +227,29 @@ impl ClusterState {
     pub fn host(&mut self, machine: &str) -> &mut HostRecord {
         self.hosts.entry(machine.to_string()).or_default()
     }
+
+    /// Bare-metal machines are named by their address, or `address:port` while another
+    /// host shares the address. When the inventory changes that naming, the record follows
+    /// the host (same address and port) instead of being orphaned under the old name. Returns
+    /// whether anything moved.
+    pub fn adopt_renamed_hosts(&mut self, machines: &[Machine]) -> bool {
+        let named = |n: &str| machines.iter().any(|m| m.name == n);
+        let mut moved = false;
+        for m in machines {
+            if self.hosts.contains_key(&m.name) {
+                continue;
+            }
+            let with_port = format!("{}:{}", m.ssh.address, m.ssh.port);
+            let old = [m.ssh.address.clone(), with_port]
+                .into_iter()
+                .find(|o| *o != m.name && self.hosts.contains_key(o) && !named(o));
+            if let Some(old) = old
+                && let Some(rec) = self.hosts.remove(&old)
+            {
+                self.hosts.insert(m.name.clone(), rec);
+                moved = true;
+            }
+        }
+        moved
+    }
 }
