@@ -18,11 +18,7 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();
-    if ctx.state.snapshot().adopt_renamed_hosts(&machines) {
-        ctx.state.update(|s| {
-            s.adopt_renamed_hosts(&machines);
-        })?;
-    }
+    super::adopt_renamed_hosts(ctx, &machines)?;
     let state = ctx.state.snapshot();
     let owns = ctx.provider.owns_machines();
 

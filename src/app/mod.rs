@@ -112,6 +112,16 @@ impl Session {
     }
 }
 
+/// Move host records to their machines' current names (a write only when one moved).
+fn adopt_renamed_hosts(ctx: &Ctx, machines: &[cloudflow_provider_api::Machine]) -> Result<()> {
+    if ctx.state.snapshot().adopt_renamed_hosts(machines) {
+        ctx.state.update(|s| {
+            s.adopt_renamed_hosts(machines);
+        })?;
+    }
+    Ok(())
+}
+
 /// Where the embedded state (and the lab's SSH key) lives.
 fn state_dir(cli: &Cli, spec: &Spec) -> PathBuf {
     match cli.state.as_deref() {

@@ -40,10 +40,8 @@ async fn compute(
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();
-    if record && ctx.state.snapshot().adopt_renamed_hosts(&machines) {
-        ctx.state.update(|s| {
-            s.adopt_renamed_hosts(&machines);
-        })?;
+    if record {
+        super::adopt_renamed_hosts(ctx, &machines)?;
     }
     let mut actions = ctx.provider.plan(&machines);
     if !machines.is_empty() {

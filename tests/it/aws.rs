@@ -141,6 +141,38 @@ ec2.terminate_instances(InstanceIds=ids[:1])
         ));
     }
 
+    /// Run cloudflow with `args` until it pauses right after its first RunInstances (the
+    /// fault hook), then SIGKILL it there: between RunInstances and its record.
+    pub(crate) fn kill_after_run_instances(&self, dir: &Path, args: &[&str]) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cloudflow"))
+            .current_dir(dir)
+            .args(args)
+            .envs(self.env())
+            .env("CLOUDFLOW_FAULT_PAUSE", "after-run-instances")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut seen = Vec::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            let paused = line.contains("fault: paused");
+            seen.push(line);
+            if paused {
+                break;
+            }
+        }
+        assert!(
+            seen.last().is_some_and(|l| l.contains("fault: paused")),
+            "never reached the pause point:\n{}",
+            seen.join("\n")
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     /// After `down`: no instance, security group, key pair, VPC or subnet tagged `cluster`.
     pub(crate) fn assert_nothing_tagged(&self, cluster: &str) {
         let inv = self.inventory(cluster);
@@ -291,33 +323,7 @@ fn aws_killed_after_run_instances_recovers_without_orphans() {
     let d = dir.path();
     spec(d, "cfit-kill", &ami, 2);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudflow"))
-        .current_dir(d)
-        .args(["up", "--yes", "--until", "provision"])
-        .envs(moto.env())
-        .env("CLOUDFLOW_FAULT_PAUSE", "after-run-instances")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = Vec::new();
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        let paused = line.contains("fault: paused");
-        seen.push(line);
-        if paused {
-            break;
-        }
-    }
-    assert!(
-        seen.last().is_some_and(|l| l.contains("fault: paused")),
-        "never reached the pause point:\n{}",
-        seen.join("\n")
-    );
-    child.kill().unwrap(); // SIGKILL, between RunInstances and its record
-    child.wait().unwrap();
+    moto.kill_after_run_instances(d, &["up", "--yes", "--until", "provision"]);
     assert_eq!(
         moto.inventory("cfit-kill")["instances"],
         1,

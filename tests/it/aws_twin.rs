@@ -4,7 +4,6 @@
 //! user-data (tests/it/peers/ec2_twin.py). cloudflow reaches the instances at their private
 //! addresses (`address: private`) — its own test hosts — never at moto's invented public ones.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -153,9 +152,8 @@ fn on_instance(ip: &str, script: &str) -> String {
     docker_ok(&["exec", &name, "sh", "-c", script])
 }
 
-/// Phase start times from cloudflow's plain progress lines ("... phase bootstrap: ...").
-fn phase_times(stderr: &str, started: Instant, ended: Instant) -> String {
-    let _ = (started, ended);
+/// Cloudflow's timestamped progress lines about phases and waits (where the time went).
+fn phase_times(stderr: &str) -> String {
     stderr
         .lines()
         .filter(|l| l.contains("phase ") || l.contains("waiting for") || l.contains("aws: "))
@@ -194,27 +192,7 @@ fn aws_up_on_the_twin_forms_a_swarm_that_serves_scales_and_goes_away() {
 
     // 3. Killed between RunInstances and the swarm join: the manager's RunInstances ran, the
     //    process dies; the next `up` finishes with the same instance and no second one.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloudflow"))
-        .current_dir(d)
-        .args(["up", "--yes"])
-        .envs(moto.env())
-        .env("CLOUDFLOW_FAULT_PAUSE", "after-run-instances")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line
-            .unwrap()
-            .contains("fault: paused at after-run-instances")
-        {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    moto.kill_after_run_instances(d, &["up", "--yes"]);
     let first = moto.inventory(CLUSTER);
     assert_eq!(first["instances"], 1, "{first}");
 
@@ -226,7 +204,7 @@ fn aws_up_on_the_twin_forms_a_swarm_that_serves_scales_and_goes_away() {
     let up_secs = started.elapsed().as_secs_f64();
     eprintln!(
         "twin: up (3 instances) {up_secs:.1}s\n{}",
-        phase_times(&up.stderr, started, Instant::now())
+        phase_times(&up.stderr)
     );
     let inv = moto.inventory(CLUSTER);
     assert_eq!(
