@@ -44,9 +44,8 @@ async fn compute(
         super::adopt_renamed_hosts(ctx, &machines)?;
     }
     let mut actions = ctx.provider.plan(&machines);
-    if !machines.is_empty() {
-        actions.extend(ctx.provider.drift().await?);
-    }
+    // Also before any machine exists: a crash while the network was made leaves it half made.
+    actions.extend(ctx.provider.drift().await?);
     let facts = if until == Some(PhaseName::Provision) {
         Default::default()
     } else {

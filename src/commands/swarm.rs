@@ -394,17 +394,3 @@ const NEXT_NAME: &str = "cloudflow.conf.next";
 const NEXT: &str = "/etc/cloudflow/proxy/cloudflow.conf.next";
 const HARNESS_NAME: &str = "cloudflow.test-harness";
 const HARNESS: &str = "/etc/cloudflow/proxy/cloudflow.test-harness";
-
-/// Write the proxy configuration before the proxy exists (its first task starts on it),
-/// from stdin like [`proxy_apply`].
-pub fn proxy_write(config: &str) -> Cmd {
-    let mut c = Cmd::script(
-        "proxy-config",
-        Effect::Mutate,
-        format!(
-            "# write the cloudflow proxy configuration\nset -e\nmkdir -p {PROXY_CONF_DIR}\ncat > {NEXT}\nmv {NEXT} {PROXY_CONF}\n"
-        ),
-    );
-    c.stdin = Some(secrecy::SecretString::from(config.to_string()));
-    c
-}

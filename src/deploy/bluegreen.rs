@@ -460,29 +460,45 @@ impl Deployer<'_> {
             }),
         )?;
         self.orch.scale_service(&name, n).await?;
-        let tasks = self.wait_service(&name, n, Some(&live.image)).await?;
-        if n > from
-            && let Some(svc) = self.spec.services.get(svc_name)
-            && r.strategy == Strategy::BlueGreen
-            && let Err(e) = self.gate(svc, &name, &tasks).await
-        {
-            // A failed probe puts things back as they were: the previous replica count, in
-            // the orchestrator and in the state.
+        let routed = self
+            .spec
+            .services
+            .get(svc_name)
+            .filter(|_| r.strategy == Strategy::BlueGreen);
+        let settled = async {
+            let tasks = self.wait_service(&name, n, Some(&live.image)).await?;
+            if n > from
+                && let Some(svc) = routed
+            {
+                self.gate(svc, &name, &tasks).await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = settled {
+            if n < from {
+                return Err(e);
+            }
+            // New replicas that never ran or failed their probe: things go back as they were,
+            // the previous replica count in the orchestrator and in the state.
             self.ui.info(&format!(
-                "{svc_name} in {env}: new replica(s) failed their health check; back to {from}"
+                "{svc_name} in {env}: new replica(s) did not become healthy; back to {from}"
             ));
             self.orch.scale_service(&name, from).await?;
             self.set_color(env, svc_name, r.live, Some(live.clone()))?;
             // Swarm picks which tasks go: check the ones it kept, and say so if one of them
             // is not healthy either.
             let kept = self.wait_service(&name, from, None).await?;
-            let kept_health = match self.gate(svc, &name, &kept).await {
-                Ok(()) => String::new(),
-                Err(k) => format!(" (and not all of them answer healthy now: {k})"),
+            let kept_health = match routed {
+                Some(svc) => match self.gate(svc, &name, &kept).await {
+                    Ok(()) => String::new(),
+                    Err(k) => format!(" (and not all of them answer healthy now: {k})"),
+                },
+                None => String::new(),
             };
             self.publish(&[]).await?;
             return Err(Error::Other(format!(
-                "{svc_name} in {env}: scaling {from} → {n} failed its health gate; {from} replica(s) kept{kept_health}\n{e}"
+                "{svc_name} in {env}: scaling {from} → {n} failed; {from} replica(s) kept{kept_health}\n{e}"
             )));
         }
         if n > from && r.strategy == Strategy::BlueGreen {

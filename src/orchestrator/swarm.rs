@@ -172,7 +172,13 @@ impl Orchestrator for Swarm {
             return Ok(false);
         }
         // The bind-mounted configuration must be in place before the first task starts.
-        self.on_managers(&cmd::proxy_write(config)).await?;
+        // (Over stdin like every file cloudflow writes.)
+        self.on_managers(&commands::write_file(
+            "proxy-config",
+            cmd::PROXY_CONF,
+            config,
+        ))
+        .await?;
         self.exec
             .run(
                 &self.leader,

@@ -69,9 +69,9 @@ fn render(r: std::result::Result<Cmd, crate::render::RenderError>) -> Result<Cmd
     r.map_err(|e| ExecError::Local(e.to_string()))
 }
 
-/// The address a host should advertise to the swarm (an IP: resolve inventory hostnames).
 /// The address Swarm advertises and joins on: the private one where the provider knows it
-/// (members talk inside the network, whatever address cloudflow uses for SSH).
+/// (members talk inside the network, whatever address cloudflow uses for SSH), else the SSH
+/// address resolved to an IP (inventory hostnames).
 pub(super) fn advertise_ip(t: &Target) -> String {
     if let Some(p) = &t.private_address {
         return p.clone();

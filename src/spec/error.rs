@@ -28,7 +28,11 @@ pub enum SpecError {
 }
 
 impl SpecError {
+    /// The snippet comes from `source` with every URL's `user:password@` masked (same
+    /// columns): a proxy URL next to the line in error never shows its password.
     pub fn at(file: &str, source: &str, loc: Location, message: String) -> Self {
+        let masked = mask_credentials(source);
+        let source = masked.as_str();
         let span = offset_of(source, loc).map(|o| SourceSpan::new(o.into(), token_len(source, o)));
         SpecError::At {
             file: file.to_string(),
@@ -50,6 +54,29 @@ impl SpecError {
             .unwrap_or_default();
         SpecError::at(file, source, loc, clean_message(&err.to_string()))
     }
+}
+
+/// Every `scheme://user:password@host` in `text` with the userinfo replaced by `*`, one per
+/// character, so lines and columns stay where they were.
+fn mask_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || "\"',]}/#?".contains(c))
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.extend(tail[..at].chars().map(|_| '*'));
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// serde-saphyr appends " at line X column Y" to messages; we print the location up front.
@@ -97,4 +124,20 @@ fn token_len(source: &str, offset: usize) -> usize {
         .map(char::len_utf8)
         .sum::<usize>()
         .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_urls_are_masked_column_for_column() {
+        let text =
+            "a: \"http://ci:p@ss w\"\nb: [http://u:s3cr%40t@proxy:3128, https://plain.example/x]\n";
+        let masked = super::mask_credentials(text);
+        assert_eq!(
+            masked,
+            "a: \"http://****@ss w\"\nb: [http://**********@proxy:3128, https://plain.example/x]\n"
+        );
+        assert_eq!(masked.len(), text.len());
+        assert_eq!(super::mask_credentials("http://ci:pw@h"), "http://*****@h");
+    }
 }

@@ -323,3 +323,19 @@ fn a_bad_proxy_url_error_never_shows_its_password() {
     assert!(shown.contains("***@proxy.corp:3128"), "{shown}");
     assert!(!shown.contains("s3cr"), "{shown}");
 }
+
+#[test]
+fn an_error_next_to_a_proxy_url_never_shows_its_password() {
+    let text = "name: s\nprovider:\n  lab: { hosts: 1 }\nproxy:\n  http_proxy: \"http://ci:s3cretpw@proxy.corp:3128\"\n  no_proxy: [\"a,b\"]\n";
+    let e = parse(Path::new("s.yaml"), text).unwrap_err();
+    let plain = format!("{e}");
+    let shown = format!("{plain} {:?}", miette::Report::new(e));
+    assert!(
+        shown.contains("s.yaml:6:14") && shown.contains("no_proxy"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("http://") && !shown.contains("s3cretpw"),
+        "{shown}"
+    );
+}
