@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use cloudflow_provider_api::Provider;
 use cloudflow_provider_aws::{Aws, AwsConfig, NetworkChoice};
+use cloudflow_provider_api::SecretToken;
 use cloudflow_provider_baremetal::{BareMetal, Host};
+use cloudflow_provider_gke::plan::RecordedSize;
+use cloudflow_provider_gke::{Credentials as GkeCredentials, Gke, GkeConfig, PoolSpec};
 use cloudflow_provider_lab::{DEFAULT_IMAGE, Lab, LabConfig};
 use serde_json::json;
 
@@ -67,6 +70,7 @@ fn validate(cli: &Cli) -> Result<Report> {
         ProviderSpec::Lab(l) => l.hosts as usize,
         ProviderSpec::BareMetal(b) => b.hosts.len(),
         ProviderSpec::Aws(a) => (a.managers + a.workers) as usize,
+        ProviderSpec::Gke(g) => g.node_pools.iter().map(|p| p.nodes as usize).sum(),
     };
     let mut warnings = Vec::new();
     if let Some(auth) = &spec.registry.auth
@@ -81,10 +85,19 @@ fn validate(cli: &Cli) -> Result<Report> {
     }
     Renderer::new(spec.templates.as_deref())?;
     let mut text = format!(
-        "{}: ok — cluster {}, provider {}, {hosts} host(s), orchestrator swarm, {} service(s)\n",
+        "{}: ok — cluster {}, provider {}, {hosts} {}, orchestrator {}, {} service(s)\n",
         cli.file.display(),
         spec.name,
         spec.provider.kind(),
+        if matches!(spec.provider, ProviderSpec::Gke(_)) {
+            "node(s)"
+        } else {
+            "host(s)"
+        },
+        match spec.orchestrator {
+            spec::Orchestrator::Swarm => "swarm",
+            spec::Orchestrator::Kubernetes => "kubernetes",
+        },
         spec.services.len()
     );
     for w in &warnings {
@@ -155,6 +168,7 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
         )));
     }
     let live_workers = record.workers;
+    let live_pools = record.pools.clone();
     let state = StateHandle::new(store, record);
     let dir = state_dir(cli, &spec);
 
@@ -187,6 +201,16 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
                 Arc::new(Aws::connect(cfg).await?),
                 a.ssh_key.clone(),
                 HostKeyPolicy::AcceptNew,
+                None,
+            )
+        }
+        ProviderSpec::Gke(g) => {
+            let cfg = gke_config(&spec, g, live_pools)?;
+            // No SSH machines: the executor is never used, and needs no key.
+            (
+                Arc::new(Gke::connect(cfg).await?),
+                PathBuf::new(),
+                HostKeyPolicy::Strict,
                 None,
             )
         }
@@ -239,6 +263,75 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
         ctx,
         known,
         _lock: lock,
+    })
+}
+
+/// The GKE provider's view of the spec, the state's pool sizes and the environment:
+/// `CLOUDFLOW_GKE_ENDPOINT` replaces the API's base URL; `CLOUDFLOW_GKE_TOKEN` is a bearer
+/// token; otherwise application default credentials — anonymous only against an overridden
+/// endpoint when no credentials are configured at all.
+fn gke_config(
+    spec: &Spec,
+    g: &spec::GkeSpec,
+    live_pools: BTreeMap<String, state::PoolSize>,
+) -> Result<GkeConfig> {
+    let endpoint = std::env::var("CLOUDFLOW_GKE_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty());
+    if let Some(e) = &endpoint
+        && url::Url::parse(e).is_err()
+    {
+        return Err(Error::Usage(format!(
+            "CLOUDFLOW_GKE_ENDPOINT {e:?} is not a URL (expected e.g. http://127.0.0.1:8080)"
+        )));
+    }
+    let token = std::env::var("CLOUDFLOW_GKE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let adc_configured = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS").is_some()
+        || std::env::var_os("HOME").is_some_and(|h| {
+            Path::new(&h)
+                .join(".config/gcloud/application_default_credentials.json")
+                .exists()
+        });
+    let credentials = match (token, &endpoint) {
+        (Some(t), _) => GkeCredentials::Token(SecretToken::new(t)),
+        (None, Some(_)) if !adc_configured => GkeCredentials::Anonymous,
+        (None, _) => GkeCredentials::ApplicationDefault,
+    };
+    Ok(GkeConfig {
+        cluster: spec.name.clone(),
+        project: g.project.clone(),
+        location: g.location.clone(),
+        release_channel: g.release_channel.clone(),
+        pools: g
+            .node_pools
+            .iter()
+            .map(|p| PoolSpec {
+                name: p.name.clone(),
+                machine_type: p.machine_type.clone(),
+                nodes: p.nodes,
+                autoscaling: p.autoscaling,
+                spot: p.spot,
+            })
+            .collect(),
+        mirrors: spec.registry.mirrors.clone(),
+        insecure: spec.registry.insecure.clone(),
+        recorded: live_pools
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    RecordedSize {
+                        declared: v.declared,
+                        live: v.live,
+                    },
+                )
+            })
+            .collect(),
+        endpoint,
+        credentials,
+        operation_timeout: Duration::from_secs(45 * 60),
     })
 }
 

@@ -51,6 +51,7 @@ impl Phase for Provision {
                 // Verified gone by label/tag: nothing in the journal is owned any more.
                 s.resources.clear();
                 s.workers = None;
+                s.pools.clear();
             }
         })?;
         if report.left.is_empty() {

@@ -3,6 +3,7 @@
 //! Parse errors (unknown keys, wrong types) and validation errors (no manager, duplicate
 //! addresses) both point at `file:line:column` and render with the source snippet (miette).
 
+mod gke;
 mod error;
 pub mod grammar;
 mod services;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 pub use error::SpecError;
+pub use gke::{GkeSpec, NodePoolSpec};
 pub use services::{
     HealthSpec, SecretSource, ServiceSpec, Strategy, parse_duration, valid_secret_name,
     valid_service_name,
@@ -39,6 +41,7 @@ pub enum ProviderSpec {
     Lab(LabSpec),
     BareMetal(BareMetalSpec),
     Aws(AwsSpec),
+    Gke(GkeSpec),
 }
 
 impl ProviderSpec {
@@ -47,6 +50,7 @@ impl ProviderSpec {
             ProviderSpec::Lab(_) => "lab",
             ProviderSpec::BareMetal(_) => "bare-metal",
             ProviderSpec::Aws(_) => "aws",
+            ProviderSpec::Gke(_) => "gke",
         }
     }
 }
@@ -190,6 +194,7 @@ enum RawProvider {
     Lab(RawLab),
     BareMetal(RawBareMetal),
     Aws(RawAws),
+    Gke(gke::RawGke),
 }
 
 #[derive(Deserialize)]
@@ -319,12 +324,21 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         ));
     }
 
+    let is_gke = matches!(raw.provider.value, RawProvider::Gke(_));
     let orchestrator = match raw.orchestrator {
+        // A GKE cluster is Kubernetes.
+        None if is_gke => Orchestrator::Kubernetes,
         None => Orchestrator::Swarm,
-        Some(o) if o.value == Orchestrator::Kubernetes => {
+        Some(o) if is_gke && o.value == Orchestrator::Swarm => {
             return Err(at(
                 Location::of(&o),
-                "orchestrator `kubernetes` is not supported yet; use `swarm`".into(),
+                "a GKE cluster runs Kubernetes: set `orchestrator: kubernetes`".into(),
+            ));
+        }
+        Some(o) if o.value == Orchestrator::Kubernetes && !is_gke => {
+            return Err(at(
+                Location::of(&o),
+                "orchestrator `kubernetes` on lab, bare-metal and aws machines (k3s) is not supported yet; use `swarm`, or provider `gke`".into(),
             ));
         }
         Some(o) => o.value,
@@ -415,6 +429,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                 address: a.address,
             })
         }
+        RawProvider::Gke(g) => ProviderSpec::Gke(gke::parse(g, &at)?),
         RawProvider::BareMetal(bm) => {
             if bm.hosts.value.is_empty() {
                 return Err(at(
@@ -538,6 +553,17 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         .map(Location::of)
         .min_by_key(|l| (l.line, l.column));
     all_services.extend(services::from_spec(raw.services, &at)?);
+    if !all_services.is_empty() && orchestrator == Orchestrator::Kubernetes {
+        let loc = services_at
+            .or(raw.services_from.as_ref().map(Location::of))
+            .unwrap_or_default();
+        return Err(at(
+            loc,
+            "deploying services on Kubernetes needs the Kubernetes orchestrator, which is not built yet: \
+             `up` makes the GKE cluster; deploy to it with kubectl for now (`cloudflow kubeconfig`)"
+                .into(),
+        ));
+    }
     if !all_services.is_empty() {
         let loc = services_at
             .or(raw.services_from.as_ref().map(Location::of))

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 pub use embedded::Embedded;
 pub use record::{
     ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HostRecord, KnownKey,
-    ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
+    PoolSize, ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
 };
 
 use cloudflow_provider_api::{Journal, ProviderError, Resource};
@@ -128,8 +128,21 @@ impl Journal for StateHandle {
     }
 
     fn removed(&self, resource: &Resource) -> Result<(), ProviderError> {
-        self.update(|s| s.remove_resource(resource))
-            .map_err(|e| journal_error(resource, e))
+        self.update(|s| {
+            s.remove_resource(resource);
+            if resource.kind == "node-pool" {
+                s.pools.remove(&resource.name);
+            }
+        })
+        .map_err(|e| journal_error(resource, e))
+    }
+
+    fn pool_size(&self, pool: &str, declared: u32, live: u32) -> Result<(), ProviderError> {
+        self.update(|s| {
+            s.pools
+                .insert(pool.to_string(), record::PoolSize { declared, live });
+        })
+        .map_err(|e| journal_error(&Resource::new("node-pool", pool), e))
     }
 }
 

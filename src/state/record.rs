@@ -23,6 +23,10 @@ pub struct ClusterState {
     /// The live worker count once `nodes scale` changed it; the next `up` keeps it.
     #[serde(default)]
     pub workers: Option<u32>,
+    /// Node pool sizes cloudflow set after creation (GKE), by pool: the spec's size then and
+    /// the size set. The next `up` keeps the live size while the spec still says `declared`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, PoolSize>,
     /// Host keys accepted under `accept-new`, keyed `address:port`.
     #[serde(default)]
     pub known_hosts: BTreeMap<String, KnownKey>,
@@ -36,6 +40,12 @@ pub struct ClusterState {
     /// value itself; no secret value is ever stored.
     #[serde(default)]
     pub secret_salt: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolSize {
+    pub declared: u32,
+    pub live: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -198,6 +208,7 @@ impl ClusterState {
             machines: Vec::new(),
             hosts: BTreeMap::new(),
             workers: None,
+            pools: BTreeMap::new(),
             known_hosts: BTreeMap::new(),
             environments: BTreeMap::new(),
             proxy: None,

@@ -131,6 +131,82 @@ pub trait Journal: Send + Sync {
     fn created(&self, resource: &Resource) -> Result<(), ProviderError>;
     /// Called once `resource` is gone.
     fn removed(&self, resource: &Resource) -> Result<(), ProviderError>;
+    /// Called once a node pool's size was changed: `declared` is the spec's size at the time,
+    /// `live` the size the pool now has. The next `up` keeps `live` while the spec still says
+    /// `declared` (CONTRACT: declared vs live).
+    fn pool_size(&self, _pool: &str, _declared: u32, _live: u32) -> Result<(), ProviderError> {
+        Ok(())
+    }
+}
+
+/// A node pool of a managed cluster, as the provider's API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub name: String,
+    pub machine_type: String,
+    /// The size cloudflow knows the pool to have (the API reports only the initial size).
+    pub size: u32,
+    /// `(min, max)` when the provider scales the pool by itself.
+    pub autoscaling: Option<(u32, u32)>,
+    pub spot: bool,
+    pub version: String,
+    pub status: String,
+}
+
+/// A managed Kubernetes cluster (GKE), as the provider's API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedCluster {
+    pub name: String,
+    pub location: String,
+    pub status: String,
+    pub version: String,
+    /// Total nodes, as the API counts them.
+    pub nodes: u32,
+    pub pools: Vec<PoolView>,
+}
+
+/// A credential that must never be printed: `Debug` shows `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretToken(String);
+
+impl SecretToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        SecretToken(token.into())
+    }
+    /// The token itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How a client authenticates to a managed cluster's Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeAuth {
+    /// A bearer token cloudflow already holds (e.g. `CLOUDFLOW_GKE_TOKEN`).
+    Token(SecretToken),
+    /// A kubectl exec credential plugin that mints tokens itself (`gke-gcloud-auth-plugin`).
+    Exec {
+        command: String,
+        args: Vec<String>,
+        install_hint: String,
+    },
+}
+
+/// The hand-off from a managed-cluster provider to the Kubernetes orchestrator: where the API
+/// server is, the CA that signs its certificate, and how to authenticate. A value, not a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeEndpoint {
+    /// `https://<address>`.
+    pub server: String,
+    /// PEM of the cluster's CA.
+    pub ca_pem: Vec<u8>,
+    pub auth: KubeAuth,
 }
 
 /// Progress lines from a provider's long work (image builds, waits).
@@ -178,9 +254,9 @@ pub enum ProviderError {
 
 /// The interface every provider implements.
 ///
-/// Seams for later issues: `scale` (cloud providers add/remove workers), and a managed-cluster
-/// provider (GKE) that returns no SSH machines but a kubeconfig — it will extend this trait
-/// rather than fake machines.
+/// Providers of machines (lab, bare metal, AWS) return SSH machines from `list`. A managed-cluster
+/// provider (GKE) returns none: it plans everything in `drift` (read from its API), reports its
+/// cluster through `managed_cluster`, and hands the orchestrator a [`KubeEndpoint`].
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     /// Short name used in messages and state: "lab", "bare-metal", "aws".
@@ -233,5 +309,32 @@ pub trait Provider: Send + Sync {
             provider: self.kind(),
             what: "scale workers".into(),
         })
+    }
+
+    /// The managed cluster and its node pools (GKE); `None` for providers of machines, or
+    /// when the cluster does not exist.
+    async fn managed_cluster(&self) -> Result<Option<ManagedCluster>, ProviderError> {
+        Ok(None)
+    }
+
+    /// Resize one node pool of a managed cluster (`nodes scale --pool`), returning when the
+    /// provider's operation is done.
+    async fn scale_pool(
+        &self,
+        _pool: &str,
+        _count: u32,
+        _journal: &dyn Journal,
+        _progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported {
+            provider: self.kind(),
+            what: "scale node pools".into(),
+        })
+    }
+
+    /// Where the managed cluster's Kubernetes API is, once it runs. `None` for providers of
+    /// machines (the orchestrator installs Kubernetes on them itself).
+    async fn kubernetes(&self) -> Result<Option<KubeEndpoint>, ProviderError> {
+        Ok(None)
     }
 }
