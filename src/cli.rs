@@ -109,10 +109,18 @@ pub enum Command {
     )]
     Status,
 
+    /// A kubeconfig for kubectl to reach the cluster's Kubernetes API (GKE). Tokens come from gke-gcloud-auth-plugin; --show-token writes CLOUDFLOW_GKE_TOKEN instead.
+    #[command(
+        after_help = "Examples:\n  cloudflow -f prod.yaml kubeconfig > prod.kubeconfig && KUBECONFIG=prod.kubeconfig kubectl get nodes\n  \
+                            CLOUDFLOW_GKE_TOKEN=$(gcloud auth print-access-token) cloudflow -f prod.yaml kubeconfig --show-token > ci.kubeconfig\n  \
+                            cloudflow -f prod.yaml kubeconfig -o json"
+    )]
+    Kubeconfig(KubeconfigArgs),
+
     /// Machines of the cluster.
     #[command(
         subcommand,
-        after_help = "Example:\n  cloudflow -f cluster.yaml nodes scale +2"
+        after_help = "Examples:\n  cloudflow -f cluster.yaml nodes scale +2\n  cloudflow -f prod.yaml nodes scale +2 --pool default   # GKE"
     )]
     Nodes(NodesCommand),
 
@@ -166,11 +174,13 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum NodesCommand {
-    /// Add or remove workers through the provider. Removed workers are drained and leave the swarm first; added ones are bootstrapped and joined.
+    /// Add or remove workers through the provider. Removed workers are drained and leave the swarm first; added ones are bootstrapped and joined. On GKE, resize a node pool.
     #[command(
         after_help = "Examples:\n  cloudflow -f staging.yaml nodes scale +2     # two more workers\n  \
                             cloudflow -f staging.yaml nodes scale -1     # drain, leave, terminate the newest worker\n  \
-                            cloudflow -f staging.yaml nodes scale 4      # exactly four workers"
+                            cloudflow -f staging.yaml nodes scale 4      # exactly four workers\n  \
+                            cloudflow -f prod.yaml nodes scale +2 --pool default   # GKE: resize one node pool\n\n\
+                            The new size is kept by the next `up` until the spec's own size is edited."
     )]
     Scale(ScaleArgs),
 }
@@ -288,6 +298,17 @@ pub struct ScaleArgs {
     /// How long new workers may take to boot (SSH answering, cloud-init done).
     #[arg(long, env = "CLOUDFLOW_TIMEOUT", value_parser = humantime::parse_duration, default_value = "15m")]
     pub timeout: std::time::Duration,
+
+    /// The node pool to resize (GKE; needed when the spec has more than one).
+    #[arg(long, env = "CLOUDFLOW_POOL", value_name = "NAME")]
+    pub pool: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Write the bearer token from CLOUDFLOW_GKE_TOKEN into the kubeconfig instead of the exec plugin. The file then holds a secret.
+    #[arg(long, env = "CLOUDFLOW_SHOW_TOKEN", value_parser = BoolishValueParser::new())]
+    pub show_token: bool,
 }
 
 #[derive(Debug, Args)]

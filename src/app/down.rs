@@ -7,11 +7,31 @@ use serde_json::json;
 
 use super::{Report, confirm, gather_facts, open};
 use crate::cli::{Cli, OutputFormat};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::phase::PHASES;
 use crate::plan;
+use crate::spec::{ProviderSpec, Spec};
 use crate::state::ResourceStatus;
 use crate::ui::Ui;
+
+/// `deletion_protection` is cloudflow's own guard (the GKE v1 API has none): refuse before any
+/// DELETE is sent, naming the spec line that lifts it.
+fn refuse_if_protected(spec: &Spec, cluster: &str) -> Result<()> {
+    let ProviderSpec::Gke(g) = &spec.provider else {
+        return Ok(());
+    };
+    if !g.deletion_protection {
+        return Ok(());
+    }
+    let at = g
+        .deletion_protection_at
+        .map(|l| format!("{}:{}:{}", spec.path.display(), l.line, l.column))
+        .unwrap_or_else(|| spec.path.display().to_string());
+    Err(Error::Usage(format!(
+        "cluster {cluster} has deletion protection on ({at}: deletion_protection: true); nothing was deleted.\n  \
+         To delete it, set `deletion_protection: false` there and run `down` again."
+    )))
+}
 
 pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
     let s = open(cli, ui.clone(), true, true).await?;
@@ -21,6 +41,11 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
     super::adopt_renamed_hosts(ctx, &machines)?;
     let state = ctx.state.snapshot();
     let owns = ctx.provider.owns_machines();
+    // A managed cluster is found through the API, whoever made it.
+    let managed = ctx.provider.managed_cluster().await?;
+    if let Some(mc) = &managed {
+        refuse_if_protected(&ctx.spec, &mc.name)?;
+    }
 
     let mut destroy: Vec<ProviderAction> = Vec::new();
     let facts = if owns {
@@ -32,12 +57,19 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
         destroy.extend(machines.iter().map(|m| ProviderAction::Destroy {
             resource: Resource::new(kind, &m.name),
         }));
-        // Machines are listed above; batch records ("instances") are not resources of their own.
-        let machine_kinds = ["container", "instance", "instances"];
+        if let Some(mc) = &managed {
+            destroy.push(ProviderAction::Destroy {
+                resource: Resource::new("cluster", &mc.name),
+            });
+        }
+        // Machines are listed above; batch records ("instances") are not resources of their own;
+        // node pools go with their cluster.
+        let machine_kinds = ["container", "instance", "instances", "node-pool"];
         for r in state
             .resources
             .values()
             .filter(|r| !machine_kinds.contains(&r.kind.as_str()))
+            .filter(|r| !(managed.is_some() && r.kind == "cluster"))
         {
             destroy.push(ProviderAction::Destroy {
                 resource: Resource::new(&r.kind, &r.name),

@@ -4,6 +4,7 @@
 mod deploy;
 mod down;
 mod facts;
+mod kubeconfig;
 mod nodes;
 mod ready;
 mod status;
@@ -45,6 +46,36 @@ pub struct Report {
 }
 
 pub async fn run(cli: Cli) -> Result<Report> {
+    run_command(&cli).await.map_err(|e| at_spec_line(&cli, e))
+}
+
+/// A provider's refusal of a spec value (an unknown project, machine type) points at the
+/// line that wrote it, like any other spec error.
+fn at_spec_line(cli: &Cli, e: Error) -> Error {
+    use cloudflow_provider_api::ProviderError;
+    let Error::Provider(ProviderError::Spec { field, message }) = &e else {
+        return e;
+    };
+    let Ok(spec) = spec::load(&cli.file) else {
+        return e;
+    };
+    let ProviderSpec::Gke(g) = &spec.provider else {
+        return e;
+    };
+    let Some(loc) = g.at.get(field) else {
+        return e;
+    };
+    let source = std::fs::read_to_string(&cli.file).unwrap_or_default();
+    Error::Spec(Box::new(spec::SpecError::at(
+        &cli.file.display().to_string(),
+        &source,
+        *loc,
+        format!("{field}: {message}"),
+    )))
+}
+
+async fn run_command(cli: &Cli) -> Result<Report> {
+    let cli = cli;
     let ui = Arc::new(Ui::new(false));
     match &cli.command {
         Command::Validate => validate(&cli),
@@ -53,8 +84,9 @@ pub async fn run(cli: Cli) -> Result<Report> {
         Command::Status => status::status(&cli, ui).await,
         Command::Down(a) => down::down(&cli, a.yes, ui).await,
         Command::Nodes(crate::cli::NodesCommand::Scale(a)) => {
-            nodes::scale(&cli, &a.size, a.until, a.timeout, ui).await
+            nodes::scale(&cli, a, ui).await
         }
+        Command::Kubeconfig(a) => kubeconfig::kubeconfig(&cli, a.show_token, ui).await,
         Command::Deploy(_)
         | Command::Switch(_)
         | Command::StopOld(_)

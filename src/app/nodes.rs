@@ -8,7 +8,8 @@ use cloudflow_provider_api::{Machine, Role};
 use serde_json::json;
 
 use super::{Report, gather_facts, open};
-use crate::cli::Cli;
+use crate::cli::{Cli, ScaleArgs};
+use crate::spec::ProviderSpec;
 use crate::commands;
 use crate::error::{Error, Result};
 use crate::exec::Target;
@@ -34,15 +35,96 @@ pub fn resolve_size(size: &str, live: u32) -> Result<u32> {
 
 /// `until` bounds what happens to the machines: `provision` connects to none (no drain before
 /// removal, no bootstrap after creation); `bootstrap` installs new workers without joining them.
-pub async fn scale(
-    cli: &Cli,
+pub async fn scale(cli: &Cli, args: &ScaleArgs, ui: Arc<Ui>) -> Result<Report> {
+    let s = open(cli, ui.clone(), true, true).await?;
+    if let ProviderSpec::Gke(g) = &s.ctx.spec.provider {
+        return scale_pool(&s, g, &args.size, args.pool.as_deref()).await;
+    }
+    if args.pool.is_some() {
+        return Err(Error::Usage(format!(
+            "--pool applies to node pools (provider gke); the {} provider scales workers",
+            s.ctx.provider.kind()
+        )));
+    }
+    scale_workers(s, &args.size, args.until, args.timeout, ui).await
+}
+
+/// GKE: resize one node pool through the API, returning when the operation is done. GKE
+/// drains the nodes it removes.
+async fn scale_pool(
+    s: &super::Session,
+    g: &crate::spec::GkeSpec,
+    size: &str,
+    pool: Option<&str>,
+) -> Result<Report> {
+    let ctx = &s.ctx;
+    let names: Vec<&str> = g.node_pools.iter().map(|p| p.name.as_str()).collect();
+    let pool = match pool {
+        Some(p) => p.to_string(),
+        None if names.len() == 1 => names[0].to_string(),
+        None => {
+            return Err(Error::Usage(format!(
+                "the cluster has {} node pools: name one with --pool ({})",
+                names.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let mc = ctx.provider.managed_cluster().await?.ok_or_else(|| {
+        Error::Other(format!(
+            "cluster {} does not exist; run `up` first",
+            ctx.spec.name
+        ))
+    })?;
+    let Some(live) = mc.pools.iter().find(|p| p.name == pool) else {
+        return Err(Error::Usage(format!(
+            "cluster {} has no node pool {pool:?} (it has: {})",
+            ctx.spec.name,
+            mc.pools
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let target = resolve_size(size, live.size)?;
+    let cluster = &ctx.spec.name;
+    if target == live.size {
+        return Ok(Report {
+            json: json!({"cluster": cluster, "pool": pool, "changed": false, "nodes": live.size, "message": "no changes"}),
+            text: format!(
+                "nodes scale: cluster {cluster}, pool {pool}: no changes ({} node(s))\n",
+                live.size
+            ),
+        });
+    }
+    ctx.provider
+        .scale_pool(&pool, target, &ctx.state, ctx.ui.as_ref())
+        .await?;
+    let mut text = format!(
+        "nodes scale: cluster {cluster}, pool {pool}: {} → {target} node(s) in {:.1}s\n",
+        live.size,
+        ctx.ui.elapsed().as_secs_f64()
+    );
+    if let Some((min, max)) = live.autoscaling {
+        text.push_str(&format!(
+            "note: the pool autoscales within {min}..{max}; GKE may move it again\n"
+        ));
+    }
+    Ok(Report {
+        json: json!({"cluster": cluster, "pool": pool, "changed": true, "from": live.size, "nodes": target}),
+        text,
+    })
+}
+
+async fn scale_workers(
+    s: super::Session,
     size: &str,
     until: Option<PhaseName>,
     timeout: Duration,
     ui: Arc<Ui>,
 ) -> Result<Report> {
     let reach = |p: PhaseName| until.is_none_or(|u| u >= p);
-    let s = open(cli, ui.clone(), true, true).await?;
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();

@@ -146,10 +146,44 @@ pub async fn status(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
     if let Some(e) = &error {
         text.push_str(&format!("warning: could not ask the swarm: {e}\n"));
     }
+    let managed = ctx.provider.managed_cluster().await?;
+    if let Some(mc) = &managed {
+        text = managed_text(mc);
+    } else if ctx.provider.kind() == "gke" {
+        text = format!(
+            "cluster {} (gke): does not exist (yet); `up` creates it\n",
+            ctx.spec.name
+        );
+    }
     Ok(Report {
         json: json!({"cluster": ctx.spec.name, "provider": ctx.provider.kind(), "nodes": statuses,
+                     "managed": managed,
                      "proxy": state.proxy.as_ref().map(|p| json!({"image": p.image, "port": p.port})),
                      "environments": environments, "error": error}),
         text,
     })
+}
+
+/// A managed cluster (GKE): the cluster and its node pools, as the provider's API reports them.
+fn managed_text(mc: &cloudflow_provider_api::ManagedCluster) -> String {
+    let mut text = format!(
+        "cluster {} (gke, {}): {}, Kubernetes {}, {} node(s)\n",
+        mc.name, mc.location, mc.status, mc.version, mc.nodes
+    );
+    text.push_str(&format!(
+        "  {:<16} {:<16} {:>5} {:<12} {:<10} {}\n",
+        "POOL", "MACHINE TYPE", "SIZE", "AUTOSCALING", "STATUS", "VERSION"
+    ));
+    for p in &mc.pools {
+        let auto = p
+            .autoscaling
+            .map(|(min, max)| format!("{min}..{max}"))
+            .unwrap_or_else(|| "off".into());
+        let spot = if p.spot { " (spot)" } else { "" };
+        text.push_str(&format!(
+            "  {:<16} {:<16} {:>5} {:<12} {:<10} {}{spot}\n",
+            p.name, p.machine_type, p.size, auto, p.status, p.version
+        ));
+    }
+    text
 }

@@ -54,15 +54,16 @@ async fn compute(
         gather_facts(ctx, &hosts).await?
     };
     let state = ctx.state.snapshot();
-    let plan = plan::compute(&Inputs {
+    let mut plan = plan::compute(&Inputs {
         spec: &ctx.spec,
         state: &state,
         machines: &machines,
         provider_actions: &actions,
         facts: &facts,
         renderer: &ctx.renderer,
-    })?
-    .until(until);
+    })?;
+    plan.notes.extend(ctx.provider.plan_notes().await?);
+    let plan = plan.until(until);
     Ok((plan, actions))
 }
 
@@ -95,8 +96,13 @@ pub async fn up(
     let ctx = &s.ctx;
     let checked = ctx.machines().len();
     if plan.is_empty() {
+        let what = if checked == 0 && ctx.provider.kind() == "gke" {
+            "the cluster and its node pools checked".to_string()
+        } else {
+            format!("{checked} host(s) checked")
+        };
         let text = format!(
-            "up: cluster {}: no changes ({checked} host(s) checked in {:.1}s)\n",
+            "up: cluster {}: no changes ({what} in {:.1}s)\n",
             plan.cluster,
             ui.elapsed().as_secs_f64()
         );

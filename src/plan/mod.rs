@@ -256,6 +256,18 @@ pub fn compute(i: &Inputs) -> Result<Plan, PlanError> {
 /// Declared vs live: a worker count changed by `nodes scale` (or a hook) is kept by `up`;
 /// `plan` says so where it differs from the spec.
 fn live_size_notes(i: &Inputs, plan: &mut Plan) {
+    if let crate::spec::ProviderSpec::Gke(_) = &i.spec.provider {
+        if i.spec.proxy.http_proxy.is_some() || i.spec.proxy.https_proxy.is_some() {
+            plan.notes.push(
+                "proxy.http_proxy does not apply on GKE: the nodes are Google's and reach the internet through the VPC (Cloud NAT)".into(),
+            );
+        }
+        if i.spec.registry.auth.is_some() {
+            plan.notes.push(
+                "registry.auth does not apply on GKE: grant the node pools' service account read access to the registry (or use imagePullSecrets)".into(),
+            );
+        }
+    }
     if let crate::spec::ProviderSpec::Aws(a) = &i.spec.provider
         && let Some(live) = i.state.workers
         && live != a.workers

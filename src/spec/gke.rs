@@ -17,6 +17,9 @@ pub struct GkeSpec {
     pub deletion_protection: bool,
     /// Where the spec sets it (for `down`'s refusal), when it does.
     pub deletion_protection_at: Option<Location>,
+    /// Where each field the API may refuse is written, by its path
+    /// (`provider.gke.node_pools[1].machine_type`): API errors point at the line.
+    pub at: std::collections::BTreeMap<String, Location>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -130,8 +133,17 @@ pub(super) fn parse(
             "gke needs at least one node pool".into(),
         ));
     }
+    let mut at_field = std::collections::BTreeMap::new();
+    at_field.insert("provider.gke.project".to_string(), Location::of(&raw.project));
+    at_field.insert("provider.gke.location".to_string(), Location::of(&raw.location));
+    at_field.insert("provider.gke.node_pools".to_string(), Location::of(&raw.node_pools));
     let mut pools: Vec<NodePoolSpec> = Vec::new();
-    for p in raw.node_pools.value {
+    for (i, p) in raw.node_pools.value.into_iter().enumerate() {
+        at_field.insert(
+            format!("provider.gke.node_pools[{i}].machine_type"),
+            Location::of(&p.machine_type),
+        );
+        at_field.insert(format!("provider.gke.node_pools[{i}].name"), Location::of(&p.name));
         if !valid_name(&p.name.value) {
             return Err(at(
                 Location::of(&p.name),
@@ -187,5 +199,6 @@ pub(super) fn parse(
         node_pools: pools,
         deletion_protection: raw.deletion_protection.as_ref().is_some_and(|d| d.value),
         deletion_protection_at: raw.deletion_protection.as_ref().map(Location::of),
+        at: at_field,
     })
 }

@@ -278,6 +278,12 @@ pub trait Provider: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Differences `create` leaves alone, for `plan` to show (a size kept from `nodes scale`,
+    /// a setting the backend cannot change in place). Read after `drift`.
+    async fn plan_notes(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+
     /// Whether new machines finish their first boot with cloud-init, so the core waits for
     /// `cloud-init status --wait` before it bootstraps them.
     fn boots_with_cloud_init(&self) -> bool {

@@ -134,6 +134,8 @@ pub struct Gke {
     client: ClusterManager,
     /// One mutation at a time from this process (GKE allows one operation per cluster).
     serial: tokio::sync::Mutex<()>,
+    /// What `drift` read, for `plan_notes` (one read per plan).
+    seen: std::sync::Mutex<Option<LiveCluster>>,
 }
 
 /// Why an API call failed, in words a user can act on. Never includes credentials: the
@@ -175,6 +177,15 @@ fn api_error(action: &str, e: &google_cloud_gax::error::Error) -> ProviderError 
 fn is_busy(e: &google_cloud_gax::error::Error) -> bool {
     e.status().is_some_and(|s| {
         s.code == Code::FailedPrecondition && s.message.contains("incompatible operation")
+    })
+}
+
+/// A refusal about the project itself (missing, or not open to these credentials) rather than
+/// about a resource in it.
+fn about_project(e: &google_cloud_gax::error::Error) -> bool {
+    e.status().is_some_and(|s| {
+        s.code == Code::PermissionDenied
+            || (s.code == Code::NotFound && s.message.to_lowercase().contains("project "))
     })
 }
 
@@ -293,6 +304,7 @@ impl Gke {
             cfg,
             client,
             serial: tokio::sync::Mutex::new(()),
+            seen: std::sync::Mutex::new(None),
         })
     }
 
@@ -310,8 +322,8 @@ impl Gke {
             .await
         {
             Ok(c) => Ok(Some(live_cluster(&c))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(api_error("get cluster", &e)),
+            Err(e) if is_not_found(&e) && !about_project(&e) => Ok(None),
+            Err(e) => Err(self.spec_error("get cluster", &e)),
         }
     }
 
@@ -337,7 +349,7 @@ impl Gke {
         };
         let msg = &status.message;
         match status.code {
-            Code::PermissionDenied | Code::NotFound if msg.contains("project") => {
+            _ if about_project(e) => {
                 ProviderError::Spec {
                     field: "provider.gke.project".into(),
                     message: format!(
@@ -680,6 +692,7 @@ impl Provider for Gke {
     /// Everything `create` would change, read from the API.
     async fn drift(&self) -> Result<Vec<ProviderAction>, ProviderError> {
         let live = self.inspect().await?;
+        self.seen.lock().unwrap().clone_from(&live);
         if live.is_none() {
             // Preflight before a plan that creates: a bad project or location fails here,
             // with its spec field, before anything is sent.
@@ -689,6 +702,11 @@ impl Provider for Gke {
             .iter()
             .map(|c| c.action(&self.cfg))
             .collect())
+    }
+
+    async fn plan_notes(&self) -> Result<Vec<String>, ProviderError> {
+        let seen = self.seen.lock().unwrap().clone();
+        Ok(plan::notes(&self.cfg, seen.as_ref(), &self.cfg.recorded))
     }
 
     async fn create(&self, journal: &dyn Journal, progress: &dyn Progress) -> Result<Vec<Machine>, ProviderError> {
