@@ -23,7 +23,14 @@ pub fn document(cluster: &str, ep: &KubeEndpoint, show_token: bool) -> Result<se
                     .into(),
             ));
         }
-        (KubeAuth::Exec { command, args, install_hint }, false) => json!({"exec": {
+        (
+            KubeAuth::Exec {
+                command,
+                args,
+                install_hint,
+            },
+            false,
+        ) => json!({"exec": {
             "apiVersion": "client.authentication.k8s.io/v1beta1",
             "command": command, "args": args, "installHint": install_hint,
             "provideClusterInfo": true, "interactiveMode": "IfAvailable"}}),

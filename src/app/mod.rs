@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudflow_provider_api::Provider;
-use cloudflow_provider_aws::{Aws, AwsConfig, NetworkChoice};
 use cloudflow_provider_api::SecretToken;
+use cloudflow_provider_aws::{Aws, AwsConfig, NetworkChoice};
 use cloudflow_provider_baremetal::{BareMetal, Host};
 use cloudflow_provider_gke::plan::RecordedSize;
 use cloudflow_provider_gke::{Credentials as GkeCredentials, Gke, GkeConfig, PoolSpec};
@@ -75,24 +75,21 @@ fn at_spec_line(cli: &Cli, e: Error) -> Error {
 }
 
 async fn run_command(cli: &Cli) -> Result<Report> {
-    let cli = cli;
     let ui = Arc::new(Ui::new(false));
     match &cli.command {
-        Command::Validate => validate(&cli),
-        Command::Plan(a) => up::plan(&cli, a.until, a.timeout, ui).await,
-        Command::Up(a) => up::up(&cli, a.yes, a.until, a.timeout, ui).await,
-        Command::Status => status::status(&cli, ui).await,
-        Command::Down(a) => down::down(&cli, a.yes, ui).await,
-        Command::Nodes(crate::cli::NodesCommand::Scale(a)) => {
-            nodes::scale(&cli, a, ui).await
-        }
-        Command::Kubeconfig(a) => kubeconfig::kubeconfig(&cli, a.show_token, ui).await,
+        Command::Validate => validate(cli),
+        Command::Plan(a) => up::plan(cli, a.until, a.timeout, ui).await,
+        Command::Up(a) => up::up(cli, a.yes, a.until, a.timeout, ui).await,
+        Command::Status => status::status(cli, ui).await,
+        Command::Down(a) => down::down(cli, a.yes, ui).await,
+        Command::Nodes(crate::cli::NodesCommand::Scale(a)) => nodes::scale(cli, a, ui).await,
+        Command::Kubeconfig(a) => kubeconfig::kubeconfig(cli, a.show_token, ui).await,
         Command::Deploy(_)
         | Command::Switch(_)
         | Command::StopOld(_)
         | Command::Rollback(_)
         | Command::Scale(_)
-        | Command::Env(_) => deploy::run(&cli, ui).await,
+        | Command::Env(_) => deploy::run(cli, ui).await,
     }
 }
 

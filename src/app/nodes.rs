@@ -9,12 +9,12 @@ use serde_json::json;
 
 use super::{Report, gather_facts, open};
 use crate::cli::{Cli, ScaleArgs};
-use crate::spec::ProviderSpec;
 use crate::commands;
 use crate::error::{Error, Result};
 use crate::exec::Target;
 use crate::phase::{Bootstrap, Cluster, Phase};
 use crate::plan::{self, Inputs, PhaseName};
+use crate::spec::ProviderSpec;
 use crate::ui::Ui;
 use crate::wait::{Stop, until};
 

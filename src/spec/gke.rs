@@ -67,7 +67,8 @@ fn valid_project(p: &str) -> bool {
     (6..=30).contains(&b.len())
         && b[0].is_ascii_lowercase()
         && !id.ends_with('-')
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// `europe-west1` or `europe-west1-b`.
@@ -75,9 +76,14 @@ fn valid_location(l: &str) -> bool {
     let parts: Vec<&str> = l.split('-').collect();
     (parts.len() == 2 || parts.len() == 3)
         && parts[0].chars().all(|c| c.is_ascii_lowercase())
-        && parts[1].chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && parts[1]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase())
         && parts[1].ends_with(|c: char| c.is_ascii_digit())
-        && parts[1].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && parts[1]
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && parts
             .get(2)
             .is_none_or(|z| z.len() == 1 && z.chars().all(|c| c.is_ascii_lowercase()))
@@ -86,7 +92,8 @@ fn valid_location(l: &str) -> bool {
 fn valid_machine_type(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 63
-        && t.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && t.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
 }
 
 pub(super) fn parse(
@@ -134,16 +141,28 @@ pub(super) fn parse(
         ));
     }
     let mut at_field = std::collections::BTreeMap::new();
-    at_field.insert("provider.gke.project".to_string(), Location::of(&raw.project));
-    at_field.insert("provider.gke.location".to_string(), Location::of(&raw.location));
-    at_field.insert("provider.gke.node_pools".to_string(), Location::of(&raw.node_pools));
+    at_field.insert(
+        "provider.gke.project".to_string(),
+        Location::of(&raw.project),
+    );
+    at_field.insert(
+        "provider.gke.location".to_string(),
+        Location::of(&raw.location),
+    );
+    at_field.insert(
+        "provider.gke.node_pools".to_string(),
+        Location::of(&raw.node_pools),
+    );
     let mut pools: Vec<NodePoolSpec> = Vec::new();
     for (i, p) in raw.node_pools.value.into_iter().enumerate() {
         at_field.insert(
             format!("provider.gke.node_pools[{i}].machine_type"),
             Location::of(&p.machine_type),
         );
-        at_field.insert(format!("provider.gke.node_pools[{i}].name"), Location::of(&p.name));
+        at_field.insert(
+            format!("provider.gke.node_pools[{i}].name"),
+            Location::of(&p.name),
+        );
         if !valid_name(&p.name.value) {
             return Err(at(
                 Location::of(&p.name),
@@ -162,7 +181,10 @@ pub(super) fn parse(
         if !valid_machine_type(&p.machine_type.value) {
             return Err(at(
                 Location::of(&p.machine_type),
-                format!("machine_type {:?}: expected a GCE machine type like e2-standard-4", p.machine_type.value),
+                format!(
+                    "machine_type {:?}: expected a GCE machine type like e2-standard-4",
+                    p.machine_type.value
+                ),
             ));
         }
         let autoscaling = match p.autoscaling {
@@ -170,7 +192,10 @@ pub(super) fn parse(
             Some(a) if a.value.min > a.value.max => {
                 return Err(at(
                     Location::of(&a),
-                    format!("autoscaling min {} is above max {}", a.value.min, a.value.max),
+                    format!(
+                        "autoscaling min {} is above max {}",
+                        a.value.min, a.value.max
+                    ),
                 ));
             }
             Some(a) if !(a.value.min..=a.value.max).contains(&p.nodes.value) => {

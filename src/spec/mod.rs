@@ -3,8 +3,8 @@
 //! Parse errors (unknown keys, wrong types) and validation errors (no manager, duplicate
 //! addresses) both point at `file:line:column` and render with the source snippet (miette).
 
-mod gke;
 mod error;
+mod gke;
 pub mod grammar;
 mod services;
 

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 pub use embedded::Embedded;
 pub use record::{
-    ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HostRecord, KnownKey,
-    PoolSize, ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
+    ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HostRecord, KnownKey, PoolSize,
+    ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
 };
 
 use cloudflow_provider_api::{Journal, ProviderError, Resource};

@@ -8,6 +8,7 @@ mod cli;
 mod deploy;
 mod deploy_fixture;
 mod errors;
+mod gke;
 mod http_proxy;
 mod lab;
 mod ssh;

@@ -213,11 +213,12 @@ fn live_pool(p: &model::NodePool) -> LivePool {
         name: p.name.clone(),
         machine_type: cfg.machine_type,
         initial_nodes: p.initial_node_count.max(0) as u32,
-        autoscaling: p
-            .autoscaling
-            .as_ref()
-            .filter(|a| a.enabled)
-            .map(|a| (a.min_node_count.max(0) as u32, a.max_node_count.max(0) as u32)),
+        autoscaling: p.autoscaling.as_ref().filter(|a| a.enabled).map(|a| {
+            (
+                a.min_node_count.max(0) as u32,
+                a.max_node_count.max(0) as u32,
+            )
+        }),
         spot: cfg.spot,
         version: p.version.clone(),
         status: enum_name(&p.status),
@@ -253,7 +254,10 @@ fn autoscaling(bounds: Option<(u32, u32)>) -> model::NodePoolAutoscaling {
 
 /// containerd registry hosts: every mirror serves Docker Hub; an insecure registry is
 /// reached over `http://`.
-fn registry_hosts(mirrors: &[String], insecure: &[String]) -> Vec<model::containerd_config::RegistryHostConfig> {
+fn registry_hosts(
+    mirrors: &[String],
+    insecure: &[String],
+) -> Vec<model::containerd_config::RegistryHostConfig> {
     use model::containerd_config::RegistryHostConfig;
     use model::containerd_config::registry_host_config::{HostCapability, HostConfig};
     let host = |url: String| {
@@ -264,9 +268,11 @@ fn registry_hosts(mirrors: &[String], insecure: &[String]) -> Vec<model::contain
     let mut out = Vec::new();
     if !mirrors.is_empty() {
         out.push(
-            RegistryHostConfig::new()
-                .set_server("docker.io")
-                .set_hosts(mirrors.iter().map(|m| host(m.trim_end_matches('/').to_string()))),
+            RegistryHostConfig::new().set_server("docker.io").set_hosts(
+                mirrors
+                    .iter()
+                    .map(|m| host(m.trim_end_matches('/').to_string())),
+            ),
         );
     }
     for reg in insecure {
@@ -289,8 +295,9 @@ impl Gke {
             Credentials::Token(t) => builder.with_credentials(
                 google_cloud_auth::credentials::Credentials::from(BearerToken(t.clone())),
             ),
-            Credentials::Anonymous => builder
-                .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build()),
+            Credentials::Anonymous => builder.with_credentials(
+                google_cloud_auth::credentials::anonymous::Builder::new().build(),
+            ),
             Credentials::ApplicationDefault => builder,
         };
         let client = builder.build().await.map_err(|e| ProviderError::Api {
@@ -349,15 +356,13 @@ impl Gke {
         };
         let msg = &status.message;
         match status.code {
-            _ if about_project(e) => {
-                ProviderError::Spec {
-                    field: "provider.gke.project".into(),
-                    message: format!(
-                        "project {:?}: {msg} (check the project id and that these credentials may use it)",
-                        self.cfg.project
-                    ),
-                }
-            }
+            _ if about_project(e) => ProviderError::Spec {
+                field: "provider.gke.project".into(),
+                message: format!(
+                    "project {:?}: {msg} (check the project id and that these credentials may use it)",
+                    self.cfg.project
+                ),
+            },
             Code::InvalidArgument if msg.to_lowercase().contains("location") => {
                 ProviderError::Spec {
                     field: "provider.gke.location".into(),
@@ -374,7 +379,10 @@ impl Gke {
                     .unwrap_or_default();
                 ProviderError::Spec {
                     field: self.cfg.pool_field(&pool, "machine_type"),
-                    message: format!("{msg} (list them with `gcloud compute machine-types list --zones {}`)", self.cfg.location),
+                    message: format!(
+                        "{msg} (list them with `gcloud compute machine-types list --zones {}`)",
+                        self.cfg.location
+                    ),
                 }
             }
             _ => api_error(action, e),
@@ -414,8 +422,13 @@ impl Gke {
         let name = format!("{}/operations/{}", self.cfg.parent(), op.name);
         let what = format!(
             "{} {}",
-            enum_name(&op.operation_type).to_lowercase().replace('_', " "),
-            op.target_link.rsplit("/clusters/").next().unwrap_or_default()
+            enum_name(&op.operation_type)
+                .to_lowercase()
+                .replace('_', " "),
+            op.target_link
+                .rsplit("/clusters/")
+                .next()
+                .unwrap_or_default()
         );
         progress.step(&format!("gke: {what}: waiting for operation {}", op.name));
         let deadline = tokio::time::Instant::now() + self.cfg.operation_timeout;
@@ -562,14 +575,34 @@ impl Gke {
                 "extended" => Channel::Extended,
                 _ => Channel::Regular,
             };
-            cluster = cluster.set_release_channel(model::ReleaseChannel::new().set_channel(channel));
+            cluster =
+                cluster.set_release_channel(model::ReleaseChannel::new().set_channel(channel));
         }
         cluster
     }
 
-    async fn apply(&self, change: &Change, journal: &dyn Journal, progress: &dyn Progress) -> Result<(), ProviderError> {
+    async fn apply(
+        &self,
+        change: &Change,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
         let c = &self.client;
         match change {
+            Change::AwaitCluster(_) => {
+                self.wait_idle(progress).await?;
+                let now = self.inspect().await?.map(|l| l.status).unwrap_or_default();
+                if now != "RUNNING" {
+                    return Err(ProviderError::Api {
+                        provider: PROVIDER,
+                        action: "wait for the cluster".into(),
+                        message: format!(
+                            "cluster {} is {now} with no operation running; see `gcloud container clusters describe {} --location {}`",
+                            self.cfg.cluster, self.cfg.cluster, self.cfg.location
+                        ),
+                    });
+                }
+            }
             Change::CreateCluster => {
                 let resource = Resource::new("cluster", &self.cfg.cluster);
                 journal.intend(&resource)?;
@@ -617,7 +650,9 @@ impl Gke {
             }
             Change::DeletePool(name) => {
                 self.mutate(&format!("delete node pool {name}"), progress, || {
-                    c.delete_node_pool().set_name(self.cfg.pool_name(name)).send()
+                    c.delete_node_pool()
+                        .set_name(self.cfg.pool_name(name))
+                        .send()
                 })
                 .await?;
                 journal.removed(&Resource::new("node-pool", name))?;
@@ -626,7 +661,12 @@ impl Gke {
         Ok(())
     }
 
-    async fn set_size(&self, pool: &str, to: u32, progress: &dyn Progress) -> Result<(), ProviderError> {
+    async fn set_size(
+        &self,
+        pool: &str,
+        to: u32,
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
         self.mutate(&format!("resize node pool {pool}"), progress, || {
             self.client
                 .set_node_pool_size()
@@ -644,7 +684,10 @@ impl Gke {
             return Err(ProviderError::Api {
                 provider: PROVIDER,
                 action: "read the cluster endpoint".into(),
-                message: format!("cluster {} is {}, not RUNNING", self.cfg.cluster, live.status),
+                message: format!(
+                    "cluster {} is {}, not RUNNING",
+                    self.cfg.cluster, live.status
+                ),
             });
         }
         let ca_pem = base64::engine::general_purpose::STANDARD
@@ -709,7 +752,11 @@ impl Provider for Gke {
         Ok(plan::notes(&self.cfg, seen.as_ref(), &self.cfg.recorded))
     }
 
-    async fn create(&self, journal: &dyn Journal, progress: &dyn Progress) -> Result<Vec<Machine>, ProviderError> {
+    async fn create(
+        &self,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Machine>, ProviderError> {
         self.preflight().await?;
         // A run killed mid-operation left it running: wait for it, then plan from what it made.
         self.wait_idle(progress).await?;
@@ -722,11 +769,17 @@ impl Provider for Gke {
             action: "create cluster".into(),
             message: "the cluster is not listed after its operation finished".into(),
         })?;
+        // It exists, whichever run made it (one killed before recording it included).
+        journal.created(&Resource::new("cluster", &self.cfg.cluster))?;
         self.endpoint_of(&live)?;
         Ok(Vec::new())
     }
 
-    async fn destroy(&self, journal: &dyn Journal, progress: &dyn Progress) -> Result<DestroyReport, ProviderError> {
+    async fn destroy(
+        &self,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<DestroyReport, ProviderError> {
         let mut report = DestroyReport::default();
         let resource = Resource::new("cluster", &self.cfg.cluster);
         self.wait_idle(progress).await?;
@@ -789,11 +842,20 @@ impl Provider for Gke {
         }))
     }
 
-    async fn scale_pool(&self, pool: &str, count: u32, journal: &dyn Journal, progress: &dyn Progress) -> Result<(), ProviderError> {
+    async fn scale_pool(
+        &self,
+        pool: &str,
+        count: u32,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
         let live = self.inspect().await?.ok_or_else(|| ProviderError::Api {
             provider: PROVIDER,
             action: format!("resize node pool {pool}"),
-            message: format!("cluster {} does not exist; run `up` first", self.cfg.cluster),
+            message: format!(
+                "cluster {} does not exist; run `up` first",
+                self.cfg.cluster
+            ),
         })?;
         if !live.pools.iter().any(|p| p.name == pool) {
             return Err(ProviderError::Spec {
@@ -801,7 +863,11 @@ impl Provider for Gke {
                 message: format!(
                     "cluster {} has no node pool {pool:?} (it has: {})",
                     self.cfg.cluster,
-                    live.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                    live.pools
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         }

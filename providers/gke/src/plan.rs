@@ -41,6 +41,8 @@ pub struct RecordedSize {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     CreateCluster,
+    /// The cluster exists but is not RUNNING (an operation a killed run left behind): wait.
+    AwaitCluster(String),
     CreatePool(String),
     SetAutoscaling {
         pool: String,
@@ -61,6 +63,10 @@ impl Change {
             Change::CreateCluster => ProviderAction::Create {
                 resource: Resource::new("cluster", &cfg.cluster),
                 role: None,
+            },
+            Change::AwaitCluster(status) => ProviderAction::Update {
+                resource: Resource::new("cluster", &cfg.cluster),
+                change: format!("wait until it runs (now {status})"),
             },
             Change::CreatePool(p) => ProviderAction::Create {
                 resource: pool(p),
@@ -107,6 +113,9 @@ pub fn changes(
         return vec![Change::CreateCluster];
     };
     let mut out = Vec::new();
+    if live.status != "RUNNING" {
+        out.push(Change::AwaitCluster(live.status.clone()));
+    }
     for spec in &cfg.pools {
         let Some(pool) = live.pools.iter().find(|p| p.name == spec.name) else {
             out.push(Change::CreatePool(spec.name.clone()));

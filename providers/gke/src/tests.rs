@@ -30,7 +30,10 @@ fn cfg(pools: Vec<PoolSpec>) -> GkeConfig {
     }
 }
 
-fn live(pools: &[(&str, u32, Option<(u32, u32)>)]) -> LiveCluster {
+/// (name, size, autoscaling bounds)
+type Pool<'a> = (&'a str, u32, Option<(u32, u32)>);
+
+fn live(pools: &[Pool]) -> LiveCluster {
     LiveCluster {
         status: "RUNNING".into(),
         version: "1.33".into(),
@@ -55,12 +58,18 @@ fn live(pools: &[(&str, u32, Option<(u32, u32)>)]) -> LiveCluster {
 #[test]
 fn a_missing_cluster_is_created_with_every_pool_in_one_change() {
     let c = cfg(vec![pool("default", 3, None), pool("batch", 0, None)]);
-    assert_eq!(changes(&c, None, &BTreeMap::new()), vec![Change::CreateCluster]);
+    assert_eq!(
+        changes(&c, None, &BTreeMap::new()),
+        vec![Change::CreateCluster]
+    );
 }
 
 #[test]
 fn a_cluster_as_the_spec_says_needs_nothing() {
-    let c = cfg(vec![pool("default", 3, Some((1, 10))), pool("batch", 0, None)]);
+    let c = cfg(vec![
+        pool("default", 3, Some((1, 10))),
+        pool("batch", 0, None),
+    ]);
     let l = live(&[("default", 3, Some((1, 10))), ("batch", 0, None)]);
     assert_eq!(changes(&c, Some(&l), &BTreeMap::new()), vec![]);
     assert!(notes(&c, Some(&l), &BTreeMap::new()).is_empty());
@@ -68,13 +77,28 @@ fn a_cluster_as_the_spec_says_needs_nothing() {
 
 #[test]
 fn pools_are_added_resized_rebounded_and_removed() {
-    let c = cfg(vec![pool("default", 4, None), pool("web", 2, Some((2, 6))), pool("new", 1, None)]);
-    let l = live(&[("default", 3, None), ("web", 2, Some((1, 5))), ("old", 1, None)]);
+    let c = cfg(vec![
+        pool("default", 4, None),
+        pool("web", 2, Some((2, 6))),
+        pool("new", 1, None),
+    ]);
+    let l = live(&[
+        ("default", 3, None),
+        ("web", 2, Some((1, 5))),
+        ("old", 1, None),
+    ]);
     assert_eq!(
         changes(&c, Some(&l), &BTreeMap::new()),
         vec![
-            Change::SetSize { pool: "default".into(), from: 3, to: 4 },
-            Change::SetAutoscaling { pool: "web".into(), to: Some((2, 6)) },
+            Change::SetSize {
+                pool: "default".into(),
+                from: 3,
+                to: 4
+            },
+            Change::SetAutoscaling {
+                pool: "web".into(),
+                to: Some((2, 6))
+            },
             Change::CreatePool("new".into()),
             Change::DeletePool("old".into()),
         ]
@@ -85,7 +109,13 @@ fn pools_are_added_resized_rebounded_and_removed() {
 fn a_size_set_by_nodes_scale_is_kept_until_the_spec_changes() {
     let l = live(&[("default", 3, None)]);
     let mut rec = BTreeMap::new();
-    rec.insert("default".to_string(), RecordedSize { declared: 3, live: 5 });
+    rec.insert(
+        "default".to_string(),
+        RecordedSize {
+            declared: 3,
+            live: 5,
+        },
+    );
     let same = cfg(vec![pool("default", 3, None)]);
     assert_eq!(changes(&same, Some(&l), &rec), vec![]);
     assert_eq!(
@@ -95,13 +125,20 @@ fn a_size_set_by_nodes_scale_is_kept_until_the_spec_changes() {
     let edited = cfg(vec![pool("default", 2, None)]);
     assert_eq!(
         changes(&edited, Some(&l), &rec),
-        vec![Change::SetSize { pool: "default".into(), from: 5, to: 2 }]
+        vec![Change::SetSize {
+            pool: "default".into(),
+            from: 5,
+            to: 2
+        }]
     );
 }
 
 #[test]
 fn registry_hosts_carry_mirrors_for_docker_hub_and_insecure_registries_over_http() {
-    let hosts = crate::registry_hosts(&["https://mirror.example:5000/".into()], &["reg:5000".into()]);
+    let hosts = crate::registry_hosts(
+        &["https://mirror.example:5000/".into()],
+        &["reg:5000".into()],
+    );
     assert_eq!(hosts.len(), 2);
     assert_eq!(hosts[0].server, "docker.io");
     assert_eq!(hosts[0].hosts[0].host, "https://mirror.example:5000");
