@@ -117,9 +117,64 @@ fn duplicate_host_and_bad_name_and_kubernetes_are_rejected() {
     );
     let k8s = err("name: d\nprovider:\n  lab: { hosts: 1 }\norchestrator: kubernetes\n");
     assert!(
-        k8s.starts_with("cluster.yaml:4:15: orchestrator `kubernetes` is not supported yet"),
+        k8s.starts_with("cluster.yaml:4:15: orchestrator `kubernetes` on lab, bare-metal and aws machines (k3s) is not supported yet"),
         "{k8s}"
     );
+}
+
+const GKE: &str = "name: prod\nprovider:\n  gke:\n    project: my-project\n    location: europe-west1-b\n    node_pools:\n      - { name: default, machine_type: e2-standard-4, nodes: 3, autoscaling: { min: 1, max: 10 } }\n";
+
+#[test]
+fn gke_spec_is_kubernetes_and_knows_where_each_field_is() {
+    let spec = crate::spec::parse(std::path::Path::new("cluster.yaml"), GKE).unwrap();
+    assert_eq!(spec.orchestrator, crate::spec::Orchestrator::Kubernetes);
+    let crate::spec::ProviderSpec::Gke(g) = &spec.provider else {
+        panic!("not gke")
+    };
+    assert_eq!(g.node_pools[0].autoscaling, Some((1, 10)));
+    assert!(!g.deletion_protection);
+    let at = g.at["provider.gke.node_pools[0].machine_type"];
+    assert_eq!((at.line, at.column), (7, 40));
+}
+
+#[test]
+fn gke_spec_errors_point_at_the_field() {
+    let cases = [
+        (
+            GKE.replace("my-project", "My_Project"),
+            "cluster.yaml:4:14: gke project",
+        ),
+        (
+            GKE.replace("europe-west1-b", "mars"),
+            "cluster.yaml:5:15: gke location",
+        ),
+        (
+            GKE.replace("name: default", "name: Default"),
+            "cluster.yaml:7:17: node pool name",
+        ),
+        (
+            GKE.replace("min: 1, max: 10", "min: 5, max: 10"),
+            "cluster.yaml:7:62: nodes 3 is outside autoscaling 5..10",
+        ),
+        (
+            GKE.replace("e2-standard-4", "E2 big"),
+            "cluster.yaml:7:40: machine_type",
+        ),
+        (
+            format!("{GKE}orchestrator: swarm\n"),
+            "cluster.yaml:8:15: a GKE cluster runs Kubernetes",
+        ),
+        (
+            format!(
+                "{GKE}proxy: {{ image: nginx:1, domain: d.test }}\nservices:\n  web: {{ image: web:1, port: 80 }}\n"
+            ),
+            "cluster.yaml:10:3: deploying services on Kubernetes",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.starts_with(want), "{want}\n got: {e}");
+    }
 }
 
 #[test]
@@ -163,7 +218,7 @@ fn unknown_provider_lists_the_known_ones() {
     let e = err("name: demo\nprovider:\n  lib: {}\n");
     assert_eq!(
         e,
-        "cluster.yaml:3:3: unknown variant `lib`, expected one of lab, bare_metal, aws"
+        "cluster.yaml:3:3: unknown variant `lib`, expected one of lab, bare_metal, aws, gke"
     );
 }
 
