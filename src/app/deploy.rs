@@ -11,18 +11,18 @@ use crate::cli::{Cli, Command, EnvCommand};
 use crate::deploy::flow::{DeployOpts, Outcome};
 use crate::deploy::{self, Deployer};
 use crate::error::Result;
-use crate::orchestrator::Swarm;
+use crate::orchestrator::Orchestrator;
 use crate::ui::Ui;
 
-/// An open cluster with its swarm: what a deployer borrows.
+/// An open cluster with its orchestrator: what a deployer borrows.
 pub struct DeploySite {
     pub session: Session,
-    pub swarm: Swarm,
+    pub orch: Box<dyn Orchestrator>,
 }
 
 impl DeploySite {
     pub fn deployer(&self, timeout: Duration) -> Deployer<'_> {
-        crate::phase::deploy::deployer(&self.session.ctx, &self.swarm, timeout)
+        crate::phase::deploy::deployer(&self.session.ctx, self.orch.as_ref(), timeout)
     }
 }
 
@@ -30,8 +30,8 @@ async fn site(cli: &Cli, ui: Arc<Ui>) -> Result<DeploySite> {
     let session = open(cli, ui, true, true).await?;
     let machines = session.ctx.provider.list().await?;
     *session.ctx.machines.lock().unwrap() = machines.clone();
-    let swarm = crate::phase::deploy::swarm(&session.ctx)?;
-    Ok(DeploySite { session, swarm })
+    let orch = crate::phase::deploy::orchestrator(&session.ctx).await?;
+    Ok(DeploySite { session, orch })
 }
 
 fn report(o: Outcome) -> Report {

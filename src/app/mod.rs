@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudflow_provider_api::Provider;
-use cloudflow_provider_api::SecretToken;
+use cloudflow_provider_api::{ProviderError, SecretToken};
 use cloudflow_provider_aws::{Aws, AwsConfig, NetworkChoice};
 use cloudflow_provider_baremetal::{BareMetal, Host};
 use cloudflow_provider_gke::plan::RecordedSize;
@@ -100,6 +100,7 @@ fn validate(cli: &Cli) -> Result<Report> {
         ProviderSpec::BareMetal(b) => b.hosts.len(),
         ProviderSpec::Aws(a) => (a.managers + a.workers) as usize,
         ProviderSpec::Gke(g) => g.node_pools.iter().map(|p| p.nodes as usize).sum(),
+        ProviderSpec::Existing => 0,
     };
     let mut warnings = Vec::new();
     if let Some(auth) = &spec.registry.auth
@@ -137,6 +138,45 @@ fn validate(cli: &Cli) -> Result<Report> {
                "services": spec.services.keys().collect::<Vec<_>>(), "warnings": warnings}),
         text,
     })
+}
+
+/// No provider: an existing Kubernetes cluster (`kubernetes.kubeconfig`). Nothing to make,
+/// nothing to destroy; the orchestrator reaches the cluster through the kubeconfig.
+struct ExistingCluster;
+
+#[async_trait::async_trait]
+impl Provider for ExistingCluster {
+    fn kind(&self) -> &'static str {
+        "existing"
+    }
+    fn owns_machines(&self) -> bool {
+        false
+    }
+    async fn list(
+        &self,
+    ) -> std::result::Result<Vec<cloudflow_provider_api::Machine>, ProviderError> {
+        Ok(Vec::new())
+    }
+    fn plan(
+        &self,
+        _: &[cloudflow_provider_api::Machine],
+    ) -> Vec<cloudflow_provider_api::ProviderAction> {
+        Vec::new()
+    }
+    async fn create(
+        &self,
+        _: &dyn cloudflow_provider_api::Journal,
+        _: &dyn cloudflow_provider_api::Progress,
+    ) -> std::result::Result<Vec<cloudflow_provider_api::Machine>, ProviderError> {
+        Ok(Vec::new())
+    }
+    async fn destroy(
+        &self,
+        _: &dyn cloudflow_provider_api::Journal,
+        _: &dyn cloudflow_provider_api::Progress,
+    ) -> std::result::Result<cloudflow_provider_api::DestroyReport, ProviderError> {
+        Ok(Default::default())
+    }
 }
 
 /// An open cluster: spec, state (locked), provider and executor.
@@ -233,6 +273,12 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
                 None,
             )
         }
+        ProviderSpec::Existing => (
+            Arc::new(ExistingCluster),
+            PathBuf::new(),
+            HostKeyPolicy::Strict,
+            None,
+        ),
         ProviderSpec::Gke(g) => {
             let cfg = gke_config(&spec, g, live_pools)?;
             // No SSH machines: the executor is never used, and needs no key.

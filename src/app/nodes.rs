@@ -207,6 +207,7 @@ async fn scale_workers(
             provider_actions: &[],
             facts: &facts,
             renderer: &ctx.renderer,
+            cluster_view: None,
         })?;
         for phase in [&Bootstrap as &dyn Phase, &Cluster] {
             if reach(phase.name()) && phase.should_run(&plan) {

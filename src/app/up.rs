@@ -53,6 +53,13 @@ async fn compute(
         super::ready::wait_booted(ctx, &hosts, timeout, record).await?;
         gather_facts(ctx, &hosts).await?
     };
+    let view = if until == Some(PhaseName::Provision)
+        || ctx.spec.orchestrator != crate::spec::Orchestrator::Kubernetes
+    {
+        None
+    } else {
+        Some(cluster_view(ctx, !actions.is_empty()).await?)
+    };
     let state = ctx.state.snapshot();
     let mut plan = plan::compute(&Inputs {
         spec: &ctx.spec,
@@ -61,10 +68,34 @@ async fn compute(
         provider_actions: &actions,
         facts: &facts,
         renderer: &ctx.renderer,
+        cluster_view: view.as_ref(),
     })?;
     plan.notes.extend(ctx.provider.plan_notes().await?);
     let plan = plan.until(until);
     Ok((plan, actions))
+}
+
+/// What runs on a Kubernetes cluster, from its API. A cluster the provider is still making
+/// runs nothing yet.
+async fn cluster_view(ctx: &crate::phase::Ctx, provider_busy: bool) -> Result<plan::ClusterView> {
+    let empty = || plan::ClusterView {
+        workloads: Default::default(),
+        proxy: crate::orchestrator::proxy_workload(),
+        naming: crate::orchestrator::workload_name,
+    };
+    if ctx.spec.kubernetes.kubeconfig.is_none() {
+        match ctx.provider.kubernetes().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(empty()),
+            Err(_) if provider_busy => return Ok(empty()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let k = crate::phase::deploy::kubernetes(ctx).await?;
+    Ok(plan::ClusterView {
+        workloads: k.workloads().await?,
+        ..empty()
+    })
 }
 
 pub async fn plan(

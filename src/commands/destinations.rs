@@ -403,7 +403,16 @@ fn nginx_conf(spec: &Spec) -> String {
         node: "h1".into(),
     }];
     let domain = spec.proxy.domain.as_deref().unwrap();
-    deploy::proxy_config(&Renderer::new(None).unwrap(), &state, domain, 1, &probes).unwrap()
+    deploy::proxy_config(
+        &Renderer::new(None).unwrap(),
+        "nginx-routes.conf",
+        &deploy::swarm_upstream,
+        &state,
+        domain,
+        1,
+        &probes,
+    )
+    .unwrap()
 }
 
 /// Every destination reads back the spec's values exactly.

@@ -23,6 +23,10 @@ pub struct ServiceRun {
     pub networks: Vec<(String, Option<String>)>,
     /// Docker secrets to mount under `/run/secrets/`.
     pub secrets: Vec<SecretRef>,
+    /// The port the service listens on and its health path (Kubernetes' readiness probe;
+    /// Swarm gates through the proxy instead).
+    pub port: Option<u16>,
+    pub health_path: String,
 }
 
 /// A Docker secret mounted into a service: `/run/secrets/<target>` holds secret `name`.

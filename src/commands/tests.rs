@@ -277,6 +277,8 @@ fn swarm_service_builders_are_exact() {
             name: "cf-new".into(),
             target: "api_token".into(),
         }],
+        port: Some(8080),
+        health_path: "/healthz".into(),
     };
     assert_eq!(
         service_create(&run).command_line(),

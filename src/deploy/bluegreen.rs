@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::flow::{DeployOpts, Deployer, Outcome, now};
-use super::{color_service, resolve_replicas, service_name};
+use super::resolve_replicas;
 use crate::error::{Error, Result};
 use crate::spec::{ServiceSpec, Strategy};
 use crate::state::{Color, ColorRecord, ServiceRecord};
@@ -72,7 +72,7 @@ impl Deployer<'_> {
             self.ui.info(n);
         }
         let first = existing.is_none();
-        let name = color_service(env, &svc.name, color);
+        let name = self.orch.workload(env, &svc.name, svc.strategy, color);
         // Record before creating: a crash leaves a record `down`/`env destroy` can act on.
         self.update(|s| {
             let e = s.environments.get_mut(env).expect("env exists");
@@ -181,7 +181,7 @@ impl Deployer<'_> {
         prev: Option<ColorRecord>,
         first: bool,
     ) -> Result<()> {
-        let name = color_service(env, &svc.name, color);
+        let name = self.orch.workload(env, &svc.name, svc.strategy, color);
         self.orch
             .remove_services(std::slice::from_ref(&name))
             .await?;
@@ -213,7 +213,9 @@ impl Deployer<'_> {
         image: &str,
         opts: &DeployOpts,
     ) -> Result<Outcome> {
-        let name = super::inplace_service(env, &svc.name);
+        let name = self
+            .orch
+            .workload(env, &svc.name, Strategy::InPlace, Color::Blue);
         let existing = self.deployed(env, &svc.name).and_then(|r| r.blue);
         let current = existing
             .as_ref()
@@ -329,7 +331,7 @@ impl Deployer<'_> {
         color: Color,
         rec: &ColorRecord,
     ) -> Result<()> {
-        let name = color_service(env, &svc.name, color);
+        let name = self.orch.workload(env, &svc.name, svc.strategy, color);
         self.orch.scale_service(&name, rec.replicas).await?;
         let tasks = self
             .wait_service(&name, rec.replicas, Some(&rec.image))
@@ -365,7 +367,7 @@ impl Deployer<'_> {
             }),
         )?;
         self.publish(&[]).await?;
-        let name = color_service(env, svc_name, old);
+        let name = self.orch.workload(env, svc_name, Strategy::BlueGreen, old);
         self.orch.scale_service(&name, 0).await?;
         self.wait_service(&name, 0, None).await?;
         Ok(Outcome::new(
@@ -404,7 +406,7 @@ impl Deployer<'_> {
             // A failed gate puts things back as they were: the colour at its old count.
             self.set_color(env, svc_name, to, before.clone())?;
             if let Some(b) = &before {
-                let name = color_service(env, svc_name, to);
+                let name = self.orch.workload(env, svc_name, Strategy::BlueGreen, to);
                 self.orch.scale_service(&name, b.replicas).await?;
                 self.wait_service(&name, b.replicas, None).await?;
             }
@@ -449,7 +451,7 @@ impl Deployer<'_> {
                 json!({"service": svc_name, "env": env, "replicas": n, "note": note, "changed": false}),
             ));
         }
-        let name = service_name(env, svc_name, r.strategy, r.live);
+        let name = self.orch.workload(env, svc_name, r.strategy, r.live);
         self.set_color(
             env,
             svc_name,
@@ -524,7 +526,7 @@ impl Deployer<'_> {
         for s in &services {
             self.wait_service(s, 0, None).await?;
         }
-        self.orch.remove_networks(&filter).await?;
+        self.orch.remove_spaces(&filter).await?;
         self.orch.remove_secrets(&filter, false).await?;
         self.update(|s| {
             s.environments.clear();

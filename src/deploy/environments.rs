@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::flow::{Deployer, Outcome, now, rfc3339};
-use super::{DEFAULT_ENV, env_network, labels, valid_env_name};
+use super::{DEFAULT_ENV, labels, valid_env_name};
 use crate::error::{Error, Result};
 use crate::state::EnvRecord;
 
@@ -36,8 +36,22 @@ impl Deployer<'_> {
                 )
             })?;
         }
+        self.ensure_env_space(env).await
+    }
+
+    /// The environment's space (Swarm: network; Kubernetes: namespace), labelled, with its
+    /// expiry as an annotation.
+    async fn ensure_env_space(&self, env: &str) -> Result<()> {
+        let mut annotations = std::collections::BTreeMap::new();
+        if let Some(x) = self.env_record(env).and_then(|e| e.expires) {
+            annotations.insert("cloudflow.expires".to_string(), x);
+        }
         self.orch
-            .ensure_network(&env_network(env), &labels(self.cluster(), env, None, None))
+            .ensure_space(
+                &self.orch.env_space(env),
+                &labels(self.cluster(), env, None, None),
+                &annotations,
+            )
             .await
     }
 
@@ -52,9 +66,7 @@ impl Deployer<'_> {
         let expires =
             ttl.map(|t| rfc3339(created_at + chrono::Duration::from_std(t).unwrap_or_default()));
         if let Some(e) = self.env_record(env) {
-            self.orch
-                .ensure_network(&env_network(env), &labels(self.cluster(), env, None, None))
-                .await?;
+            self.ensure_env_space(env).await?;
             return Ok(Outcome::new(
                 false,
                 format!(
@@ -75,14 +87,12 @@ impl Deployer<'_> {
                 },
             )
         })?;
-        self.orch
-            .ensure_network(&env_network(env), &labels(self.cluster(), env, None, None))
-            .await?;
+        self.ensure_env_space(env).await?;
         Ok(Outcome::new(
             true,
             format!(
-                "environment {env} created (network {}, expires {}); deploy into it with `cloudflow deploy SERVICE --env {env}`",
-                env_network(env),
+                "environment {env} created ({}, expires {}); deploy into it with `cloudflow deploy SERVICE --env {env}`",
+                self.orch.env_space(env),
                 expires.as_deref().unwrap_or("never")
             ),
             json!({"name": env, "created": rfc3339(created_at), "expires": expires, "changed": true}),
@@ -125,7 +135,7 @@ impl Deployer<'_> {
         for s in &services {
             self.wait_service(s, 0, None).await?;
         }
-        self.orch.remove_networks(&filter).await?;
+        self.orch.remove_spaces(&filter).await?;
         self.orch.remove_secrets(&filter, false).await?;
         self.update(|s| s.environments.remove(env))?;
         Ok(Outcome::new(

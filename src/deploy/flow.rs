@@ -9,18 +9,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::probe::ProxyClient;
-use super::{
-    DEFAULT_ENV, EDGE_NETWORK, Probe, Task, color_service, convergence, env_network, labels,
-    proxy_config,
-};
-use crate::commands::swarm::{PROXY_SERVICE, SecretRef, ServiceRun};
+use super::{DEFAULT_ENV, Probe, Task, labels, proxy_config};
+use crate::commands::swarm::{SecretRef, ServiceRun};
 use crate::error::{Error, Result};
-use crate::orchestrator::Orchestrator;
+use crate::orchestrator::{Gate, Orchestrator};
 use crate::render::Renderer;
 use crate::spec::{ServiceSpec, Spec, Strategy};
 use crate::state::{ClusterState, Color, ColorRecord, ProxyRecord, ServiceRecord, StateHandle};
 use crate::ui::Ui;
-use crate::wait::{Stop, until};
 
 /// What a command did, for text and JSON output.
 pub struct Outcome {
@@ -154,20 +150,17 @@ impl<'a> Deployer<'a> {
         replicas: u32,
         secrets: Vec<SecretRef>,
     ) -> ServiceRun {
-        let (name, networks, color_label) = match svc.strategy {
+        let name = self.orch.workload(env, &svc.name, svc.strategy, color);
+        let space = self.orch.env_space(env);
+        let (networks, color_label) = match svc.strategy {
             Strategy::BlueGreen => (
-                color_service(env, &svc.name, color),
                 vec![
-                    (EDGE_NETWORK.to_string(), None),
-                    (env_network(env), Some(svc.name.clone())),
+                    (self.orch.edge_space(), None),
+                    (space, Some(svc.name.clone())),
                 ],
                 color,
             ),
-            Strategy::InPlace => (
-                super::inplace_service(env, &svc.name),
-                vec![(env_network(env), Some(svc.name.clone()))],
-                Color::Blue,
-            ),
+            Strategy::InPlace => (vec![(space, Some(svc.name.clone()))], Color::Blue),
         };
         ServiceRun {
             name,
@@ -177,6 +170,8 @@ impl<'a> Deployer<'a> {
             env: svc.env.clone(),
             networks,
             secrets,
+            port: svc.port,
+            health_path: svc.health.path.clone(),
         }
     }
 
@@ -253,7 +248,11 @@ impl<'a> Deployer<'a> {
             .map(|p| p.port)
             .unwrap_or_else(|| self.spec.proxy.port.unwrap_or(80));
         self.orch
-            .ensure_network(EDGE_NETWORK, &cluster_labels(self.cluster()))
+            .ensure_space(
+                &self.orch.edge_space(),
+                &cluster_labels(self.cluster()),
+                &Default::default(),
+            )
             .await?;
         let generation = self.update(|s| {
             let g = s.proxy.as_ref().map(|p| p.generation).unwrap_or(0) + 1;
@@ -265,12 +264,14 @@ impl<'a> Deployer<'a> {
             g
         })?;
         let conf = self.config(generation, &[])?;
-        self.ui
-            .info(&format!("proxy: {image} on port {port} of every manager"));
+        self.ui.info(&format!("proxy: {image} on port {port}"));
         let created = self.orch.ensure_proxy(&image, port, &conf).await?;
-        let managers = self.proxy.endpoints.len() as u32;
-        self.wait_service(PROXY_SERVICE, managers, Some(&image))
-            .await?;
+        self.wait_service(
+            &self.orch.proxy_workload(),
+            self.orch.proxy_replicas(),
+            Some(&image),
+        )
+        .await?;
         if !created {
             self.orch.apply_proxy_config(&conf, &image).await?;
         }
@@ -284,8 +285,13 @@ impl<'a> Deployer<'a> {
     /// The proxy configuration for the routes the state implies now.
     pub(super) fn config(&self, generation: u64, probes: &[Probe]) -> Result<String> {
         let state = self.state.snapshot();
+        let upstream = |env: &str, svc: &str, color: Color, preview: bool| {
+            self.orch.upstream(env, svc, color, preview)
+        };
         Ok(proxy_config(
             self.renderer,
+            self.orch.proxy_template(),
+            &upstream,
             &state,
             self.domain(),
             generation,
@@ -305,6 +311,9 @@ impl<'a> Deployer<'a> {
             p.generation
         })?;
         let conf = self.config(generation, probes)?;
+        self.orch
+            .apply_routes(&super::service_routes(&self.state.snapshot()))
+            .await?;
         let image = self
             .state
             .snapshot()
@@ -344,55 +353,17 @@ impl<'a> Deployer<'a> {
 
     // ---- convergence and health --------------------------------------------------------------
 
-    /// Wait until `service` runs exactly `replicas` tasks (of `image`, when given) and no
-    /// removed task is still stopping. Returns the running tasks.
+    /// Wait until `service` runs exactly `replicas` replicas (of `image`, when given) and no
+    /// removed one is still stopping. Returns the running replicas.
     pub async fn wait_service(
         &self,
         service: &str,
         replicas: u32,
         image: Option<&str>,
     ) -> Result<Vec<Task>> {
-        let deadline = Instant::now() + self.timeout;
-        let waited = until(Duration::from_millis(500), deadline, || async {
-            let tasks = self.orch.tasks(service).await.map_err(Stop::Failed)?;
-            let c = convergence(&tasks, replicas, image);
-            if c.done {
-                return Ok(tasks
-                    .into_iter()
-                    .filter(|t| t.desired == "running" && t.state == "running")
-                    .collect());
-            }
-            let failed = tasks
-                .iter()
-                .filter(|t| ["failed", "rejected"].contains(&t.state.as_str()))
-                .filter(|t| image.is_none_or(|i| super::image_matches(&t.image, i)))
-                .count() as u32;
-            let seen = format!(
-                "{} running, {} still stopping{}",
-                c.running,
-                c.stopping,
-                c.last_error
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default()
-            );
-            // A task that keeps being rejected (an image that cannot be pulled) fails early.
-            if c.running == 0 && failed >= replicas + 3 {
-                return Err(Stop::Failed(Error::Other(format!(
-                    "{service}: gave up after {failed} failed task(s) waiting for {replicas} replica(s) running{}: {seen}",
-                    image.map(|i| format!(" {i}")).unwrap_or_default(),
-                ))));
-            }
-            Err(Stop::NotYet(seen))
-        })
-        .await;
-        waited.map_err(|e| match e {
-            Stop::Failed(e) => e,
-            Stop::NotYet(seen) => Error::Other(format!(
-                "{service}: gave up after {}s waiting for {replicas} replica(s) running{}: {seen}",
-                self.timeout.as_secs(),
-                image.map(|i| format!(" {i}")).unwrap_or_default(),
-            )),
-        })
+        self.orch
+            .converge(service, replicas, image, self.timeout)
+            .await
     }
 
     /// Probe every replica individually through its own route in the proxy.
@@ -405,11 +376,19 @@ impl<'a> Deployer<'a> {
         let Some(port) = svc.port else {
             return Ok(());
         };
+        if self.orch.gate() == Gate::Readiness {
+            // Converged already means every replica passed its readiness probe.
+            return Ok(());
+        }
         let probes: Vec<Probe> = tasks
             .iter()
             .map(|t| Probe {
                 id: t.id.chars().take(25).collect(),
-                address: t.addresses.get(EDGE_NETWORK).cloned().unwrap_or_default(),
+                address: t
+                    .addresses
+                    .get(&self.orch.edge_space())
+                    .cloned()
+                    .unwrap_or_default(),
                 port,
                 path: svc.health.path.clone(),
                 replica: t.name.clone(),
@@ -418,8 +397,10 @@ impl<'a> Deployer<'a> {
             .collect();
         if let Some(p) = probes.iter().find(|p| p.address.is_empty()) {
             return Err(Error::Other(format!(
-                "{service}: replica {} on {} has no address on {EDGE_NETWORK}",
-                p.replica, p.node
+                "{service}: replica {} on {} has no address on {}",
+                p.replica,
+                p.node,
+                self.orch.edge_space()
             )));
         }
         self.ui.info(&format!(

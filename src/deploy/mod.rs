@@ -115,9 +115,45 @@ pub struct Probe {
     pub node: String,
 }
 
+/// A routed service as the orchestrator routes it: which colour is live, which waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRoute {
+    pub env: String,
+    pub service: String,
+    pub port: u16,
+    pub live: Color,
+    /// The other colour, when it has ever been deployed (0 replicas after stop-old).
+    pub preview: Option<Color>,
+}
+
+/// Every routed (blue-green) service the state records, with its live colour.
+pub fn service_routes(state: &ClusterState) -> Vec<ServiceRoute> {
+    let mut out = Vec::new();
+    for (env, e) in &state.environments {
+        for (svc, r) in &e.services {
+            let (Strategy::BlueGreen, Some(port), Some(_)) = (r.strategy, r.port, r.live()) else {
+                continue;
+            };
+            out.push(ServiceRoute {
+                env: env.clone(),
+                service: svc.clone(),
+                port,
+                live: r.live,
+                preview: r.color(r.live.other()).map(|_| r.live.other()),
+            });
+        }
+    }
+    out
+}
+
 /// The routes the state implies: live colour at `<svc>-<env>.<domain>`, the other colour at
-/// `<svc>-<env>-preview.<domain>` (503 with a reason when it does not run).
-pub fn routes(state: &ClusterState, domain: &str) -> Vec<Route> {
+/// `<svc>-<env>-preview.<domain>` (503 with a reason when it does not run). `upstream` names
+/// where the orchestrator serves a colour (env, service, colour, preview?).
+pub fn routes(
+    state: &ClusterState,
+    domain: &str,
+    upstream: &dyn Fn(&str, &str, Color, bool) -> String,
+) -> Vec<Route> {
     let mut out = Vec::new();
     for (env, e) in &state.environments {
         for (svc, r) in &e.services {
@@ -127,7 +163,7 @@ pub fn routes(state: &ClusterState, domain: &str) -> Vec<Route> {
             let live = r.live();
             out.push(Route {
                 host: format!("{svc}-{env}.{domain}"),
-                upstream: live.map(|_| color_service(env, svc, r.live)),
+                upstream: live.map(|_| upstream(env, svc, r.live, false)),
                 port,
                 message: format!("{svc} in {env} has no live colour yet"),
                 comment: format!(
@@ -138,7 +174,7 @@ pub fn routes(state: &ClusterState, domain: &str) -> Vec<Route> {
             });
             let other = r.live.other();
             let (upstream, message) = match r.color(other) {
-                Some(c) if c.replicas > 0 => (Some(color_service(env, svc, other)), String::new()),
+                Some(c) if c.replicas > 0 => (Some(upstream(env, svc, other, true)), String::new()),
                 Some(_) => (
                     None,
                     format!(
@@ -166,8 +202,16 @@ pub fn routes(state: &ClusterState, domain: &str) -> Vec<Route> {
 }
 
 /// Render the proxy's conf.d file.
+/// Where Swarm serves a colour: its dnsrr service.
+pub fn swarm_upstream(env: &str, service: &str, color: Color, _preview: bool) -> String {
+    color_service(env, service, color)
+}
+
+/// Render the proxy's routes with `template`; `upstream` names where a colour is served.
 pub fn proxy_config(
     renderer: &Renderer,
+    template: &str,
+    upstream: &dyn Fn(&str, &str, Color, bool) -> String,
     state: &ClusterState,
     domain: &str,
     generation: u64,
@@ -177,9 +221,9 @@ pub fn proxy_config(
     ctx.insert("cluster", &state.cluster);
     ctx.insert("domain", domain);
     ctx.insert("generation", &generation);
-    ctx.insert("routes", &routes(state, domain));
+    ctx.insert("routes", &routes(state, domain, upstream));
     ctx.insert("probes", probes);
-    renderer.render("nginx-routes.conf", &ctx)
+    renderer.render(template, &ctx)
 }
 
 /// A task as the orchestrator reports it.

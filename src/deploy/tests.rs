@@ -64,7 +64,7 @@ fn state_with_web(
 #[test]
 fn routes_send_the_live_host_to_the_live_colour_and_preview_to_the_other() {
     let s = state_with_web(Color::Green, Some(("web:1", 2)), Some(("web:2", 2)));
-    let r = routes(&s, "demo.test");
+    let r = routes(&s, "demo.test", &super::swarm_upstream);
     assert_eq!(r.len(), 2, "in-place services are not routed: {r:?}");
     assert_eq!(r[0].host, "web-default.demo.test");
     assert_eq!(r[0].upstream.as_deref(), Some("default-web-green"));
@@ -76,12 +76,12 @@ fn routes_send_the_live_host_to_the_live_colour_and_preview_to_the_other() {
 #[test]
 fn after_stop_old_the_preview_answers_503_with_a_reason() {
     let s = state_with_web(Color::Green, Some(("web:1", 0)), Some(("web:2", 2)));
-    let r = routes(&s, "demo.test");
+    let r = routes(&s, "demo.test", &super::swarm_upstream);
     assert_eq!(r[1].upstream, None);
     assert!(r[1].message.contains("stop-old"), "{}", r[1].message);
     let first = state_with_web(Color::Blue, Some(("web:1", 2)), None);
     assert!(
-        routes(&first, "d")
+        routes(&first, "d", &super::swarm_upstream)
             .iter()
             .any(|r| r.message.contains("only the blue colour"))
     );
@@ -98,7 +98,16 @@ fn proxy_config_has_routes_probes_the_404_and_the_generation() {
         replica: "default-web-blue.1".into(),
         node: "h2".into(),
     }];
-    let conf = proxy_config(&Renderer::new(None).unwrap(), &s, "demo.test", 42, &probes).unwrap();
+    let conf = proxy_config(
+        &Renderer::new(None).unwrap(),
+        "nginx-routes.conf",
+        &super::swarm_upstream,
+        &s,
+        "demo.test",
+        42,
+        &probes,
+    )
+    .unwrap();
     for want in [
         "resolver 127.0.0.11 valid=1s ipv6=off;",
         "listen 80 default_server;",

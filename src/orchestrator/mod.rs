@@ -1,22 +1,86 @@
-//! The orchestrator seam: what `deploy/` needs from Swarm (and, later, Kubernetes).
-//! Implementations turn these calls into command builders run by the one executor.
+//! The orchestrator seam: what `deploy/` needs from Swarm or Kubernetes. `deploy/` speaks of
+//! environments, workloads (one per colour), routes and a health gate; each implementation
+//! says what those are on its orchestrator (Swarm: overlay networks, dnsrr services, nginx
+//! routes to them, a probe of every replica through the proxy; Kubernetes: namespaces,
+//! Deployments, a Service whose selector names the live colour, readiness probes).
 
+mod kubernetes;
 mod swarm;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::commands::swarm::{LiveService, ServiceRun};
-use crate::deploy::Task;
+use crate::deploy::{ServiceRoute, Task};
 use crate::error::Result;
+use crate::spec::Strategy;
+use crate::state::Color;
 
+pub use kubernetes::{
+    Expose, KubeSource, Kubernetes, kubeconfig_document, proxy_workload, workload_name,
+};
 pub use swarm::Swarm;
+
+/// How a new colour proves it is healthy before traffic moves to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// cloudflow probes every replica itself, through a per-replica route in the proxy.
+    ProbeEachReplica,
+    /// The orchestrator's readiness probes: converged means every replica is Ready.
+    Readiness,
+}
 
 #[async_trait::async_trait]
 pub trait Orchestrator: Send + Sync {
-    /// Create a network for an environment (or the edge) unless it exists.
-    async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()>;
-    /// Remove networks carrying all of `labels`; retried while tasks still hold them.
-    async fn remove_networks(&self, labels: &[(&str, &str)]) -> Result<()>;
+    // ---- names -------------------------------------------------------------------------------
+
+    /// The workload that runs `color` of `service` in `env` (in-place services have one).
+    fn workload(&self, env: &str, service: &str, strategy: Strategy, color: Color) -> String;
+    /// Where the proxy sends the live (or, with `preview`, the other) colour of `service`.
+    fn upstream(&self, env: &str, service: &str, color: Color, preview: bool) -> String;
+    /// The space an environment's workloads live in (Swarm: its network; Kubernetes: its
+    /// namespace).
+    fn env_space(&self, env: &str) -> String;
+    /// The space the proxy lives in.
+    fn edge_space(&self) -> String;
+    /// The proxy's workload, and how many replicas of it run when it serves.
+    fn proxy_workload(&self) -> String;
+    fn proxy_replicas(&self) -> u32;
+    /// The template the proxy's routes are rendered with.
+    fn proxy_template(&self) -> &'static str {
+        "nginx-routes.conf"
+    }
+    fn gate(&self) -> Gate {
+        Gate::ProbeEachReplica
+    }
+
+    // ---- spaces, workloads, secrets, routes ---------------------------------------------------
+
+    /// Create an environment's space (or the edge's) unless it exists. `annotations` carry
+    /// what is not a label (an environment's expiry).
+    async fn ensure_space(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<()>;
+    /// Remove spaces carrying all of `labels`, returning once they are gone.
+    async fn remove_spaces(&self, labels: &[(&str, &str)]) -> Result<()>;
+    /// Point every routed service's traffic at its live colour where the orchestrator routes
+    /// by itself (Kubernetes Service selectors). Swarm routes in the proxy only.
+    async fn apply_routes(&self, _routes: &[ServiceRoute]) -> Result<()> {
+        Ok(())
+    }
+    /// Wait until `service` runs exactly `replicas` replicas (of `image`, when given), each
+    /// Ready where the orchestrator has readiness, and none of the removed ones still
+    /// stopping. Returns the running replicas.
+    async fn converge(
+        &self,
+        service: &str,
+        replicas: u32,
+        image: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<Task>>;
     /// Names of services carrying all of `labels`.
     async fn services(&self, labels: &[(&str, &str)]) -> Result<Vec<String>>;
     async fn create_service(&self, run: &ServiceRun) -> Result<()>;

@@ -14,6 +14,9 @@ use crate::commands::{
 use crate::deploy::{self, Task};
 use crate::error::{Error, Result, collect_hosts};
 use crate::exec::{Executor, Target, for_each_host};
+use crate::spec::Strategy;
+use crate::state::Color;
+use crate::wait::{Stop, until};
 
 const PHASE: &str = "deploy";
 
@@ -28,14 +31,96 @@ pub struct Swarm {
 
 #[async_trait::async_trait]
 impl Orchestrator for Swarm {
-    async fn ensure_network(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+    fn workload(&self, env: &str, service: &str, strategy: Strategy, color: Color) -> String {
+        deploy::service_name(env, service, strategy, color)
+    }
+
+    /// dnsrr service names, resolved per request through Swarm's DNS.
+    fn upstream(&self, env: &str, service: &str, color: Color, preview: bool) -> String {
+        deploy::swarm_upstream(env, service, color, preview)
+    }
+
+    fn env_space(&self, env: &str) -> String {
+        deploy::env_network(env)
+    }
+
+    fn edge_space(&self) -> String {
+        deploy::EDGE_NETWORK.to_string()
+    }
+
+    fn proxy_workload(&self) -> String {
+        cmd::PROXY_SERVICE.to_string()
+    }
+
+    /// One proxy task per manager.
+    fn proxy_replicas(&self) -> u32 {
+        self.managers.len() as u32
+    }
+
+    async fn ensure_space(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        _annotations: &BTreeMap<String, String>,
+    ) -> Result<()> {
         self.exec
             .run(&self.leader, PHASE, &cmd::network_create(name, labels))
             .await?;
         Ok(())
     }
 
-    async fn remove_networks(&self, labels: &[(&str, &str)]) -> Result<()> {
+    /// Polls `docker service ps` (Swarm has no watch for tasks).
+    async fn converge(
+        &self,
+        service: &str,
+        replicas: u32,
+        image: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<Task>> {
+        let deadline = std::time::Instant::now() + timeout;
+        let waited = until(Duration::from_millis(500), deadline, || async {
+            let tasks = self.tasks(service).await.map_err(Stop::Failed)?;
+            let c = deploy::convergence(&tasks, replicas, image);
+            if c.done {
+                return Ok(tasks
+                    .into_iter()
+                    .filter(|t| t.desired == "running" && t.state == "running")
+                    .collect());
+            }
+            let failed = tasks
+                .iter()
+                .filter(|t| ["failed", "rejected"].contains(&t.state.as_str()))
+                .filter(|t| image.is_none_or(|i| deploy::image_matches(&t.image, i)))
+                .count() as u32;
+            let seen = format!(
+                "{} running, {} still stopping{}",
+                c.running,
+                c.stopping,
+                c.last_error
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            );
+            // A task that keeps being rejected (an image that cannot be pulled) fails early.
+            if c.running == 0 && failed >= replicas + 3 {
+                return Err(Stop::Failed(Error::Other(format!(
+                    "{service}: gave up after {failed} failed task(s) waiting for {replicas} replica(s) running{}: {seen}",
+                    image.map(|i| format!(" {i}")).unwrap_or_default(),
+                ))));
+            }
+            Err(Stop::NotYet(seen))
+        })
+        .await;
+        waited.map_err(|e| match e {
+            Stop::Failed(e) => e,
+            Stop::NotYet(seen) => Error::Other(format!(
+                "{service}: gave up after {}s waiting for {replicas} replica(s) running{}: {seen}",
+                timeout.as_secs(),
+                image.map(|i| format!(" {i}")).unwrap_or_default(),
+            )),
+        })
+    }
+
+    async fn remove_spaces(&self, labels: &[(&str, &str)]) -> Result<()> {
         // A network can only go once the tasks of removed services have let go of it.
         let c = cmd::networks_rm(labels);
         (|| async { self.exec.run(&self.leader, PHASE, &c).await })

@@ -13,7 +13,7 @@ use crate::deploy::probe::ProxyClient;
 use crate::deploy::{DEFAULT_ENV, Deployer};
 use crate::error::{Error, Result};
 use crate::exec::Target;
-use crate::orchestrator::{Orchestrator, Swarm};
+use crate::orchestrator::{Expose, KubeSource, Kubernetes, Orchestrator, Swarm};
 use crate::plan::{PhaseName, Plan, Step};
 
 /// How long `up` waits for deployed tasks to converge.
@@ -49,8 +49,47 @@ pub fn swarm(ctx: &Ctx) -> Result<Swarm> {
     })
 }
 
+/// The orchestrator the spec names, reached the way the cluster is: Swarm through a manager
+/// cloudflow formed (over SSH); Kubernetes through the spec's kubeconfig or the provider's
+/// hand-off (GKE: endpoint, CA, token source).
+pub async fn orchestrator(ctx: &Ctx) -> Result<Box<dyn Orchestrator>> {
+    match ctx.spec.orchestrator {
+        crate::spec::Orchestrator::Swarm => Ok(Box::new(swarm(ctx)?)),
+        crate::spec::Orchestrator::Kubernetes => Ok(Box::new(kubernetes(ctx).await?)),
+    }
+}
+
+pub async fn kubernetes(ctx: &Ctx) -> Result<Kubernetes> {
+    if let Some(path) = &ctx.spec.kubernetes.kubeconfig {
+        return Kubernetes::connect(
+            &ctx.spec.name,
+            KubeSource::Kubeconfig {
+                path,
+                context: ctx.spec.kubernetes.context.as_deref(),
+            },
+            Expose::LoadBalancer,
+            2,
+        )
+        .await;
+    }
+    let Some(ep) = ctx.provider.kubernetes().await? else {
+        return Err(Error::Other(format!(
+            "cluster {}: no Kubernetes API to talk to yet: run `cloudflow -f {} up --yes` first",
+            ctx.spec.name,
+            ctx.spec.path.display()
+        )));
+    };
+    Kubernetes::connect(
+        &ctx.spec.name,
+        KubeSource::Endpoint(&ep),
+        Expose::LoadBalancer,
+        2,
+    )
+    .await
+}
+
 /// A deployer over `orch` for this context.
-pub fn deployer<'a>(ctx: &'a Ctx, orch: &'a Swarm, timeout: Duration) -> Deployer<'a> {
+pub fn deployer<'a>(ctx: &'a Ctx, orch: &'a dyn Orchestrator, timeout: Duration) -> Deployer<'a> {
     Deployer {
         spec: &ctx.spec,
         state: &ctx.state,
@@ -71,8 +110,10 @@ impl Phase for Proxy {
     }
 
     async fn run(&self, ctx: &Ctx, _plan: &Plan) -> Result<()> {
-        let orch = swarm(ctx)?;
-        let created = deployer(ctx, &orch, UP_TIMEOUT).ensure_proxy().await?;
+        let orch = orchestrator(ctx).await?;
+        let created = deployer(ctx, orch.as_ref(), UP_TIMEOUT)
+            .ensure_proxy()
+            .await?;
         ctx.ui.info(if created {
             "proxy: started"
         } else {
@@ -96,8 +137,8 @@ impl Phase for Deploy {
     }
 
     async fn run(&self, ctx: &Ctx, plan: &Plan) -> Result<()> {
-        let orch = swarm(ctx)?;
-        let d = deployer(ctx, &orch, UP_TIMEOUT);
+        let orch = orchestrator(ctx).await?;
+        let d = deployer(ctx, orch.as_ref(), UP_TIMEOUT);
         for a in plan.for_phase(PhaseName::Deploy) {
             if let Step::DeployService {
                 service,
@@ -124,9 +165,9 @@ impl Phase for Deploy {
         {
             return Ok(());
         }
-        let orch = swarm(ctx)?;
+        let orch = orchestrator(ctx).await?;
         ctx.ui
-            .info("removing deployed services, their networks and the proxy");
-        deployer(ctx, &orch, UP_TIMEOUT).teardown().await
+            .info("removing deployed services, their spaces and the proxy");
+        deployer(ctx, orch.as_ref(), UP_TIMEOUT).teardown().await
     }
 }

@@ -57,6 +57,7 @@ fn fixture(spec_text: &str, rec: Recording, password: Option<&str>) -> Fixture {
         provider_actions: &[],
         facts: &facts,
         renderer: &renderer,
+        cluster_view: None,
     })
     .unwrap();
     let rec = Arc::new(rec);

@@ -177,6 +177,19 @@ pub struct Inputs<'a> {
     /// Facts by machine name, for hosts reachable now.
     pub facts: &'a BTreeMap<String, HostFacts>,
     pub renderer: &'a Renderer,
+    /// On Kubernetes, the workloads as the API reports them (Swarm's come from the leader's
+    /// facts).
+    pub cluster_view: Option<&'a ClusterView>,
+}
+
+/// What runs on a cluster whose API cloudflow asks directly (Kubernetes), named as the
+/// orchestrator names workloads.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// Workload → (ready, desired).
+    pub workloads: BTreeMap<String, (u32, u32)>,
+    pub proxy: String,
+    pub naming: fn(&str, &str, crate::spec::Strategy, crate::state::Color) -> String,
 }
 
 /// The hosts there will be once provisioning is done: existing ones (not being destroyed)
@@ -286,13 +299,24 @@ fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
     if i.spec.services.is_empty() {
         return;
     }
-    let Some(lead) = leader(hosts, i.facts) else {
-        return;
+    let (running, host, proxy_name, naming) = match i.cluster_view {
+        Some(v) => (Some(&v.workloads), None, v.proxy.as_str(), v.naming),
+        None => {
+            let Some(lead) = leader(hosts, i.facts) else {
+                return;
+            };
+            (
+                i.facts.get(&lead.name).map(|f| &f.swarm_services),
+                Some(lead.name.clone()),
+                commands::swarm::PROXY_SERVICE,
+                deploy::service_name
+                    as fn(&str, &str, crate::spec::Strategy, crate::state::Color) -> String,
+            )
+        }
     };
-    let running = i.facts.get(&lead.name).map(|f| &f.swarm_services);
     let runs = |name: &str| running.is_some_and(|s| s.contains_key(name));
     let proxy_ready = running
-        .and_then(|s| s.get(commands::swarm::PROXY_SERVICE))
+        .and_then(|s| s.get(proxy_name))
         .is_some_and(|(r, d)| *d > 0 && r == d);
     let wanted_image = i.spec.proxy.image.clone().unwrap_or_default();
     let image_changed = i
@@ -312,7 +336,7 @@ fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
     if !proxy_ready || image_changed {
         plan.actions.push(Action {
             phase: PhaseName::Proxy,
-            host: Some(lead.name.clone()),
+            host: host.clone(),
             step: Step::StartProxy {
                 image: i.spec.proxy.image.clone().unwrap_or_default(),
                 port: i.spec.proxy.port.unwrap_or(80),
@@ -334,7 +358,7 @@ fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
         match rec {
             None => plan.actions.push(Action {
                 phase: PhaseName::Deploy,
-                host: Some(lead.name.clone()),
+                host: host.clone(),
                 step: Step::DeployService {
                     service: name.clone(),
                     image: svc.image.clone(),
@@ -343,15 +367,10 @@ fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
             }),
             Some(r) => {
                 let live = r.live().expect("filtered");
-                if !runs(&deploy::service_name(
-                    deploy::DEFAULT_ENV,
-                    name,
-                    r.strategy,
-                    r.live,
-                )) {
+                if !runs(&naming(deploy::DEFAULT_ENV, name, r.strategy, r.live)) {
                     plan.actions.push(Action {
                         phase: PhaseName::Deploy,
-                        host: Some(lead.name.clone()),
+                        host: host.clone(),
                         step: Step::DeployService {
                             service: name.clone(),
                             image: live.image.clone(),

@@ -85,6 +85,7 @@ fn plan_with(facts: &BTreeMap<String, HostFacts>) -> Plan {
         provider_actions: &[],
         facts,
         renderer: &r,
+        cluster_view: None,
     })
     .unwrap()
 }
@@ -197,6 +198,7 @@ fn unknown_hosts_are_a_forecast_and_non_debian_without_docker_is_an_error() {
         provider_actions: &[],
         facts: &facts,
         renderer: &r,
+        cluster_view: None,
     })
     .unwrap_err()
     .to_string();
@@ -242,6 +244,7 @@ fn provider_creations_become_planned_hosts_and_until_cuts_phases() {
         provider_actions: &actions,
         facts: &facts,
         renderer: &r,
+        cluster_view: None,
     })
     .unwrap()
     .until(Some(PhaseName::Provision));
@@ -337,6 +340,7 @@ fn plan_services(state: &ClusterState, facts: &BTreeMap<String, HostFacts>) -> P
         provider_actions: &[],
         facts,
         renderer: &r,
+        cluster_view: None,
     })
     .unwrap()
 }
@@ -502,6 +506,7 @@ fn a_live_worker_count_that_differs_from_the_spec_is_noted() {
             provider_actions: &[],
             facts: &all_done(),
             renderer: &r,
+            cluster_view: None,
         })
         .unwrap()
     };
@@ -554,6 +559,7 @@ fn a_proxy_file_with_the_right_content_but_open_permissions_is_written_again() {
             provider_actions: &[],
             facts: &all,
             renderer: &r,
+            cluster_view: None,
         })
         .unwrap()
     };

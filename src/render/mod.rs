@@ -36,6 +36,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "nginx-routes.conf",
         include_str!("../../templates/nginx-routes.conf.tera"),
     ),
+    (
+        "nginx-routes-kubernetes.conf",
+        include_str!("../../templates/nginx-routes-kubernetes.conf.tera"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

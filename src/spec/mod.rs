@@ -28,6 +28,8 @@ pub struct Spec {
     pub name: String,
     pub provider: ProviderSpec,
     pub orchestrator: Orchestrator,
+    /// `kubernetes:` — how to reach an existing cluster.
+    pub kubernetes: KubernetesSpec,
     pub registry: RegistrySpec,
     pub proxy: ProxySpec,
     /// Directory whose `*.tera` files override the embedded templates.
@@ -42,6 +44,8 @@ pub enum ProviderSpec {
     BareMetal(BareMetalSpec),
     Aws(AwsSpec),
     Gke(GkeSpec),
+    /// No provider: an existing Kubernetes cluster reached through `kubernetes.kubeconfig`.
+    Existing,
 }
 
 impl ProviderSpec {
@@ -51,8 +55,16 @@ impl ProviderSpec {
             ProviderSpec::BareMetal(_) => "bare-metal",
             ProviderSpec::Aws(_) => "aws",
             ProviderSpec::Gke(_) => "gke",
+            ProviderSpec::Existing => "existing",
         }
     }
+}
+
+/// `kubernetes.kubeconfig` (+ `context`): an existing cluster, no provider needed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KubernetesSpec {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -176,8 +188,9 @@ impl Location {
 #[serde(deny_unknown_fields)]
 struct RawSpec {
     name: Spanned<String>,
-    provider: Spanned<RawProvider>,
+    provider: Option<Spanned<RawProvider>>,
     orchestrator: Option<Spanned<Orchestrator>>,
+    kubernetes: Option<Spanned<RawKubernetes>>,
     #[serde(default)]
     registry: RawRegistry,
     #[serde(default)]
@@ -186,6 +199,13 @@ struct RawSpec {
     #[serde(default)]
     services: std::collections::HashMap<Spanned<String>, services::RawService>,
     services_from: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    kubeconfig: Option<Spanned<String>>,
+    context: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -308,7 +328,7 @@ pub fn load(path: &Path) -> Result<Spec, SpecError> {
 pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
     let file = path.display().to_string();
     let options = serde_saphyr::options! { with_snippet: false };
-    let raw: RawSpec = serde_saphyr::from_str_with_options(source, options)
+    let mut raw: RawSpec = serde_saphyr::from_str_with_options(source, options)
         .map_err(|e| SpecError::from_yaml(&file, source, &e))?;
     let at = |loc: Location, msg: String| SpecError::at(&file, source, loc, msg);
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -324,8 +344,47 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         ));
     }
 
-    let is_gke = matches!(raw.provider.value, RawProvider::Gke(_));
-    let orchestrator = match raw.orchestrator {
+    let kubernetes = KubernetesSpec {
+        kubeconfig: raw
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.value.kubeconfig.as_ref())
+            .map(|k| expand_path(&k.value, &base)),
+        context: raw
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.value.context.as_ref())
+            .map(|c| c.value.clone()),
+    };
+    let Some(raw_provider) = raw.provider.take() else {
+        if kubernetes.kubeconfig.is_none() {
+            return Err(at(
+                Location { line: 1, column: 1 },
+                "no provider: add `provider:` (lab, bare_metal, aws, gke), or `kubernetes: { kubeconfig: … }` for an existing cluster".into(),
+            ));
+        }
+        return finish(
+            raw,
+            path,
+            &file,
+            source,
+            &base,
+            name,
+            ProviderSpec::Existing,
+            Orchestrator::Kubernetes,
+            kubernetes,
+        );
+    };
+    if let Some(k) = &raw.kubernetes
+        && k.value.kubeconfig.is_some()
+    {
+        return Err(at(
+            Location::of(k),
+            "kubernetes.kubeconfig names an existing cluster: leave out `provider:` (cloudflow makes no machines for it)".into(),
+        ));
+    }
+    let is_gke = matches!(raw_provider.value, RawProvider::Gke(_));
+    let orchestrator = match raw.orchestrator.take() {
         // A GKE cluster is Kubernetes.
         None if is_gke => Orchestrator::Kubernetes,
         None => Orchestrator::Swarm,
@@ -344,7 +403,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         Some(o) => o.value,
     };
 
-    let provider = match raw.provider.value {
+    let provider = match raw_provider.value {
         RawProvider::Lab(lab) => {
             let hosts = lab.hosts.value;
             if !(1..=50).contains(&hosts) {
@@ -480,6 +539,33 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         }
     };
 
+    finish(
+        raw,
+        path,
+        &file,
+        source,
+        &base,
+        name,
+        provider,
+        orchestrator,
+        kubernetes,
+    )
+}
+
+/// Everything after the provider: registry, proxy, services; then the `Spec`.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    raw: RawSpec,
+    path: &Path,
+    file: &str,
+    source: &str,
+    base: &Path,
+    name: String,
+    provider: ProviderSpec,
+    orchestrator: Orchestrator,
+    kubernetes: KubernetesSpec,
+) -> Result<Spec, SpecError> {
+    let at = |loc: Location, msg: String| SpecError::at(file, source, loc, msg);
     for m in &raw.registry.mirrors {
         check(&at, m, "registry mirror", grammar::mirror_url)?;
     }
@@ -526,7 +612,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         // A proxy URL may carry a password: the error masks it and shows no snippet.
         if let Err(e) = grammar::proxy_url(&p.value) {
             return Err(SpecError::at(
-                &file,
+                file,
                 "",
                 Location::of(p),
                 format!("proxy {:?}: {e}", grammar::mask_userinfo(&p.value)),
@@ -545,7 +631,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
 
     let mut all_services = match &raw.services_from {
         None => Default::default(),
-        Some(f) => services::from_compose(&expand_path(&f.value, &base))?,
+        Some(f) => services::from_compose(&expand_path(&f.value, base))?,
     };
     let services_at = raw
         .services
@@ -553,17 +639,6 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         .map(Location::of)
         .min_by_key(|l| (l.line, l.column));
     all_services.extend(services::from_spec(raw.services, &at)?);
-    if !all_services.is_empty() && orchestrator == Orchestrator::Kubernetes {
-        let loc = services_at
-            .or(raw.services_from.as_ref().map(Location::of))
-            .unwrap_or_default();
-        return Err(at(
-            loc,
-            "deploying services on Kubernetes needs the Kubernetes orchestrator, which is not built yet: \
-             `up` makes the GKE cluster; deploy to it with kubectl for now (`cloudflow kubeconfig`)"
-                .into(),
-        ));
-    }
     if !all_services.is_empty() {
         let loc = services_at
             .or(raw.services_from.as_ref().map(Location::of))
@@ -594,6 +669,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
         name,
         provider,
         orchestrator,
+        kubernetes,
         registry: RegistrySpec {
             insecure: raw.registry.insecure.into_iter().map(|i| i.value).collect(),
             mirrors: raw.registry.mirrors.into_iter().map(|m| m.value).collect(),
@@ -607,7 +683,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             image: raw.proxy.image.map(|i| i.value),
             port: raw.proxy.port,
         },
-        templates: raw.templates.map(|t| expand_path(&t, &base)),
+        templates: raw.templates.map(|t| expand_path(&t, base)),
         services: all_services,
     })
 }

@@ -165,11 +165,10 @@ fn gke_spec_errors_point_at_the_field() {
             "cluster.yaml:8:15: a GKE cluster runs Kubernetes",
         ),
         (
-            format!(
-                "{GKE}proxy: {{ image: nginx:1, domain: d.test }}\nservices:\n  web: {{ image: web:1, port: 80 }}\n"
-            ),
-            "cluster.yaml:10:3: deploying services on Kubernetes",
+            format!("{GKE}kubernetes: {{ kubeconfig: ./k }}\n"),
+            "cluster.yaml:8:13: kubernetes.kubeconfig names an existing cluster",
         ),
+        ("name: x\n".to_string(), "cluster.yaml:1:1: no provider"),
     ];
     for (text, want) in cases {
         let e = err(&text);

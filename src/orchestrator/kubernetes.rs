@@ -1,0 +1,1150 @@
+//! Kubernetes through `kube` with typed `k8s-openapi` objects: an environment is a namespace,
+//! a colour is a Deployment `<svc>-<colour>`, the Service `<svc>` selects the live colour and
+//! `<svc>-preview` the other, and the health gate is every replica passing its readiness probe
+//! (the Deployment Available, observed generation current). Every write is a server-side apply
+//! with field manager `cloudflow`; waiting is a watch, not a polling loop; scaling goes through
+//! the scale subresource.
+//!
+//! Workload names handed to `deploy/` are `<namespace>/<name>`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use cloudflow_provider_api::{KubeAuth, KubeEndpoint};
+use futures::TryStreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, Namespace,
+    Pod, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use sha2::Digest;
+
+use super::{Gate, Orchestrator};
+use crate::commands::swarm::{LiveService, SecretRef, ServiceRun};
+use crate::deploy::{self, ServiceRoute, Task};
+use crate::error::{Error, Result};
+use crate::spec::Strategy;
+use crate::state::Color;
+
+const MANAGER: &str = "cloudflow";
+/// Where the reverse proxy lives.
+pub const SYSTEM_NAMESPACE: &str = "cloudflow-system";
+const PROXY: &str = "cloudflow-proxy";
+/// Where a service's secrets are mounted, as with Docker secrets.
+const SECRETS_DIR: &str = "/run/secrets";
+
+/// How the proxy is reached from outside the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expose {
+    /// A `LoadBalancer` Service (GKE, any cloud cluster).
+    LoadBalancer,
+    /// A host port on every node that runs the proxy (k3s on our machines).
+    HostPort,
+}
+
+pub struct Kubernetes {
+    pub client: Client,
+    pub cluster: String,
+    pub expose: Expose,
+    pub proxy_replicas: u32,
+}
+
+fn kerr(what: &str, e: kube::Error) -> Error {
+    match e {
+        kube::Error::Api(s) => Error::Other(format!(
+            "Kubernetes API: {what}: {} ({} {})",
+            s.message, s.code, s.reason
+        )),
+        other => Error::Other(format!("Kubernetes API: {what}: {other}")),
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// `<env>/<svc>-<colour>` (a Deployment in the environment's namespace); in-place: `<env>/<svc>`.
+pub fn workload_name(env: &str, service: &str, strategy: Strategy, color: Color) -> String {
+    match strategy {
+        Strategy::BlueGreen => format!("{env}/{service}-{color}"),
+        Strategy::InPlace => format!("{env}/{service}"),
+    }
+}
+
+/// The proxy's workload name.
+pub fn proxy_workload() -> String {
+    format!("{SYSTEM_NAMESPACE}/{PROXY}")
+}
+
+/// `ns/name` → (ns, name).
+fn split(workload: &str) -> (&str, &str) {
+    workload.split_once('/').unwrap_or(("default", workload))
+}
+
+/// A label selector string from `(key, value)` pairs.
+fn selector(labels: &[(&str, &str)]) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn apply() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+/// What a pod is, in the deploy core's words: running (Ready), starting, rejected (an image
+/// that cannot be pulled, a crash loop), failed; stopping when it is being deleted.
+fn task_of(pod: &Pod) -> Task {
+    let status = pod.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let cs = status.container_statuses.iter().flatten().next();
+    let waiting = cs
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.waiting.clone());
+    let running = cs
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some());
+    let (state, error) = if let Some(w) = waiting {
+        let reason = w.reason.unwrap_or_default();
+        let message = w.message.unwrap_or_default();
+        let bad = [
+            "ImagePullBackOff",
+            "ErrImagePull",
+            "InvalidImageName",
+            "CrashLoopBackOff",
+            "CreateContainerConfigError",
+        ];
+        let text = if message.is_empty() {
+            reason.clone()
+        } else {
+            format!("{reason}: {message}")
+        };
+        if bad.contains(&reason.as_str()) {
+            ("rejected", text)
+        } else {
+            ("starting", text)
+        }
+    } else if running && ready {
+        ("running", String::new())
+    } else if running {
+        (
+            "starting",
+            "running but not Ready (its readiness probe fails)".to_string(),
+        )
+    } else if status.phase.as_deref() == Some("Failed") {
+        ("failed", status.reason.unwrap_or_else(|| "Failed".into()))
+    } else {
+        ("starting", status.phase.unwrap_or_else(|| "Pending".into()))
+    };
+    let mut addresses = BTreeMap::new();
+    if let Some(ip) = &status.pod_ip {
+        addresses.insert("pod".to_string(), ip.clone());
+    }
+    Task {
+        id: pod.metadata.uid.clone().unwrap_or_default(),
+        name: pod.name_any(),
+        node: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_else(|| "-".into()),
+        desired: if pod.metadata.deletion_timestamp.is_some() {
+            "shutdown".into()
+        } else {
+            "running".into()
+        },
+        state: state.into(),
+        error,
+        image: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default(),
+        addresses,
+    }
+}
+
+/// Every replica Ready and Available as the Deployment controller reports it.
+fn deployment_done(d: &Deployment, replicas: u32) -> bool {
+    let Some(s) = &d.status else {
+        return replicas == 0;
+    };
+    let want = replicas as i32;
+    let current = s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let spec_ok = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1) == want;
+    current
+        && spec_ok
+        && s.replicas.unwrap_or(0) == want
+        && s.updated_replicas.unwrap_or(0) == want
+        && s.ready_replicas.unwrap_or(0) == want
+        && s.available_replicas.unwrap_or(0) == want
+}
+
+fn meta(name: &str, ns: Option<&str>, labels: &BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: ns.map(str::to_string),
+        labels: Some(labels.clone()),
+        ..Default::default()
+    }
+}
+
+impl Kubernetes {
+    /// Every Deployment of this cluster: workload → (ready, desired), as the API reports it.
+    pub async fn workloads(&self) -> Result<BTreeMap<String, (u32, u32)>> {
+        let api: Api<Deployment> = Api::all(self.client.clone());
+        let found = api
+            .list(&ListParams::default().labels(&format!("cloudflow.cluster={}", self.cluster)))
+            .await
+            .map_err(|e| kerr("list Deployments", e))?;
+        Ok(found
+            .items
+            .iter()
+            .map(|d| {
+                let ready = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0)
+                    .max(0) as u32;
+                let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as u32;
+                (
+                    format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()),
+                    (ready, desired),
+                )
+            })
+            .collect())
+    }
+
+    fn deployments(&self, ns: &str) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    fn pods(&self, ns: &str) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    fn cluster_labels(&self) -> BTreeMap<String, String> {
+        let mut l = BTreeMap::new();
+        l.insert("cloudflow.cluster".to_string(), self.cluster.clone());
+        l
+    }
+
+    /// The Deployment for a service run: one container, the service's port with a readiness
+    /// probe on its health path, secrets as files under /run/secrets.
+    fn deployment(&self, run: &ServiceRun) -> Deployment {
+        let (ns, name) = split(&run.name);
+        // Pods are selected by every cloudflow label but the cluster's.
+        let select: BTreeMap<String, String> = run
+            .labels
+            .iter()
+            .filter(|(k, _)| k.as_str() != "cloudflow.cluster")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let container_name = run
+            .labels
+            .get("cloudflow.service")
+            .cloned()
+            .unwrap_or_else(|| name.to_string());
+        let probe = run.port.map(|port| Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some(run.health_path.clone()),
+                port: IntOrString::Int(port as i32),
+                ..Default::default()
+            }),
+            period_seconds: Some(2),
+            failure_threshold: Some(3),
+            ..Default::default()
+        });
+        let volumes: Vec<Volume> = run
+            .secrets
+            .iter()
+            .map(|s| Volume {
+                name: format!("secret-{}", s.target.replace(['_', '.'], "-")),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(s.name.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let mounts: Vec<VolumeMount> = run
+            .secrets
+            .iter()
+            .map(|s| VolumeMount {
+                name: format!("secret-{}", s.target.replace(['_', '.'], "-")),
+                mount_path: format!("{SECRETS_DIR}/{}", s.target),
+                sub_path: Some("value".into()),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .collect();
+        Deployment {
+            metadata: meta(name, Some(ns), &run.labels),
+            spec: Some(DeploymentSpec {
+                replicas: Some(run.replicas as i32),
+                selector: LabelSelector {
+                    match_labels: Some(select),
+                    ..Default::default()
+                },
+                strategy: Some(DeploymentStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    ..Default::default()
+                }),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(run.labels.clone()),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: container_name,
+                            image: Some(run.image.clone()),
+                            env: (!run.env.is_empty()).then(|| {
+                                run.env
+                                    .iter()
+                                    .map(|(k, v)| EnvVar {
+                                        name: k.clone(),
+                                        value: Some(v.clone()),
+                                        ..Default::default()
+                                    })
+                                    .collect()
+                            }),
+                            ports: run.port.map(|p| {
+                                vec![ContainerPort {
+                                    container_port: p as i32,
+                                    name: Some("http".into()),
+                                    ..Default::default()
+                                }]
+                            }),
+                            readiness_probe: probe,
+                            volume_mounts: (!mounts.is_empty()).then_some(mounts),
+                            ..Default::default()
+                        }],
+                        volumes: (!volumes.is_empty()).then_some(volumes),
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn apply_deployment(&self, run: &ServiceRun) -> Result<()> {
+        let (ns, name) = split(&run.name);
+        self.deployments(ns)
+            .patch(name, &apply(), &Patch::Apply(&self.deployment(run)))
+            .await
+            .map_err(|e| kerr(&format!("apply Deployment {ns}/{name}"), e))?;
+        Ok(())
+    }
+
+    /// Watch the pods of `workload` until `done` holds for them (and the Deployment), a pod
+    /// is rejected (fails at once, naming it), or `timeout` passes (the error names every
+    /// replica that is not Ready and why).
+    async fn watch_until(
+        &self,
+        workload: &str,
+        replicas: u32,
+        image: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<Task>> {
+        let (ns, name) = split(workload);
+        let deployments = self.deployments(ns);
+        let sel = match deployments
+            .get_opt(name)
+            .await
+            .map_err(|e| kerr("get Deployment", e))?
+        {
+            Some(d) => d
+                .spec
+                .and_then(|s| s.selector.match_labels)
+                .unwrap_or_default()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            None if replicas == 0 => {
+                // Removed: wait for its pods to go (they carry the workload's labels).
+                match name.rsplit_once('-') {
+                    Some((svc, c)) if c == "blue" || c == "green" => {
+                        format!("cloudflow.env={ns},cloudflow.service={svc},cloudflow.color={c}")
+                    }
+                    _ => format!("cloudflow.env={ns},cloudflow.service={name}"),
+                }
+            }
+            None => {
+                return Err(Error::Other(format!(
+                    "{workload}: the Deployment does not exist"
+                )));
+            }
+        };
+        let (reader, writer) = reflector::store::<Pod>();
+        let stream = reflector(
+            writer,
+            watcher(self.pods(ns), watcher::Config::default().labels(&sel)),
+        )
+        .default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        let mut listed = false;
+        let mut last = deploy::Convergence {
+            running: 0,
+            stopping: 0,
+            done: false,
+            last_error: None,
+        };
+        let mut tasks: Vec<Task> = Vec::new();
+        let watch = async {
+            while let Some(ev) = stream.try_next().await.map_err(|e| {
+                Error::Other(format!("Kubernetes API: watching pods of {workload}: {e}"))
+            })? {
+                if matches!(ev, watcher::Event::InitDone) {
+                    listed = true;
+                }
+                if !listed || matches!(ev, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                    continue;
+                }
+                tasks = reader.state().iter().map(|p| task_of(p)).collect();
+                last = deploy::convergence(&tasks, replicas, image);
+                let rejected: Vec<&Task> = tasks
+                    .iter()
+                    .filter(|t| t.desired == "running" && t.state == "rejected")
+                    .filter(|t| image.is_none_or(|i| deploy::image_matches(&t.image, i)))
+                    .collect();
+                if !rejected.is_empty() {
+                    return Err(Error::Other(format!(
+                        "{workload}: {} replica(s) cannot start:\n{}",
+                        rejected.len(),
+                        rejected
+                            .iter()
+                            .map(|t| format!("  - pod {} on {}: {}", t.name, t.node, t.error))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    )));
+                }
+                if last.done {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        let outcome = tokio::time::timeout(timeout, watch).await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let not_ready: Vec<String> = tasks
+                    .iter()
+                    .filter(|t| t.state != "running" || t.desired != "running")
+                    .map(|t| {
+                        format!(
+                            "  - pod {} on {}: {}",
+                            t.name,
+                            t.node,
+                            if t.error.is_empty() {
+                                t.state.as_str()
+                            } else {
+                                t.error.as_str()
+                            }
+                        )
+                    })
+                    .collect();
+                return Err(Error::Other(format!(
+                    "{workload}: gave up after {}s waiting for {replicas} Ready replica(s){}: {} Ready, {} still stopping{}",
+                    timeout.as_secs(),
+                    image.map(|i| format!(" of {i}")).unwrap_or_default(),
+                    last.running,
+                    last.stopping,
+                    if not_ready.is_empty() {
+                        String::new()
+                    } else {
+                        format!("\n{}", not_ready.join("\n"))
+                    }
+                )));
+            }
+        }
+        if replicas > 0 {
+            // The controller's own verdict: Available, every replica updated and Ready.
+            let cond =
+                move |d: Option<&Deployment>| d.is_some_and(|d| deployment_done(d, replicas));
+            tokio::time::timeout(
+                timeout,
+                kube::runtime::wait::await_condition(deployments, name, cond),
+            )
+            .await
+            .map_err(|_| {
+                Error::Other(format!(
+                    "{workload}: its pods are Ready but the Deployment did not report {replicas} available replica(s) within {}s",
+                    timeout.as_secs()
+                ))
+            })?
+            .map_err(|e| Error::Other(format!("Kubernetes API: watching {workload}: {e}")))?;
+        }
+        Ok(tasks
+            .into_iter()
+            .filter(|t| t.desired == "running" && t.state == "running")
+            .collect())
+    }
+
+    /// The proxy's objects: its configuration, the Deployment (a checksum of the
+    /// configuration on its pod template rolls it when routes change), and how it is exposed.
+    async fn apply_proxy(&self, image: &str, port: u16, config: &str) -> Result<()> {
+        let ns = SYSTEM_NAMESPACE;
+        let labels = {
+            let mut l = self.cluster_labels();
+            l.insert("cloudflow.proxy".into(), "nginx".into());
+            l
+        };
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let cm = ConfigMap {
+            metadata: meta(PROXY, Some(ns), &labels),
+            data: Some(BTreeMap::from([(
+                "routes.conf".to_string(),
+                config.to_string(),
+            )])),
+            ..Default::default()
+        };
+        cms.patch(PROXY, &apply(), &Patch::Apply(&cm))
+            .await
+            .map_err(|e| kerr("apply the proxy ConfigMap", e))?;
+        let checksum: String = sha2::Sha256::digest(config.as_bytes())
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let select = BTreeMap::from([("cloudflow.proxy".to_string(), "nginx".to_string())]);
+        let deployment = Deployment {
+            metadata: meta(PROXY, Some(ns), &labels),
+            spec: Some(DeploymentSpec {
+                replicas: Some(self.proxy_replicas as i32),
+                selector: LabelSelector {
+                    match_labels: Some(select),
+                    ..Default::default()
+                },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels.clone()),
+                        annotations: Some(BTreeMap::from([(
+                            "cloudflow.config-checksum".to_string(),
+                            checksum,
+                        )])),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "nginx".into(),
+                            image: Some(image.to_string()),
+                            ports: Some(vec![ContainerPort {
+                                container_port: 80,
+                                host_port: (self.expose == Expose::HostPort).then_some(port as i32),
+                                name: Some("http".into()),
+                                ..Default::default()
+                            }]),
+                            readiness_probe: Some(Probe {
+                                tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                                    port: IntOrString::Int(80),
+                                    ..Default::default()
+                                }),
+                                period_seconds: Some(2),
+                                ..Default::default()
+                            }),
+                            volume_mounts: Some(vec![VolumeMount {
+                                name: "routes".into(),
+                                mount_path: "/etc/nginx/conf.d".into(),
+                                read_only: Some(true),
+                                ..Default::default()
+                            }]),
+                            ..Default::default()
+                        }],
+                        volumes: Some(vec![Volume {
+                            name: "routes".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: PROXY.into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        self.deployments(ns)
+            .patch(PROXY, &apply(), &Patch::Apply(&deployment))
+            .await
+            .map_err(|e| kerr("apply the proxy Deployment", e))?;
+        if self.expose == Expose::LoadBalancer {
+            let svc = Service {
+                metadata: meta(PROXY, Some(ns), &labels),
+                spec: Some(ServiceSpec {
+                    type_: Some("LoadBalancer".into()),
+                    selector: Some(BTreeMap::from([(
+                        "cloudflow.proxy".to_string(),
+                        "nginx".to_string(),
+                    )])),
+                    ports: Some(vec![ServicePort {
+                        name: Some("http".into()),
+                        port: port as i32,
+                        target_port: Some(IntOrString::Int(80)),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
+            services
+                .patch(PROXY, &apply(), &Patch::Apply(&svc))
+                .await
+                .map_err(|e| kerr("apply the proxy Service", e))?;
+        }
+        Ok(())
+    }
+
+    /// A Service `name` in `ns` selecting `color` of `service`.
+    async fn apply_service(
+        &self,
+        ns: &str,
+        name: &str,
+        route: &ServiceRoute,
+        color: Color,
+    ) -> Result<()> {
+        let mut labels = self.cluster_labels();
+        labels.insert("cloudflow.env".into(), route.env.clone());
+        labels.insert("cloudflow.service".into(), route.service.clone());
+        let svc = Service {
+            metadata: meta(name, Some(ns), &labels),
+            spec: Some(ServiceSpec {
+                selector: Some(BTreeMap::from([
+                    ("cloudflow.env".to_string(), route.env.clone()),
+                    ("cloudflow.service".to_string(), route.service.clone()),
+                    ("cloudflow.color".to_string(), color.to_string()),
+                ])),
+                ports: Some(vec![ServicePort {
+                    name: Some("http".into()),
+                    port: route.port as i32,
+                    target_port: Some(IntOrString::Int(route.port as i32)),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let api: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        api.patch(name, &apply(), &Patch::Apply(&svc))
+            .await
+            .map_err(|e| kerr(&format!("apply Service {ns}/{name}"), e))?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Orchestrator for Kubernetes {
+    fn workload(&self, env: &str, service: &str, strategy: Strategy, color: Color) -> String {
+        workload_name(env, service, strategy, color)
+    }
+
+    /// The Services, not a colour: a switch flips the Service's selector, and the proxy's
+    /// configuration changes only when routes come or go.
+    fn upstream(&self, env: &str, service: &str, _color: Color, preview: bool) -> String {
+        if preview {
+            format!("{service}-preview.{env}.svc.cluster.local")
+        } else {
+            format!("{service}.{env}.svc.cluster.local")
+        }
+    }
+
+    fn env_space(&self, env: &str) -> String {
+        env.to_string()
+    }
+
+    fn edge_space(&self) -> String {
+        SYSTEM_NAMESPACE.to_string()
+    }
+
+    fn proxy_workload(&self) -> String {
+        proxy_workload()
+    }
+
+    fn proxy_replicas(&self) -> u32 {
+        self.proxy_replicas
+    }
+
+    fn proxy_template(&self) -> &'static str {
+        "nginx-routes-kubernetes.conf"
+    }
+
+    fn gate(&self) -> Gate {
+        Gate::Readiness
+    }
+
+    async fn ensure_space(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let mut m = meta(name, None, labels);
+        if !annotations.is_empty() {
+            m.annotations = Some(annotations.clone());
+        }
+        let ns = Namespace {
+            metadata: m,
+            ..Default::default()
+        };
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.patch(name, &apply(), &Patch::Apply(&ns))
+            .await
+            .map_err(|e| kerr(&format!("apply Namespace {name}"), e))?;
+        Ok(())
+    }
+
+    /// Delete the namespaces and return when the API no longer lists them (they pass
+    /// through Terminating while what is in them goes).
+    async fn remove_spaces(&self, labels: &[(&str, &str)]) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let found = api
+            .list(&ListParams::default().labels(&selector(labels)))
+            .await
+            .map_err(|e| kerr("list namespaces", e))?;
+        for ns in found.items {
+            let name = ns.name_any();
+            if name == "default" {
+                continue; // the default environment's namespace is Kubernetes' own
+            }
+            let uid = ns.metadata.uid.clone().unwrap_or_default();
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(kerr(&format!("delete Namespace {name}"), e)),
+            }
+            tokio::time::timeout(
+                Duration::from_secs(300),
+                kube::runtime::wait::await_condition(
+                    api.clone(),
+                    &name,
+                    kube::runtime::wait::conditions::is_deleted(&uid),
+                ),
+            )
+            .await
+            .map_err(|_| {
+                Error::Other(format!("namespace {name} was still Terminating after 300s"))
+            })?
+            .map_err(|e| Error::Other(format!("Kubernetes API: watching namespace {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The Services `<svc>` (live colour) and `<svc>-preview` (the other).
+    async fn apply_routes(&self, routes: &[ServiceRoute]) -> Result<()> {
+        for r in routes {
+            self.apply_service(&r.env, &r.service, r, r.live).await?;
+            self.apply_service(&r.env, &format!("{}-preview", r.service), r, r.live.other())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn converge(
+        &self,
+        service: &str,
+        replicas: u32,
+        image: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Vec<Task>> {
+        self.watch_until(service, replicas, image, timeout).await
+    }
+
+    async fn services(&self, labels: &[(&str, &str)]) -> Result<Vec<String>> {
+        let api: Api<Deployment> = Api::all(self.client.clone());
+        let found = api
+            .list(&ListParams::default().labels(&selector(labels)))
+            .await
+            .map_err(|e| kerr("list Deployments", e))?;
+        Ok(found
+            .items
+            .iter()
+            .filter(|d| d.labels().get("cloudflow.proxy").is_none())
+            .map(|d| format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()))
+            .collect())
+    }
+
+    async fn create_service(&self, run: &ServiceRun) -> Result<()> {
+        self.apply_deployment(run).await
+    }
+
+    /// In-place: the same apply; the Deployment rolls its pods.
+    async fn update_service(&self, run: &ServiceRun, _live: &LiveService) -> Result<()> {
+        self.apply_deployment(run).await
+    }
+
+    async fn scale_service(&self, name: &str, replicas: u32) -> Result<()> {
+        let (ns, name) = split(name);
+        self.deployments(ns)
+            .patch_scale(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .map_err(|e| kerr(&format!("scale Deployment {ns}/{name}"), e))?;
+        Ok(())
+    }
+
+    async fn inspect_service(&self, name: &str) -> Result<Option<LiveService>> {
+        let (ns, name) = split(name);
+        let Some(d) = self
+            .deployments(ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| kerr("get Deployment", e))?
+        else {
+            return Ok(None);
+        };
+        let pod = d.spec.and_then(|s| s.template.spec).unwrap_or_default();
+        let c = pod.containers.first().cloned().unwrap_or_default();
+        let env = c
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect();
+        let mut secrets: Vec<SecretRef> = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| {
+                let secret = v.secret?.secret_name?;
+                let target = c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .find(|m| m.name == v.name)?
+                    .mount_path
+                    .strip_prefix(&format!("{SECRETS_DIR}/"))?
+                    .to_string();
+                Some(SecretRef {
+                    name: secret,
+                    target,
+                })
+            })
+            .collect();
+        secrets.sort();
+        Ok(Some(LiveService { env, secrets }))
+    }
+
+    async fn ensure_secret(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+        value: secrecy::SecretString,
+    ) -> Result<()> {
+        use secrecy::ExposeSecret;
+        let ns = labels
+            .get("cloudflow.env")
+            .cloned()
+            .unwrap_or_else(|| "default".into());
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        if api
+            .get_opt(name)
+            .await
+            .map_err(|e| kerr("get Secret", e))?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let secret = Secret {
+            metadata: meta(name, Some(&ns), labels),
+            data: Some(BTreeMap::from([(
+                "value".to_string(),
+                ByteString(value.expose_secret().as_bytes().to_vec()),
+            )])),
+            type_: Some("Opaque".into()),
+            immutable: Some(true),
+            ..Default::default()
+        };
+        api.patch(name, &apply(), &Patch::Apply(&secret))
+            .await
+            .map_err(|e| kerr(&format!("apply Secret {ns}/{name}"), e))?;
+        Ok(())
+    }
+
+    async fn remove_secrets(&self, labels: &[(&str, &str)], unused_only: bool) -> Result<()> {
+        let api: Api<Secret> = Api::all(self.client.clone());
+        let found = api
+            .list(&ListParams::default().labels(&selector(labels)))
+            .await
+            .map_err(|e| kerr("list Secrets", e))?;
+        let mut used = std::collections::BTreeSet::new();
+        if unused_only {
+            let deployments: Api<Deployment> = Api::all(self.client.clone());
+            for d in deployments
+                .list(&ListParams::default().labels(&selector(labels)))
+                .await
+                .map_err(|e| kerr("list Deployments", e))?
+                .items
+            {
+                let ns = d.namespace().unwrap_or_default();
+                for v in d
+                    .spec
+                    .and_then(|s| s.template.spec)
+                    .and_then(|p| p.volumes)
+                    .unwrap_or_default()
+                {
+                    if let Some(s) = v.secret.and_then(|s| s.secret_name) {
+                        used.insert((ns.clone(), s));
+                    }
+                }
+            }
+        }
+        for s in found.items {
+            let ns = s.namespace().unwrap_or_default();
+            let name = s.name_any();
+            if used.contains(&(ns.clone(), name.clone())) {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(kerr(&format!("delete Secret {ns}/{name}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_services(&self, names: &[String]) -> Result<()> {
+        for workload in names {
+            let (ns, name) = split(workload);
+            match self
+                .deployments(ns)
+                .delete(name, &DeleteParams::foreground())
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(kerr(&format!("delete Deployment {ns}/{name}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn tasks(&self, service: &str) -> Result<Vec<Task>> {
+        let (ns, name) = split(service);
+        let Some(d) = self
+            .deployments(ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| kerr("get Deployment", e))?
+        else {
+            return Ok(Vec::new());
+        };
+        let sel = d
+            .spec
+            .and_then(|s| s.selector.match_labels)
+            .unwrap_or_default();
+        let sel: Vec<(&str, &str)> = sel.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let pods = self
+            .pods(ns)
+            .list(&ListParams::default().labels(&selector(&sel)))
+            .await
+            .map_err(|e| kerr("list pods", e))?;
+        Ok(pods.items.iter().map(task_of).collect())
+    }
+
+    async fn ensure_proxy(&self, image: &str, port: u16, config: &str) -> Result<bool> {
+        let existed = self
+            .deployments(SYSTEM_NAMESPACE)
+            .get_opt(PROXY)
+            .await
+            .map_err(|e| kerr("get the proxy Deployment", e))?
+            .is_some();
+        self.apply_proxy(image, port, config).await?;
+        Ok(!existed)
+    }
+
+    /// A changed configuration rolls the proxy's pods (readiness-gated, one at a time), so
+    /// requests in flight finish; an unchanged one changes nothing.
+    async fn apply_proxy_config(&self, config: &str, image: &str) -> Result<()> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+        let current = cms
+            .get_opt(PROXY)
+            .await
+            .map_err(|e| kerr("get the proxy ConfigMap", e))?
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("routes.conf").cloned());
+        if current.as_deref() == Some(config) {
+            return Ok(());
+        }
+        let port = self
+            .deployments(SYSTEM_NAMESPACE)
+            .get_opt(PROXY)
+            .await
+            .map_err(|e| kerr("get the proxy Deployment", e))?
+            .and_then(|d| d.spec)
+            .and_then(|s| s.template.spec)
+            .and_then(|p| p.containers.first().and_then(|c| c.ports.clone()))
+            .and_then(|p| p.first().and_then(|p| p.host_port))
+            .map(|p| p as u16)
+            .unwrap_or(80);
+        self.apply_proxy(image, port, config).await
+    }
+
+    async fn remove_proxy(&self) -> Result<()> {
+        let ns = SYSTEM_NAMESPACE;
+        let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        for r in [
+            self.deployments(ns)
+                .delete(PROXY, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+            services
+                .delete(PROXY, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+            cms.delete(PROXY, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        ] {
+            match r {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(kerr("remove the proxy", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing to probe directly: the gate is readiness, reloads are rollouts.
+    fn proxy_endpoints(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// The kubeconfig document. The token is written only when `show_token` asks for it; otherwise
+/// kubectl gets its tokens from the exec plugin.
+pub fn kubeconfig_document(
+    cluster: &str,
+    ep: &KubeEndpoint,
+    show_token: bool,
+) -> Result<serde_json::Value> {
+    let user = match (&ep.auth, show_token) {
+        (KubeAuth::Token(t), true) => json!({"token": t.expose()}),
+        (KubeAuth::Exec { .. }, true) => {
+            return Err(Error::Usage(
+                "--show-token: CLOUDFLOW_GKE_TOKEN is not set, so there is no token to show; \
+                 without --show-token, kubectl gets tokens from gke-gcloud-auth-plugin"
+                    .into(),
+            ));
+        }
+        (
+            KubeAuth::Exec {
+                command,
+                args,
+                install_hint,
+            },
+            false,
+        ) => json!({"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": command, "args": args, "installHint": install_hint,
+            "provideClusterInfo": true, "interactiveMode": "IfAvailable"}}),
+        (KubeAuth::Token(_), false) => json!({"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": "gke-gcloud-auth-plugin", "args": [],
+            "installHint": "Install gke-gcloud-auth-plugin: `gcloud components install gke-gcloud-auth-plugin` (or pass --show-token to write CLOUDFLOW_GKE_TOKEN instead)",
+            "provideClusterInfo": true, "interactiveMode": "IfAvailable"}}),
+    };
+    let name = format!("cloudflow-{cluster}");
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {
+            "server": ep.server,
+            "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(&ep.ca_pem)}}],
+        "users": [{"name": name, "user": user}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+        "current-context": name,
+    }))
+}
+
+/// Where the Kubernetes API is: a kubeconfig the user has, or a provider's hand-off.
+pub enum KubeSource<'a> {
+    Kubeconfig {
+        path: &'a std::path::Path,
+        context: Option<&'a str>,
+    },
+    Endpoint(&'a KubeEndpoint),
+}
+
+impl Kubernetes {
+    pub async fn connect(
+        cluster: &str,
+        source: KubeSource<'_>,
+        expose: Expose,
+        proxy_replicas: u32,
+    ) -> Result<Kubernetes> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let (kc, context) = match source {
+            KubeSource::Kubeconfig { path, context } => (
+                Kubeconfig::read_from(path).map_err(|e| {
+                    Error::Usage(format!("kubernetes.kubeconfig {}: {e}", path.display()))
+                })?,
+                context.map(str::to_string),
+            ),
+            KubeSource::Endpoint(ep) => {
+                let doc = kubeconfig_document(cluster, ep, matches!(ep.auth, KubeAuth::Token(_)))?;
+                (
+                    serde_json::from_value::<Kubeconfig>(doc)
+                        .map_err(|e| Error::Other(format!("kubeconfig for {cluster}: {e}")))?,
+                    None,
+                )
+            }
+        };
+        let options = KubeConfigOptions {
+            context,
+            ..Default::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kc, &options)
+            .await
+            .map_err(|e| Error::Usage(format!("kubeconfig: {e}")))?;
+        let client = Client::try_from(config)
+            .map_err(|e| Error::Other(format!("Kubernetes API client: {e}")))?;
+        Ok(Kubernetes {
+            client,
+            cluster: cluster.to_string(),
+            expose,
+            proxy_replicas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_namespace_slash_deployment() {
+        assert_eq!(split("pr-7/web-blue"), ("pr-7", "web-blue"));
+        assert_eq!(selector(&[("a", "b"), ("c", "d")]), "a=b,c=d");
+    }
+}
