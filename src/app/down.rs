@@ -85,7 +85,24 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
             .collect();
         gather_facts(ctx, &touched).await?
     };
-    let plan = plan::compute_down(&state, &machines, owns, &destroy, &facts)?;
+    let mut plan = plan::compute_down(&state, &machines, owns, &destroy, &facts)?;
+    if !owns && ctx.spec.orchestrator == crate::spec::Orchestrator::Kubernetes {
+        // An existing cluster stays; what cloudflow deployed on it goes.
+        let k = crate::phase::deploy::kubernetes(ctx).await?;
+        let workloads = k.workloads().await?;
+        if !workloads.is_empty() || !state.environments.is_empty() {
+            plan.actions.insert(
+                0,
+                plan::Action {
+                    phase: plan::PhaseName::Deploy,
+                    host: None,
+                    step: plan::Step::RemoveDeployments {
+                        services: workloads.keys().cloned().collect(),
+                    },
+                },
+            );
+        }
+    }
     if plan.is_empty() {
         if s.known {
             ctx.state.store().delete(&ctx.spec.name)?;

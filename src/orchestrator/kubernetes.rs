@@ -1009,7 +1009,23 @@ impl Orchestrator for Kubernetes {
         self.apply_proxy(image, port, config).await
     }
 
+    /// The proxy, and the Services that route to the colours (they go with the routes).
     async fn remove_proxy(&self) -> Result<()> {
+        let routed: Api<Service> = Api::all(self.client.clone());
+        for svc in routed
+            .list(&ListParams::default().labels(&format!("cloudflow.cluster={}", self.cluster)))
+            .await
+            .map_err(|e| kerr("list Services", e))?
+            .items
+        {
+            let api: Api<Service> =
+                Api::namespaced(self.client.clone(), &svc.namespace().unwrap_or_default());
+            match api.delete(&svc.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(kerr("delete Service", e)),
+            }
+        }
         let ns = SYSTEM_NAMESPACE;
         let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
