@@ -116,7 +116,7 @@ pub struct Probe {
 }
 
 /// A routed service as the orchestrator routes it: which colour is live, which waits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceRoute {
     pub env: String,
     pub service: String,
@@ -222,6 +222,7 @@ pub fn proxy_config(
     ctx.insert("domain", domain);
     ctx.insert("generation", &generation);
     ctx.insert("routes", &routes(state, domain, upstream));
+    ctx.insert("services", &service_routes(state));
     ctx.insert("probes", probes);
     renderer.render(template, &ctx)
 }

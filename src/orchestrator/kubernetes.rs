@@ -932,18 +932,41 @@ impl Orchestrator for Kubernetes {
         Ok(())
     }
 
+    /// Delete the Deployments (foreground: their pods first) and return once the API no
+    /// longer lists them, so a Deployment applied under the same name next is a new one and
+    /// not the old one on its way out.
     async fn remove_services(&self, names: &[String]) -> Result<()> {
         for workload in names {
             let (ns, name) = split(workload);
-            match self
-                .deployments(ns)
-                .delete(name, &DeleteParams::foreground())
+            let api = self.deployments(ns);
+            let uid = match api
+                .get_opt(name)
                 .await
+                .map_err(|e| kerr("get Deployment", e))?
             {
+                Some(d) => d.metadata.uid.unwrap_or_default(),
+                None => continue,
+            };
+            match api.delete(name, &DeleteParams::foreground()).await {
                 Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
+                Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(kerr(&format!("delete Deployment {ns}/{name}"), e)),
             }
+            tokio::time::timeout(
+                Duration::from_secs(300),
+                kube::runtime::wait::await_condition(
+                    api.clone(),
+                    name,
+                    kube::runtime::wait::conditions::is_deleted(&uid),
+                ),
+            )
+            .await
+            .map_err(|_| {
+                Error::Other(format!(
+                    "Deployment {workload} was still being deleted after 300s"
+                ))
+            })?
+            .map_err(|e| Error::Other(format!("Kubernetes API: watching {workload}: {e}")))?;
         }
         Ok(())
     }
@@ -1006,7 +1029,16 @@ impl Orchestrator for Kubernetes {
             .and_then(|p| p.first().and_then(|p| p.host_port))
             .map(|p| p as u16)
             .unwrap_or(80);
-        self.apply_proxy(image, port, config).await
+        self.apply_proxy(image, port, config).await?;
+        // Returns when the rollout is done: every proxy replica serves the new routes.
+        self.watch_until(
+            &proxy_workload(),
+            self.proxy_replicas,
+            Some(image),
+            Duration::from_secs(300),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The proxy, and the Services that route to the colours (they go with the routes).

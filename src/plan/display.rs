@@ -41,10 +41,9 @@ impl fmt::Display for Step {
             Step::SwarmInit => f.write_str("swarm init (first manager)"),
             Step::SwarmJoin { role, via } => write!(f, "join the swarm as {role} via {via}"),
             Step::SwarmLeave => f.write_str("leave the swarm"),
-            Step::StartProxy { image, port } => write!(
-                f,
-                "start the reverse proxy ({image}) on every manager, port {port} (host mode)"
-            ),
+            Step::StartProxy { image, port } => {
+                write!(f, "start the reverse proxy ({image}) on port {port}")
+            }
             Step::DeployService {
                 service,
                 image,

@@ -18,7 +18,26 @@ It speaks the real wire protocol closely enough for kube-rs and a real kubectl:
   readiness), Endpoints, Service IPs / node ports / load balancer status, garbage
   collection through ownerReferences, namespace termination.
 
-Every request is appended to --log as one JSON line. Prints `listening PORT` once ready.
+Usage:
+  kube_fake.py --log FILE [--port 0] [--host 127.0.0.1] [--token TOKEN]
+               [--tls-cert PEM --tls-key PEM [--ca-file PEM] | --tls-auto DIR]
+               [--ready-seconds 1.0] [--terminate-seconds 1.0] [--node NAME ...]
+               [--kubeconfig-out PATH] [--state-file PATH]
+               [--history 5000] [--bookmark-seconds 1.0] [--tick 0.1]
+
+Prints `listening PORT` once ready. Every request is appended to --log as one JSON line
+{"method","path","query","content_type","body","status"}. --tls-auto writes ca.crt, tls.crt and
+tls.key (a CA and a server certificate for 127.0.0.1/localhost) into DIR and serves TLS with
+them; the kubeconfig then carries ca.crt. --history is how many watch events are kept: a watch
+from an older resourceVersion gets a 410 Expired ERROR event. --state-file keeps every object
+across restarts (written after each change).
+
+Main simplifications: readiness probes are not run (readiness comes from --ready-seconds and
+the image name) and pods never restart; rolling updates surge the new ReplicaSet to full size
+at once and scale old ones down as new pods become available; an unknown field with no
+fieldValidation parameter is refused (422 Invalid) where a 1.30 server would drop it with a
+warning (fieldValidation=Strict/Warn/Ignore behave as on the real server); server-side apply
+keys associative lists by their main key only (name, containerPort, port, mountPath, ...).
 """
 
 import argparse
@@ -970,10 +989,16 @@ def item_key(field, item, items):
     return None
 
 
+# maps and structs the real schema marks atomic (+mapType=atomic / +structType=atomic): owned and
+# replaced as a whole by server-side apply
+ATOMIC = {("spec", "selector"), ("spec", "nodeSelector"), ("spec", "template", "spec", "nodeSelector"),
+          ("spec", "template", "spec", "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution")}
+
+
 def fieldset(obj, status=False):
     out = set()
 
-    def walk(v, prefix):
+    def walk(v, prefix, names):
         for k, x in v.items():
             if not prefix:
                 if k in ("apiVersion", "kind") or (k == "status") != status:
@@ -983,16 +1008,19 @@ def fieldset(obj, status=False):
             if x is None:
                 continue
             p = prefix + ("f:" + k,)
-            if isinstance(x, dict) and x:
-                walk(x, p)
+            n = names + (k,)
+            if n in ATOMIC:
+                out.add(p)
+            elif isinstance(x, dict) and x:
+                walk(x, p, n)
             elif isinstance(x, list) and x and all(item_key(k, it, x) for it in x):
                 for it in x:
                     ip = p + (item_key(k, it, x),)
                     out.add(ip + (".",))
-                    walk(it, ip)
+                    walk(it, ip, n)
             else:
                 out.add(p)
-    walk(obj, ())
+    walk(obj, (), ())
     return out
 
 
@@ -1060,15 +1088,16 @@ def remove_path(obj, path):
         parent.pop(path[-1][2:], None)
 
 
-def ssa_merge(live, applied):
-    if not isinstance(applied, dict) or not isinstance(live, dict):
+def ssa_merge(live, applied, names=()):
+    if not isinstance(applied, dict) or not isinstance(live, dict) or names in ATOMIC:
         return copy.deepcopy(applied)
     out = dict(live)
     for k, v in applied.items():
+        n = names + (k,)
         if v is None:
             out.pop(k, None)
         elif isinstance(v, dict):
-            out[k] = ssa_merge(out.get(k), v)
+            out[k] = ssa_merge(out.get(k), v, n)
         elif isinstance(v, list) and v and isinstance(out.get(k), list) and all(item_key(k, it, v) for it in v):
             key = merge_key(k, v)
             merged = copy.deepcopy(out[k])
@@ -1077,7 +1106,7 @@ def ssa_merge(live, applied):
                 if idx is None:
                     merged.append(copy.deepcopy(it))
                 else:
-                    merged[idx] = ssa_merge(merged[idx], it)
+                    merged[idx] = ssa_merge(merged[idx], it, n)
             out[k] = merged
         else:
             out[k] = copy.deepcopy(v)
@@ -1516,6 +1545,23 @@ def check_service(obj, old, errs):
                                  "may not change once set"))
 
 
+def check_secret_data(res, obj):
+    if res.plural != "secrets":
+        return
+    for k, v in (obj.get("data") or {}).items():
+        if not isinstance(v, str):
+            continue
+        bad = next((i for i, ch in enumerate(v) if not (ch.isalnum() or ch in "+/=")), None)
+        if bad is None:
+            try:
+                base64.b64decode(v, validate=True)
+            except (ValueError, base64.binascii.Error):
+                bad = len(v) - len(v) % 4 if len(v) % 4 else len(v) - 1
+        if bad is not None:
+            raise bad_request('Secret in version "v1" cannot be handled as a Secret: illegal base64 data at '
+                              'input byte %d' % bad)
+
+
 def validate(res, obj, old, errs):
     meta = obj.get("metadata") or {}
     name = meta.get("name")
@@ -1575,6 +1621,13 @@ def validate(res, obj, old, errs):
 # ---------------------------------------------------------------------------------------------
 # defaults (what the real server fills in) and IP / port allocation
 
+def setdef(d, k, v):
+    """Go's defaulting: an empty string is unset too."""
+    if d.get(k) in (None, ""):
+        d[k] = v
+    return d[k]
+
+
 def default_probe(p):
     if not p:
         return
@@ -1592,21 +1645,21 @@ def default_pod_spec(spec):
         for c in spec.get(group) or []:
             img = c.get("image") or ""
             tag = img.rsplit("/", 1)[-1]
-            if "imagePullPolicy" not in c:
+            if not c.get("imagePullPolicy"):
                 c["imagePullPolicy"] = "Always" if ("@" not in tag and (":" not in tag or tag.endswith(":latest"))) \
                     else "IfNotPresent"
             c.setdefault("terminationMessagePath", "/dev/termination-log")
             c.setdefault("terminationMessagePolicy", "File")
             c.setdefault("resources", {})
             for p in c.get("ports") or []:
-                p.setdefault("protocol", "TCP")
+                setdef(p, "protocol", "TCP")
             for pk in ("readinessProbe", "livenessProbe", "startupProbe"):
                 default_probe(c.get(pk))
-    spec.setdefault("restartPolicy", "Always")
+    setdef(spec, "restartPolicy", "Always")
     spec.setdefault("terminationGracePeriodSeconds", 30)
-    spec.setdefault("dnsPolicy", "ClusterFirst")
+    setdef(spec, "dnsPolicy", "ClusterFirst")
     spec.setdefault("securityContext", {})
-    spec.setdefault("schedulerName", "default-scheduler")
+    setdef(spec, "schedulerName", "default-scheduler")
     if spec.get("serviceAccountName") and "serviceAccount" not in spec:
         spec["serviceAccount"] = spec["serviceAccountName"]
     for v in spec.get("volumes") or []:
@@ -1644,13 +1697,13 @@ def used_node_ports(exclude_uid=None):
 
 def default_service(res, obj, old, errs):
     spec = obj.setdefault("spec", {})
-    typ = spec.setdefault("type", "ClusterIP")
+    typ = setdef(spec, "type", "ClusterIP")
     if typ == "ExternalName":
         spec.pop("clusterIP", None)
         return
-    spec.setdefault("sessionAffinity", "None")
+    setdef(spec, "sessionAffinity", "None")
     for p in spec.get("ports") or []:
-        p.setdefault("protocol", "TCP")
+        setdef(p, "protocol", "TCP")
         if p.get("targetPort") is None and p.get("port") is not None:
             p["targetPort"] = p["port"]
     if old is not None:
@@ -1710,7 +1763,7 @@ def apply_defaults(res, obj, old, errs):
         spec = obj.setdefault("spec", {})
         spec.setdefault("replicas", 1)
         st = spec.setdefault("strategy", {})
-        st.setdefault("type", "RollingUpdate")
+        setdef(st, "type", "RollingUpdate")
         if st["type"] == "RollingUpdate":
             ru = st.setdefault("rollingUpdate", {})
             ru.setdefault("maxUnavailable", "25%")
@@ -1729,7 +1782,7 @@ def apply_defaults(res, obj, old, errs):
     elif p == "services":
         default_service(res, obj, old, errs)
     elif p == "secrets":
-        obj.setdefault("type", "Opaque")
+        setdef(obj, "type", "Opaque")
         sd = obj.pop("stringData", None)
         if sd:
             data = obj.setdefault("data", {}) or {}
@@ -1867,9 +1920,18 @@ def qos_class(spec):
     return "Burstable"
 
 
+def strip_nulls(v):
+    """JSON null is "unset" for the Go types behind the API: the server never stores it."""
+    if isinstance(v, dict):
+        return {k: strip_nulls(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [strip_nulls(x) for x in v if x is not None]
+    return v
+
+
 def do_create(res, ns, body, query, ua, apply_managed=None, internal=False):
-    obj = copy.deepcopy(body)
-    check_kind(res, obj)
+    check_kind(res, body)
+    obj = strip_nulls(body)
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         meta = obj["metadata"] = {}
@@ -1892,6 +1954,7 @@ def do_create(res, ns, body, query, ua, apply_managed=None, internal=False):
         meta.pop(k, None)
     if res.plural in ("deployments", "replicasets", "services", "pods"):
         obj.pop("status", None)
+    check_secret_data(res, obj)
     check_namespace(res, ns, name)
     errs = []
     apply_defaults(res, obj, None, errs)
@@ -1931,8 +1994,8 @@ def do_update(res, ns, name, body, query, ua, sub=None, apply_managed=None):
     old = get_obj(res, ns, name)
     if old is None:
         raise not_found(res, name)
-    obj = copy.deepcopy(body)
-    check_kind(res, obj)
+    check_kind(res, body)
+    obj = strip_nulls(body)
     warnings = [] if apply_managed is not None else schema_check(res, obj, query, name)
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
@@ -1975,6 +2038,7 @@ def do_update(res, ns, name, body, query, ua, sub=None, apply_managed=None):
                 raise ApiError(422, "Invalid", '%s "%s" is invalid: metadata.finalizers: Forbidden: no new finalizers '
                                'can be added if the object is being deleted, found new finalizers %s' %
                                (res.qualified_kind, name, json.dumps(sorted(added))))
+    check_secret_data(res, new)
     errs = []
     apply_defaults(res, new, old, errs)
     validate(res, new, old, errs)
@@ -1984,7 +2048,9 @@ def do_update(res, ns, name, body, query, ua, sub=None, apply_managed=None):
         new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
     new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
     if strip_volatile(new) == strip_volatile(old):
-        return old, warnings
+        untimed = [dict(e, time=None) for e in old["metadata"].get("managedFields") or []]
+        if apply_managed is None or [dict(e, time=None) for e in apply_managed] == untimed:
+            return old, warnings
     if apply_managed is not None:
         new["metadata"]["managedFields"] = apply_managed
     else:
@@ -3372,6 +3438,122 @@ def route(method, path, query, body, headers):
     raise path_not_found()
 
 
+def pb_decode(buf):
+    """Protocol buffer wire format -> [(field number, wire type, value)]."""
+    out, i = [], 0
+
+    def varint(i):
+        shift = result = 0
+        while True:
+            b = buf[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return result, i
+            shift += 7
+    while i < len(buf):
+        key, i = varint(i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = varint(i)
+        elif wt == 2:
+            n, i = varint(i)
+            v = buf[i:i + n]
+            i += n
+        elif wt == 1:
+            v, i = buf[i:i + 8], i + 8
+        elif wt == 5:
+            v, i = buf[i:i + 4], i + 4
+        else:
+            raise ValueError("wire type %d" % wt)
+        out.append((num, wt, v))
+    return out
+
+
+def pb_map(entries, as_bytes=False):
+    out = {}
+    for e in entries:
+        kv = {n: v for n, _, v in pb_decode(e)}
+        val = kv.get(2, b"")
+        out[kv.get(1, b"").decode()] = base64.b64encode(val).decode() if as_bytes else val.decode()
+    return out
+
+
+def pb_object_meta(buf):
+    f = pb_decode(buf)
+    m, labels, annotations, owners, fins = {}, [], [], [], []
+    for num, _, v in f:
+        if num in (1, 2, 3) and v:
+            m[{1: "name", 2: "generateName", 3: "namespace"}[num]] = v.decode()
+        elif num == 11:
+            labels.append(v)
+        elif num == 12:
+            annotations.append(v)
+        elif num == 13:
+            r = {}
+            for n2, _, v2 in pb_decode(v):
+                if n2 in (1, 3, 4, 5):
+                    r[{1: "kind", 3: "name", 4: "uid", 5: "apiVersion"}[n2]] = v2.decode()
+                elif n2 in (6, 7):
+                    r[{6: "controller", 7: "blockOwnerDeletion"}[n2]] = bool(v2)
+            owners.append(r)
+        elif num == 14:
+            fins.append(v.decode())
+    if labels:
+        m["labels"] = pb_map(labels)
+    if annotations:
+        m["annotations"] = pb_map(annotations)
+    if owners:
+        m["ownerReferences"] = owners
+    if fins:
+        m["finalizers"] = fins
+    return m
+
+
+def decode_protobuf(raw):
+    """The application/vnd.kubernetes.protobuf envelope, for the kinds newer kubectl versions send
+    that way (create namespace / configmap / secret). Other kinds: 415."""
+    unsupported = ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                           "accepted media types include: application/json, application/yaml")
+    if not raw.startswith(b"k8s\x00"):
+        raise unsupported
+    try:
+        env = {n: v for n, _, v in pb_decode(raw[4:])}
+        tm = {n: v.decode() for n, _, v in pb_decode(env.get(1, b""))}
+        api_version, kind = tm.get(1, ""), tm.get(2, "")
+        fields = pb_decode(env.get(2, b""))
+    except (ValueError, IndexError, UnicodeDecodeError):
+        raise bad_request("unable to decode the protobuf body")
+    obj = {"apiVersion": api_version, "kind": kind}
+    by = {}
+    for n, _, v in fields:
+        by.setdefault(n, []).append(v)
+    if 1 in by:
+        obj["metadata"] = pb_object_meta(by[1][0])
+    if (api_version, kind) == ("v1", "Namespace"):
+        if 2 in by:
+            obj["spec"] = {"finalizers": [v.decode() for n, _, v in pb_decode(by[2][0]) if n == 1]}
+    elif (api_version, kind) == ("v1", "ConfigMap"):
+        if 2 in by:
+            obj["data"] = pb_map(by[2])
+        if 3 in by:
+            obj["binaryData"] = pb_map(by[3], as_bytes=True)
+        if 4 in by:
+            obj["immutable"] = bool(by[4][0])
+    elif (api_version, kind) == ("v1", "Secret"):
+        if 2 in by:
+            obj["data"] = pb_map(by[2], as_bytes=True)
+        if 3 in by:
+            obj["type"] = by[3][0].decode()
+        if 4 in by:
+            obj["stringData"] = pb_map(by[4])
+        if 5 in by:
+            obj["immutable"] = bool(by[5][0])
+    else:
+        raise unsupported
+    return obj
+
+
 def parse_body(raw, ctype):
     text = raw.decode("utf-8", "replace")
     try:
@@ -3456,10 +3638,20 @@ class Handler(BaseHTTPRequestHandler):
                 if not hmac.compare_digest(auth.encode(), ("Bearer " + ARGS.token).encode()):
                     raise ApiError(401, "Unauthorized", "Unauthorized")
             body = None
-            if raw.strip():
+            base = (ctype or "application/json").split(";")[0].strip().lower()
+            if raw.strip() and base == "application/vnd.kubernetes.protobuf":
+                body = logged = decode_protobuf(raw)
+            elif raw.strip() and method in ("POST", "PUT", "DELETE") and base not in (
+                    "application/json", "application/yaml", "application/x-yaml", "text/yaml", "*/*", ""):
+                raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                               "accepted media types include: application/json, application/yaml")
+            elif raw.strip():
                 body = parse_body(raw, ctype)
                 logged = body
             resp = route(method, path, query, body, self.headers)
+            if method not in ("GET", "HEAD") and ARGS.state_file:
+                with LOCK:
+                    save_state()
         except ApiError as e:
             resp = Resp(e.code, e.status(), headers=e.headers)
         except Exception as e:  # a bug in the fake: say so like the real server would
@@ -3716,6 +3908,8 @@ def main():
         ARGS.ca_file = ARGS.ca_file or paths["ca.crt"]
     if bool(ARGS.tls_cert) != bool(ARGS.tls_key):
         sys.exit("--tls-cert and --tls-key go together")
+    if ":" in ARGS.host:
+        Server.address_family = socket.AF_INET6
     server = Server((ARGS.host, ARGS.port), Handler)
     tls = bool(ARGS.tls_cert)
     if tls:
