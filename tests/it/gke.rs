@@ -25,6 +25,10 @@ struct GkeFake {
 
 impl GkeFake {
     fn start(op_seconds: f64, create_seconds: f64) -> GkeFake {
+        Self::start_with(op_seconds, create_seconds, &[])
+    }
+
+    fn start_with(op_seconds: f64, create_seconds: f64, extra: &[&str]) -> GkeFake {
         let dir = workdir();
         let log = dir.path().join("calls.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/peers/gke_fake.py");
@@ -40,6 +44,7 @@ impl GkeFake {
             ])
             .args(["--op-seconds", &op_seconds.to_string()])
             .args(["--create-seconds", &create_seconds.to_string()])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("fake.err")).unwrap())
             .spawn()
@@ -468,4 +473,73 @@ fn gke_bad_credentials_project_and_machine_type_are_clear_and_create_nothing() {
         run.stderr
     );
     assert!(fake.clusters().is_empty(), "something was created");
+}
+
+#[test]
+fn gke_up_creates_the_cluster_and_deploys_into_it() {
+    // The cluster's API is the fake Kubernetes API over TLS, signed by the CA the fake GKE
+    // reports as masterAuth.clusterCaCertificate; the GKE token is its bearer token.
+    let tls = workdir();
+    let k = crate::kubernetes::KubeFake::start(&[
+        "--tls-auto",
+        tls.path().to_str().unwrap(),
+        "--token",
+        TOKEN,
+    ]);
+    let ca = tls.path().join("ca.crt");
+    let fake = GkeFake::start_with(
+        0.3,
+        0.6,
+        &[
+            "--endpoint",
+            &format!("127.0.0.1:{}", k.port),
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let dir = workdir();
+    let d = dir.path();
+    spec(d, "shop", 0, false, "e2-highmem-8");
+    let mut text = std::fs::read_to_string(d.join("cloudflow.yaml")).unwrap();
+    text.push_str(
+        "proxy: { domain: shop.test, image: reg:5000/nginx:stable, port: 80 }
+services:
+  web: { image: reg:5000/web:1, port: 8080, replicas: 2, health: { path: /healthz } }
+",
+    );
+    std::fs::write(d.join("cloudflow.yaml"), text).unwrap();
+
+    let (run, _) = fake.cloudflow(d, &["up", "--yes"], &[]);
+    let run = run.ok();
+    assert!(
+        run.stderr.contains("is live (blue, 2 replica(s))"),
+        "{}",
+        run.stderr
+    );
+    let svc = k.json(&["get", "service", "web", "-n", "default"]);
+    assert_eq!(svc["spec"]["selector"]["cloudflow.color"], "blue");
+    let proxy = k.json(&[
+        "get",
+        "service",
+        "cloudflow-proxy",
+        "-n",
+        "cloudflow-system",
+    ]);
+    assert_eq!(proxy["spec"]["type"], "LoadBalancer");
+    // Every call to the cluster's API carried the token, over TLS checked against the CA.
+    assert!(k.calls().iter().all(|c| c["status"] != 401));
+
+    let (run, calls) = fake.cloudflow(d, &["up", "--yes"], &[]);
+    assert!(run.ok().stdout.contains("no changes"));
+    assert_eq!(mutating(&calls), Vec::<String>::new());
+
+    let (run, _) = fake.cloudflow(d, &["deploy", "web", "--image", "reg:5000/web:2"], &[]);
+    run.ok();
+    let svc = k.json(&["get", "service", "web", "-n", "default"]);
+    assert_eq!(svc["spec"]["selector"]["cloudflow.color"], "green");
+
+    let (run, calls) = fake.cloudflow(d, &["down", "--yes"], &[]);
+    run.ok();
+    assert_eq!(mutating(&calls).len(), 1, "{:?}", mutating(&calls));
+    assert!(fake.clusters().is_empty());
 }

@@ -19,7 +19,7 @@ pub(crate) struct KubeFake {
     pub(crate) port: u16,
     log: PathBuf,
     pub(crate) kubeconfig: PathBuf,
-    pub(crate) dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl KubeFake {
@@ -54,7 +54,7 @@ impl KubeFake {
             port,
             log,
             kubeconfig,
-            dir,
+            _dir: dir,
         }
     }
 
