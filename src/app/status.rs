@@ -155,9 +155,27 @@ pub async fn status(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
             ctx.spec.name
         );
     }
+    let mut nodes = serde_json::to_value(&statuses).unwrap_or_default();
+    let mut kube = None;
+    let reachable = ctx.spec.kubernetes.kubeconfig.is_some()
+        || managed.as_ref().is_some_and(|m| m.status == "RUNNING");
+    if ctx.spec.orchestrator == crate::spec::Orchestrator::Kubernetes && reachable {
+        let k = crate::phase::deploy::kubernetes(ctx)
+            .await?
+            .status()
+            .await?;
+        if managed.is_none() {
+            text = format!("cluster {} (Kubernetes, existing)\n", ctx.spec.name);
+        }
+        text.push_str(&kube_text(&k));
+        nodes = json!(k.nodes);
+        kube = Some(k);
+    }
     Ok(Report {
-        json: json!({"cluster": ctx.spec.name, "provider": ctx.provider.kind(), "nodes": statuses,
+        json: json!({"cluster": ctx.spec.name, "provider": ctx.provider.kind(), "nodes": nodes,
                      "managed": managed,
+                     "namespaces": kube.as_ref().map(|k| &k.namespaces),
+                     "workloads": kube.as_ref().map(|k| &k.workloads),
                      "proxy": state.proxy.as_ref().map(|p| json!({"image": p.image, "port": p.port})),
                      "environments": environments, "error": error}),
         text,
@@ -184,6 +202,45 @@ fn managed_text(mc: &cloudflow_provider_api::ManagedCluster) -> String {
             "  {:<16} {:<16} {:>5} {:<12} {:<10} {}{spot}\n",
             p.name, p.machine_type, p.size, auto, p.status, p.version
         ));
+    }
+    text
+}
+
+/// Nodes, namespaces and workloads as the Kubernetes API reports them.
+fn kube_text(k: &crate::orchestrator::KubeStatus) -> String {
+    let mut text = format!("  {} node(s)\n", k.nodes.len());
+    text.push_str(&format!(
+        "  {:<20} {:<16} {:<8} {}\n",
+        "NODE", "ADDRESS", "ROLE", "STATUS"
+    ));
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    for n in &k.nodes {
+        text.push_str(&format!(
+            "  {:<20} {:<16} {:<8} {}\n",
+            s(&n["name"]),
+            s(&n["address"]),
+            s(&n["role"]),
+            s(&n["status"])
+        ));
+    }
+    if !k.namespaces.is_empty() {
+        text.push_str(&format!("  namespaces: {}\n", k.namespaces.join(", ")));
+    }
+    if !k.workloads.is_empty() {
+        text.push_str(&format!(
+            "  {:<28} {:<8} {:<32} {}\n",
+            "WORKLOAD", "COLOUR", "IMAGE", "READY"
+        ));
+        for w in &k.workloads {
+            text.push_str(&format!(
+                "  {:<28} {:<8} {:<32} {}/{}\n",
+                format!("{}/{}", s(&w["namespace"]), s(&w["name"])),
+                s(&w["color"]),
+                s(&w["image"]),
+                w["ready"],
+                w["replicas"]
+            ));
+        }
     }
     text
 }

@@ -205,7 +205,88 @@ fn meta(name: &str, ns: Option<&str>, labels: &BTreeMap<String, String>) -> Obje
     }
 }
 
+/// The cluster as its API reports it, for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KubeStatus {
+    /// name, address, role (manager = control plane), status (ready / not-ready).
+    pub nodes: Vec<serde_json::Value>,
+    /// Namespaces this cluster's environments live in.
+    pub namespaces: Vec<String>,
+    /// Every Deployment cloudflow made: env, service, colour, image, ready/wanted replicas.
+    pub workloads: Vec<serde_json::Value>,
+}
+
 impl Kubernetes {
+    pub async fn status(&self) -> Result<KubeStatus> {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let nodes = nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| kerr("list nodes", e))?
+            .items
+            .iter()
+            .map(|n| {
+                let status = n.status.clone().unwrap_or_default();
+                let address = status
+                    .addresses
+                    .iter()
+                    .flatten()
+                    .find(|a| a.type_ == "InternalIP")
+                    .map(|a| a.address.clone())
+                    .unwrap_or_default();
+                let ready = status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let manager = n
+                    .labels()
+                    .contains_key("node-role.kubernetes.io/control-plane")
+                    || n.labels().contains_key("node-role.kubernetes.io/master");
+                json!({"name": n.name_any(), "address": address,
+                       "role": if manager { "manager" } else { "worker" },
+                       "status": if ready { "ready" } else { "not-ready" }})
+            })
+            .collect();
+        let ns_api: Api<Namespace> = Api::all(self.client.clone());
+        let namespaces = ns_api
+            .list(&ListParams::default().labels(&format!("cloudflow.cluster={}", self.cluster)))
+            .await
+            .map_err(|e| kerr("list namespaces", e))?
+            .items
+            .iter()
+            .map(|n| n.name_any())
+            .collect();
+        let api: Api<Deployment> = Api::all(self.client.clone());
+        let workloads = api
+            .list(&ListParams::default().labels(&format!("cloudflow.cluster={}", self.cluster)))
+            .await
+            .map_err(|e| kerr("list Deployments", e))?
+            .items
+            .iter()
+            .map(|d| {
+                let l = d.labels();
+                json!({
+                    "namespace": d.namespace(),
+                    "name": d.name_any(),
+                    "env": l.get("cloudflow.env"),
+                    "service": l.get("cloudflow.service"),
+                    "color": l.get("cloudflow.color"),
+                    "image": d.spec.as_ref().and_then(|s| s.template.spec.as_ref())
+                        .and_then(|p| p.containers.first()).and_then(|c| c.image.clone()),
+                    "ready": d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+                    "replicas": d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+                })
+            })
+            .collect();
+        Ok(KubeStatus {
+            nodes,
+            namespaces,
+            workloads,
+        })
+    }
+
     /// Every Deployment of this cluster: workload → (ready, desired), as the API reports it.
     pub async fn workloads(&self) -> Result<BTreeMap<String, (u32, u32)>> {
         let api: Api<Deployment> = Api::all(self.client.clone());

@@ -17,7 +17,7 @@ use crate::spec::Strategy;
 use crate::state::Color;
 
 pub use kubernetes::{
-    Expose, KubeSource, Kubernetes, kubeconfig_document, proxy_workload, workload_name,
+    Expose, KubeSource, KubeStatus, Kubernetes, kubeconfig_document, proxy_workload, workload_name,
 };
 pub use swarm::Swarm;
 

@@ -190,6 +190,33 @@ fn kubernetes_blue_green_scale_rollback_and_environments_against_the_fake_api() 
     assert_eq!(deploy["metadata"]["labels"]["cloudflow.cluster"], "demo");
     let run = cloudflow(d, &["up", "--yes"]).ok();
     assert!(run.stdout.contains("no changes"), "{}", run.stdout);
+    // status, from the API: nodes, and per workload its colour, image and readiness.
+    let status = cloudflow(d, &["-o", "json", "status"]).ok().json();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{status}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["status"] == "ready" && n["name"].is_string() && n["role"].is_string())
+    );
+    let web = status["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "web-blue")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (web["ready"].as_i64(), web["image"].as_str()),
+        (Some(2), Some("reg:5000/web:1"))
+    );
+    assert_eq!(
+        status["environments"][0]["services"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // v2: gated, then the selector flips; the preview Service selects the old colour.
     cloudflow(d, &["deploy", "web", "--image", "reg:5000/web:2"]).ok();
