@@ -57,6 +57,10 @@ pub struct HostFacts {
     pub logins: BTreeSet<String>,
     /// Swarm services labelled `cloudflow.cluster` (managers only): (running, desired) tasks.
     pub swarm_services: BTreeMap<String, (u32, u32)>,
+    /// SHA-256 of /usr/local/bin/k3s, when it is there.
+    pub k3s_bin: Option<String>,
+    /// Whether k3s runs (a service, or the process cloudflow started).
+    pub k3s_running: bool,
 }
 
 impl HostFacts {
@@ -133,6 +137,8 @@ pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
         docker_running: get("docker_running") == "yes",
         swarm,
         daemon_json,
+        k3s_bin: kv.get("k3s_bin").map(|s| s.to_string()),
+        k3s_running: get("k3s_running") == "yes",
         files,
         logins,
         swarm_services,

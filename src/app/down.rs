@@ -86,7 +86,23 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
         gather_facts(ctx, &touched).await?
     };
     let mut plan = plan::compute_down(&state, &machines, owns, &destroy, &facts)?;
-    if !owns && ctx.spec.orchestrator == crate::spec::Orchestrator::Kubernetes {
+    let k3s = ctx.spec.kubernetes.k3s_artifacts.is_some();
+    if !owns && k3s {
+        // k3s on hosts cloudflow did not make: stop it and take it away.
+        for m in &machines {
+            if facts.get(&m.name).is_some_and(|f| f.k3s_bin.is_some()) {
+                plan.actions.push(plan::Action {
+                    phase: plan::PhaseName::Cluster,
+                    host: Some(m.name.clone()),
+                    step: plan::Step::K3sUninstall,
+                });
+            }
+        }
+    }
+    if !owns
+        && ctx.spec.orchestrator == crate::spec::Orchestrator::Kubernetes
+        && (!k3s || ctx.k3s_kubeconfig.exists())
+    {
         // An existing cluster stays; what cloudflow deployed on it goes.
         let k = crate::phase::deploy::kubernetes(ctx).await?;
         let workloads = k.workloads().await?;

@@ -322,6 +322,7 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
         connect_timeout: Duration::from_secs(10),
         command_timeout: Duration::from_secs(20 * 60),
     });
+    let spec_name = spec.name.clone();
     let ctx = Ctx {
         spec,
         state,
@@ -333,6 +334,7 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
         concurrency: 16,
         machines: Mutex::new(Vec::new()),
         facts: Mutex::new(BTreeMap::new()),
+        k3s_kubeconfig: dir.join(format!("{}.k3s.kubeconfig", spec_name)),
     };
     Ok(Session {
         ctx,

@@ -208,6 +208,7 @@ async fn scale_workers(
             facts: &facts,
             renderer: &ctx.renderer,
             cluster_view: None,
+            k3s: None,
         })?;
         for phase in [&Bootstrap as &dyn Phase, &Cluster] {
             if reach(phase.name()) && phase.should_run(&plan) {

@@ -158,18 +158,25 @@ pub async fn status(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
     let mut nodes = serde_json::to_value(&statuses).unwrap_or_default();
     let mut kube = None;
     let reachable = ctx.spec.kubernetes.kubeconfig.is_some()
+        || ctx.k3s_kubeconfig.exists()
         || managed.as_ref().is_some_and(|m| m.status == "RUNNING");
     if ctx.spec.orchestrator == crate::spec::Orchestrator::Kubernetes && reachable {
-        let k = crate::phase::deploy::kubernetes(ctx)
-            .await?
-            .status()
-            .await?;
-        if managed.is_none() {
+        if managed.is_none() && ctx.spec.kubernetes.kubeconfig.is_some() {
             text = format!("cluster {} (Kubernetes, existing)\n", ctx.spec.name);
         }
-        text.push_str(&kube_text(&k));
-        nodes = json!(k.nodes);
-        kube = Some(k);
+        // The cluster's API unreachable is a warning, like an unreachable swarm leader.
+        let asked = async { crate::phase::deploy::kubernetes(ctx).await?.status().await };
+        match asked.await {
+            Ok(k) => {
+                text.push_str(&kube_text(&k));
+                nodes = json!(k.nodes);
+                kube = Some(k);
+            }
+            Err(e) => {
+                text.push_str(&format!("warning: could not ask the Kubernetes API: {e}\n"));
+                error = Some(e.to_string());
+            }
+        }
     }
     Ok(Report {
         json: json!({"cluster": ctx.spec.name, "provider": ctx.provider.kind(), "nodes": nodes,

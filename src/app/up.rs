@@ -53,12 +53,18 @@ async fn compute(
         super::ready::wait_booted(ctx, &hosts, timeout, record).await?;
         gather_facts(ctx, &hosts).await?
     };
+    // The cluster's API is asked only when there is something to deploy to it.
     let view = if until == Some(PhaseName::Provision)
         || ctx.spec.orchestrator != crate::spec::Orchestrator::Kubernetes
+        || ctx.spec.services.is_empty()
     {
         None
     } else {
         Some(cluster_view(ctx, !actions.is_empty()).await?)
+    };
+    let k3s = match &ctx.spec.kubernetes.k3s_artifacts {
+        Some(dir) => Some(k3s_inputs(ctx, dir, &machines)?),
+        None => None,
     };
     let state = ctx.state.snapshot();
     let mut plan = plan::compute(&Inputs {
@@ -69,10 +75,37 @@ async fn compute(
         facts: &facts,
         renderer: &ctx.renderer,
         cluster_view: view.as_ref(),
+        k3s: k3s.as_ref(),
     })?;
     plan.notes.extend(ctx.provider.plan_notes().await?);
     let plan = plan.until(until);
     Ok((plan, actions))
+}
+
+/// The k3s artifacts on this machine and each host's node address, for the planner.
+pub(super) fn k3s_inputs(
+    ctx: &crate::phase::Ctx,
+    dir: &std::path::Path,
+    machines: &[Machine],
+) -> Result<plan::K3sInputs> {
+    let a = crate::phase::k3s_artifacts(dir)?;
+    let node_ips = machines
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                crate::phase::node_ip(&crate::exec::Target::from(m)),
+            )
+        })
+        .collect();
+    use secrecy::ExposeSecret;
+    Ok(plan::K3sInputs {
+        binary_sha: a.binary_sha,
+        marker: a.marker,
+        node_ips,
+        kubeconfig_present: ctx.k3s_kubeconfig.exists(),
+        password: ctx.password.as_ref().map(|p| p.expose_secret().to_string()),
+    })
 }
 
 /// What runs on a Kubernetes cluster, from its API. A cluster the provider is still making
@@ -83,7 +116,10 @@ async fn cluster_view(ctx: &crate::phase::Ctx, provider_busy: bool) -> Result<pl
         proxy: crate::orchestrator::proxy_workload(),
         naming: crate::orchestrator::workload_name,
     };
-    if ctx.spec.kubernetes.kubeconfig.is_none() {
+    if ctx.spec.kubernetes.k3s_artifacts.is_some() && !ctx.k3s_kubeconfig.exists() {
+        return Ok(empty()); // k3s is not installed yet
+    }
+    if ctx.spec.kubernetes.kubeconfig.is_none() && ctx.spec.kubernetes.k3s_artifacts.is_none() {
         match ctx.provider.kubernetes().await {
             Ok(Some(_)) => {}
             Ok(None) => return Ok(empty()),

@@ -126,6 +126,7 @@ pub(crate) fn quote(s: &str) -> String {
         .unwrap_or_default()
 }
 
+pub mod k3s;
 pub mod swarm;
 
 // ---- host files ------------------------------------------------------------------------------
@@ -195,7 +196,12 @@ pub fn remove_files(step: &str, paths: &[String]) -> Cmd {
 
 pub fn facts(r: &Renderer, registries: &[String]) -> Result<Cmd, RenderError> {
     let mut ctx = Context::new();
-    ctx.insert("files", MANAGED_FILES);
+    let files: Vec<&str> = MANAGED_FILES
+        .iter()
+        .chain(k3s::MANAGED_FILES)
+        .copied()
+        .collect();
+    ctx.insert("files", &files);
     // Registry names are matched literally in the facts script; keep them shell-safe.
     let safe: Vec<&String> = registries
         .iter()

@@ -287,6 +287,50 @@ impl Kubernetes {
         })
     }
 
+    /// Wait (a watch on nodes) until every node in `names` is registered and Ready.
+    pub async fn wait_nodes(&self, names: &[String], timeout: Duration) -> Result<()> {
+        use k8s_openapi::api::core::v1::Node;
+        let api: Api<Node> = Api::all(self.client.clone());
+        let (reader, writer) = reflector::store::<Node>();
+        let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        let ready = |n: &Node| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        let missing = || -> Vec<String> {
+            let nodes = reader.state();
+            names
+                .iter()
+                .filter(|name| !nodes.iter().any(|n| &n.name_any() == *name && ready(n)))
+                .cloned()
+                .collect()
+        };
+        let watch = async {
+            let mut listed = false;
+            while let Some(ev) = stream
+                .try_next()
+                .await
+                .map_err(|e| Error::Other(format!("Kubernetes API: watching nodes: {e}")))?
+            {
+                listed |= matches!(ev, watcher::Event::InitDone);
+                if listed && missing().is_empty() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(timeout, watch).await.map_err(|_| {
+            Error::Other(format!(
+                "gave up after {}s waiting for node(s) to be Ready: {}",
+                timeout.as_secs(),
+                missing().join(", ")
+            ))
+        })?
+    }
+
     /// Every Deployment of this cluster: workload → (ready, desired), as the API reports it.
     pub async fn workloads(&self) -> Result<BTreeMap<String, (u32, u32)>> {
         let api: Api<Deployment> = Api::all(self.client.clone());

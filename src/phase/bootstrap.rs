@@ -206,6 +206,9 @@ pub(super) async fn apply(
         | Step::SwarmLeave
         | Step::StartProxy { .. }
         | Step::DeployService { .. }
+        | Step::K3sInstall { .. }
+        | Step::K3sKubeconfig
+        | Step::K3sUninstall
         | Step::RemoveDeployments { .. } => {
             return Err(ExecError::Local(format!(
                 "{step} belongs to the cluster phase"

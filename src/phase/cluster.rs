@@ -26,6 +26,9 @@ impl Phase for Cluster {
     }
 
     async fn run(&self, ctx: &Ctx, plan: &Plan) -> Result<()> {
+        if ctx.spec.orchestrator == crate::spec::Orchestrator::Kubernetes {
+            return super::k3s::run(ctx, plan).await;
+        }
         let phase = "cluster";
         let actions: Vec<_> = plan.for_phase(PhaseName::Cluster).collect();
         let missing = |h: &str| ExecError::Local(format!("host {h} is not a known machine"));
@@ -88,6 +91,7 @@ impl Phase for Cluster {
     }
 
     async fn undo(&self, ctx: &Ctx, plan: &Plan) -> Result<()> {
+        super::k3s::undo(ctx, plan).await?;
         // In plan order (workers first): a manager leaving first could break quorum for the rest.
         for a in plan.for_phase(PhaseName::Cluster) {
             let (Some(host), Step::SwarmLeave) = (a.host.as_deref(), &a.step) else {

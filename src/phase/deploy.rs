@@ -72,6 +72,33 @@ pub async fn kubernetes(ctx: &Ctx) -> Result<Kubernetes> {
         )
         .await;
     }
+    if ctx.spec.kubernetes.k3s_artifacts.is_some() {
+        // k3s that cloudflow installed: the kubeconfig it fetched; the proxy on a host port.
+        if !ctx.k3s_kubeconfig.exists() {
+            return Err(Error::Other(format!(
+                "cluster {}: k3s is not installed yet (no {}): run `cloudflow -f {} up --yes` first",
+                ctx.spec.name,
+                ctx.k3s_kubeconfig.display(),
+                ctx.spec.path.display()
+            )));
+        }
+        let managers = ctx
+            .machines()
+            .iter()
+            .filter(|m| m.role == Role::Manager)
+            .count()
+            .max(1) as u32;
+        return Kubernetes::connect(
+            &ctx.spec.name,
+            KubeSource::Kubeconfig {
+                path: &ctx.k3s_kubeconfig,
+                context: None,
+            },
+            Expose::HostPort,
+            managers,
+        )
+        .await;
+    }
     let Some(ep) = ctx.provider.kubernetes().await? else {
         return Err(Error::Other(format!(
             "cluster {}: no Kubernetes API to talk to yet: run `cloudflow -f {} up --yes` first",

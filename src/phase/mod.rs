@@ -5,6 +5,7 @@
 mod bootstrap;
 mod cluster;
 pub mod deploy;
+mod k3s;
 mod provision;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,7 @@ use crate::ui::Ui;
 pub use bootstrap::Bootstrap;
 pub use cluster::Cluster;
 pub use deploy::{Deploy, Proxy};
+pub use k3s::{K3sArtifacts, k3s_artifacts, node_ip};
 pub use provision::Provision;
 
 /// Everything a phase may use. No globals.
@@ -39,6 +41,9 @@ pub struct Ctx {
     pub concurrency: usize,
     pub machines: Mutex<Vec<Machine>>,
     pub facts: Mutex<BTreeMap<String, HostFacts>>,
+    /// Where the kubeconfig of a k3s cluster cloudflow installed is kept (0600, beside the
+    /// state, like the lab's SSH key).
+    pub k3s_kubeconfig: std::path::PathBuf,
 }
 
 impl Ctx {

@@ -58,6 +58,7 @@ fn fixture(spec_text: &str, rec: Recording, password: Option<&str>) -> Fixture {
         facts: &facts,
         renderer: &renderer,
         cluster_view: None,
+        k3s: None,
     })
     .unwrap();
     let rec = Arc::new(rec);
@@ -75,6 +76,7 @@ fn fixture(spec_text: &str, rec: Recording, password: Option<&str>) -> Fixture {
         concurrency: 4,
         machines: Mutex::new(machines),
         facts: Mutex::new(facts),
+        k3s_kubeconfig: std::path::PathBuf::from("/nonexistent/k3s.kubeconfig"),
     };
     Fixture {
         _dir: dir,

@@ -41,6 +41,13 @@ impl fmt::Display for Step {
             Step::SwarmInit => f.write_str("swarm init (first manager)"),
             Step::SwarmJoin { role, via } => write!(f, "join the swarm as {role} via {via}"),
             Step::SwarmLeave => f.write_str("leave the swarm"),
+            Step::K3sInstall { role, changes } => {
+                write!(f, "k3s {role}: {}", changes.join(", "))
+            }
+            Step::K3sKubeconfig => {
+                f.write_str("fetch the kubeconfig from the first server into the state directory")
+            }
+            Step::K3sUninstall => f.write_str("stop k3s and remove what cloudflow installed"),
             Step::StartProxy { image, port } => {
                 write!(f, "start the reverse proxy ({image}) on port {port}")
             }

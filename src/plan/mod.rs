@@ -78,6 +78,14 @@ pub enum Step {
         role: Role,
         via: String,
     },
+    /// Install or update k3s on a host and (re)start it: binary, airgap images, config,
+    /// registries, service environment; joiners get the join token.
+    K3sInstall {
+        role: commands::k3s::K3sRole,
+        changes: Vec<String>,
+    },
+    /// Fetch the first server's kubeconfig (pointed at its address) into the state directory.
+    K3sKubeconfig,
     StartProxy {
         image: String,
         port: u16,
@@ -94,6 +102,8 @@ pub enum Step {
         services: Vec<String>,
     },
     SwarmLeave,
+    /// Stop k3s and remove what cloudflow installed for it.
+    K3sUninstall,
     RegistryLogout {
         server: String,
     },
@@ -180,6 +190,23 @@ pub struct Inputs<'a> {
     /// On Kubernetes, the workloads as the API reports them (Swarm's come from the leader's
     /// facts).
     pub cluster_view: Option<&'a ClusterView>,
+    /// k3s on our machines (`orchestrator: kubernetes` with lab, bare metal or AWS).
+    pub k3s: Option<&'a K3sInputs>,
+}
+
+/// What the planner compares k3s hosts with: read on this machine before planning.
+#[derive(Debug, Clone)]
+pub struct K3sInputs {
+    /// SHA-256 of the artifacts' k3s binary.
+    pub binary_sha: String,
+    /// What `/var/lib/rancher/k3s/agent/images/cloudflow.sha` says when the images are in place.
+    pub marker: String,
+    /// Each host's node address (private where the provider has one).
+    pub node_ips: BTreeMap<String, String>,
+    /// Whether the kubeconfig cloudflow fetched is in the state directory.
+    pub kubeconfig_present: bool,
+    /// The registry password (registries.yaml holds it), when the spec has a login.
+    pub password: Option<String>,
 }
 
 /// What runs on a cluster whose API cloudflow asks directly (Kubernetes), named as the
@@ -247,10 +274,14 @@ pub fn compute(i: &Inputs) -> Result<Plan, PlanError> {
         });
     }
     let hosts = planned_hosts(i.machines, i.provider_actions);
+    let kubernetes = i.spec.orchestrator == crate::spec::Orchestrator::Kubernetes;
     for h in &hosts {
         let facts = i.facts.get(&h.name);
         if facts.is_none() {
             plan.forecast_hosts.push(h.name.clone());
+        }
+        if kubernetes {
+            continue; // k3s brings its own container runtime: no Docker to bootstrap
         }
         for step in bootstrap_steps(i, &h.name, facts)? {
             plan.actions.push(Action {
@@ -260,7 +291,11 @@ pub fn compute(i: &Inputs) -> Result<Plan, PlanError> {
             });
         }
     }
-    cluster_steps(&hosts, i.facts, &mut plan);
+    if kubernetes {
+        k3s_steps(i, &hosts, &mut plan);
+    } else {
+        cluster_steps(&hosts, i.facts, &mut plan);
+    }
     deploy_steps(i, &hosts, &mut plan);
     live_size_notes(i, &mut plan);
     Ok(plan)
@@ -523,6 +558,85 @@ fn cluster_steps(hosts: &[PlannedHost], facts: &BTreeMap<String, HostFacts>, pla
                 },
             }),
         }
+    }
+}
+
+/// k3s on every host: the first manager starts the cluster, other managers join it as
+/// servers, workers as agents. A host whose binary, images, files or process differ from
+/// what the spec wants gets one step naming what changes.
+fn k3s_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
+    use commands::k3s::{self, K3sRole};
+    let Some(k) = i.k3s else {
+        return;
+    };
+    let Some(first) = hosts.iter().find(|h| h.role == Role::Manager) else {
+        return;
+    };
+    let ip = |h: &str| k.node_ips.get(h).cloned().unwrap_or_default();
+    let first_ip = ip(&first.name);
+    let sans: Vec<String> = hosts
+        .iter()
+        .filter(|h| h.role == Role::Manager)
+        .map(|h| ip(&h.name))
+        .filter(|a| !a.is_empty())
+        .collect();
+    let mut first_changes = false;
+    for h in hosts {
+        let role = if h.name == first.name {
+            K3sRole::ServerInit
+        } else if h.role == Role::Manager {
+            K3sRole::ServerJoin
+        } else {
+            K3sRole::Agent
+        };
+        let f = i.facts.get(&h.name);
+        let file = |p: &str| f.and_then(|f| f.files.get(p));
+        let mut changes = Vec::new();
+        if f.and_then(|f| f.k3s_bin.as_deref()) != Some(k.binary_sha.as_str()) {
+            changes.push(format!(
+                "install the k3s binary ({})",
+                &k.binary_sha[..12.min(k.binary_sha.len())]
+            ));
+        }
+        if file(k3s::IMAGES_MARKER) != Some(&format!("{}:644", sha256_hex(&k.marker))) {
+            changes.push("copy the airgap images".into());
+        }
+        let wanted = k3s::files(
+            role,
+            &ip(&h.name),
+            &first_ip,
+            &sans,
+            &i.spec.registry,
+            k.password.as_deref(),
+            &i.spec.proxy,
+        );
+        for (path, content) in &wanted {
+            if file(path) != Some(&format!("{}:600", sha256_hex(content))) {
+                changes.push(format!("write {path}"));
+            }
+        }
+        if role != K3sRole::ServerInit && file(k3s::TOKEN_FILE).is_none() {
+            changes.push("the join token".into());
+        }
+        if !f.is_some_and(|f| f.k3s_running) || !changes.is_empty() {
+            changes.push(format!("start k3s {}", role.command()));
+        }
+        if changes.is_empty() {
+            continue;
+        }
+        first_changes |= role == K3sRole::ServerInit;
+        plan.actions.push(Action {
+            phase: PhaseName::Cluster,
+            host: Some(h.name.clone()),
+            step: Step::K3sInstall { role, changes },
+        });
+    }
+    if first_changes || !k.kubeconfig_present {
+        plan.actions.push(Action {
+            phase: PhaseName::Cluster,
+            host: Some(first.name.clone()),
+            step: Step::K3sKubeconfig,
+        });
     }
 }
 

@@ -86,6 +86,7 @@ fn plan_with(facts: &BTreeMap<String, HostFacts>) -> Plan {
         facts,
         renderer: &r,
         cluster_view: None,
+        k3s: None,
     })
     .unwrap()
 }
@@ -199,6 +200,7 @@ fn unknown_hosts_are_a_forecast_and_non_debian_without_docker_is_an_error() {
         facts: &facts,
         renderer: &r,
         cluster_view: None,
+        k3s: None,
     })
     .unwrap_err()
     .to_string();
@@ -245,6 +247,7 @@ fn provider_creations_become_planned_hosts_and_until_cuts_phases() {
         facts: &facts,
         renderer: &r,
         cluster_view: None,
+        k3s: None,
     })
     .unwrap()
     .until(Some(PhaseName::Provision));
@@ -341,6 +344,7 @@ fn plan_services(state: &ClusterState, facts: &BTreeMap<String, HostFacts>) -> P
         facts,
         renderer: &r,
         cluster_view: None,
+        k3s: None,
     })
     .unwrap()
 }
@@ -507,6 +511,7 @@ fn a_live_worker_count_that_differs_from_the_spec_is_noted() {
             facts: &all_done(),
             renderer: &r,
             cluster_view: None,
+            k3s: None,
         })
         .unwrap()
     };
@@ -560,6 +565,7 @@ fn a_proxy_file_with_the_right_content_but_open_permissions_is_written_again() {
             facts: &all,
             renderer: &r,
             cluster_view: None,
+            k3s: None,
         })
         .unwrap()
     };

@@ -65,6 +65,9 @@ impl ProviderSpec {
 pub struct KubernetesSpec {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// `kubernetes.k3s.artifacts`: a directory with the `k3s` binary and its airgap images
+    /// (`k3s-airgap-images-*.tar*`), copied to lab, bare-metal and AWS machines over SSH.
+    pub k3s_artifacts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +209,13 @@ struct RawSpec {
 struct RawKubernetes {
     kubeconfig: Option<Spanned<String>>,
     context: Option<Spanned<String>>,
+    k3s: Option<Spanned<RawK3s>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawK3s {
+    artifacts: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +365,11 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
             .as_ref()
             .and_then(|k| k.value.context.as_ref())
             .map(|c| c.value.clone()),
+        k3s_artifacts: raw
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.value.k3s.as_ref())
+            .map(|k| expand_path(&k.value.artifacts.value, &base)),
     };
     let Some(raw_provider) = raw.provider.take() else {
         if kubernetes.kubeconfig.is_none() {
@@ -394,10 +409,15 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                 "a GKE cluster runs Kubernetes: set `orchestrator: kubernetes`".into(),
             ));
         }
-        Some(o) if o.value == Orchestrator::Kubernetes && !is_gke => {
+        Some(o)
+            if o.value == Orchestrator::Kubernetes
+                && !is_gke
+                && kubernetes.k3s_artifacts.is_none() =>
+        {
             return Err(at(
                 Location::of(&o),
-                "orchestrator `kubernetes` on lab, bare-metal and aws machines (k3s) is not supported yet; use `swarm`, or provider `gke`".into(),
+                "orchestrator `kubernetes` on lab, bare-metal and aws machines installs k3s, and the hosts may have no internet: \
+                 set `kubernetes: { k3s: { artifacts: ./airgap/ } }`, a directory with the k3s binary and its airgap images".into(),
             ));
         }
         Some(o) => o.value,

@@ -117,7 +117,7 @@ fn duplicate_host_and_bad_name_and_kubernetes_are_rejected() {
     );
     let k8s = err("name: d\nprovider:\n  lab: { hosts: 1 }\norchestrator: kubernetes\n");
     assert!(
-        k8s.starts_with("cluster.yaml:4:15: orchestrator `kubernetes` on lab, bare-metal and aws machines (k3s) is not supported yet"),
+        k8s.starts_with("cluster.yaml:4:15: orchestrator `kubernetes` on lab, bare-metal and aws machines installs k3s"),
         "{k8s}"
     );
 }

@@ -195,7 +195,14 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 #[test]
 fn gke_up_reconciles_pools_keeps_scaled_sizes_and_down_respects_protection() {
-    let fake = GkeFake::start(0.4, 1.0);
+    // The cluster's endpoint: a closed port on loopback (nothing here may reach an address a
+    // fake invents); `status` says it could not ask the Kubernetes API.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fake = GkeFake::start_with(0.4, 1.0, &["--endpoint", &format!("127.0.0.1:{closed}")]);
     let dir = workdir();
     let d = dir.path();
     spec(d, "prod", 0, false, "e2-highmem-8");
@@ -279,7 +286,10 @@ fn gke_up_reconciles_pools_keeps_scaled_sizes_and_down_respects_protection() {
     let (run, _) = fake.cloudflow(d, &["kubeconfig"], &[]);
     keep(&run);
     let kc = run.ok().stdout;
-    assert!(kc.contains("server: https://192.0.2.10"), "{kc}");
+    assert!(
+        kc.contains(&format!("server: https://127.0.0.1:{closed}")),
+        "{kc}"
+    );
     assert!(kc.contains("certificate-authority-data"), "{kc}");
     assert!(kc.contains("gke-gcloud-auth-plugin"), "{kc}");
     let (shown, _) = fake.cloudflow(d, &["kubeconfig", "--show-token"], &[]);
@@ -326,7 +336,8 @@ fn gke_up_reconciles_pools_keeps_scaled_sizes_and_down_respects_protection() {
 
 #[test]
 fn gke_changes_wait_for_running_operations_and_a_killed_up_is_finished() {
-    let fake = GkeFake::start(1.0, 2.0);
+    // The create operation outlasts a loaded machine's kill and restart (2 cores, tests in parallel).
+    let fake = GkeFake::start(1.0, 8.0);
     let dir = workdir();
     let d = dir.path();
     spec(d, "ops", 0, false, "e2-highmem-8");

@@ -3779,6 +3779,9 @@ class Server(ThreadingHTTPServer):
 # start-up: TLS material, kubeconfig, bootstrap objects
 
 def generate_tls(dirname, host):
+    existing = {k: os.path.join(dirname, k) for k in ("ca.crt", "tls.crt", "tls.key")}
+    if all(os.path.exists(p) for p in existing.values()):
+        return existing  # a restarted server keeps its CA, as k3s does
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -3800,12 +3803,13 @@ def generate_tls(dirname, host):
     sans = [x509.DNSName("localhost"), x509.DNSName("kubernetes"), x509.DNSName("kubernetes.default"),
             x509.DNSName("kubernetes.default.svc"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1"))]
-    try:
-        ip = ipaddress.ip_address(host)
-        if str(ip) not in ("127.0.0.1", "::1", "0.0.0.0"):
-            sans.append(x509.IPAddress(ip))
-    except ValueError:
-        sans.append(x509.DNSName(host))
+    for name in [host] + list(ARGS.tls_san or []):
+        try:
+            ip = ipaddress.ip_address(name)
+            if str(ip) not in ("127.0.0.1", "::1", "0.0.0.0"):
+                sans.append(x509.IPAddress(ip))
+        except ValueError:
+            sans.append(x509.DNSName(name))
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -3893,6 +3897,7 @@ def main():
     ap.add_argument("--tls-key")
     ap.add_argument("--ca-file", help="CA certificate for the kubeconfig (default: the server certificate)")
     ap.add_argument("--tls-auto", metavar="DIR", help="generate a CA and a server certificate into DIR and serve TLS")
+    ap.add_argument("--tls-san", action="append", default=[], help="another name or address for the server certificate")
     ap.add_argument("--ready-seconds", type=float, default=1.0)
     ap.add_argument("--terminate-seconds", type=float, default=1.0)
     ap.add_argument("--node", action="append", default=[])
