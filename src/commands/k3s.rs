@@ -202,7 +202,6 @@ pub fn start(role: K3sRole, init: Init) -> Cmd {
         Init::None => format!(
             "set -e\nif [ -f {PID} ] && kill -0 \"$(cat {PID})\" 2>/dev/null; then kill \"$(cat {PID})\"; \
              for i in $(seq 1 50); do kill -0 \"$(cat {PID})\" 2>/dev/null || break; sleep 0.1; done; fi\n\
-             pkill -f '{BIN} (server|agent)' 2>/dev/null || true\n\
              setsid sh -c 'set -a; [ -f {ENV} ] && . {ENV}; set +a; exec {BIN} {cmd}' > {LOG} 2>&1 < /dev/null &\n\
              echo $! > {PID}\n"
         ),
@@ -243,7 +242,6 @@ pub fn uninstall() -> Cmd {
             "if [ -d /run/systemd/system ]; then for s in k3s k3s-agent; do systemctl disable --now $s 2>/dev/null || true; \
              rm -f /etc/systemd/system/$s.service; done; systemctl daemon-reload 2>/dev/null || true; fi\n\
              if [ -f {PID} ]; then kill \"$(cat {PID})\" 2>/dev/null || true; rm -f {PID}; fi\n\
-             pkill -f '{BIN} (server|agent)' 2>/dev/null || true\n\
              rm -rf {DIR} /var/lib/rancher/k3s {BIN} {LOG}\n"
         ),
     )

@@ -10,6 +10,7 @@ mod deploy_fixture;
 mod errors;
 mod gke;
 mod http_proxy;
+mod k3s;
 mod kubernetes;
 mod lab;
 mod ssh;
