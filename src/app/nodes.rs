@@ -125,6 +125,11 @@ async fn scale_workers(
     ui: Arc<Ui>,
 ) -> Result<Report> {
     let reach = |p: PhaseName| until.is_none_or(|u| u >= p);
+    let mut s = s;
+    if reach(PhaseName::Bootstrap) {
+        // New hosts get the registry login (docker login, or k3s's registries.yaml).
+        s.ctx.password = s.ctx.spec.registry_password()?;
+    }
     let ctx = &s.ctx;
     let machines = ctx.provider.list().await?;
     *ctx.machines.lock().unwrap() = machines.clone();
@@ -195,7 +200,13 @@ async fn scale_workers(
     })?;
     *ctx.machines.lock().unwrap() = machines.clone();
 
-    if target > live && swarm_formed && reach(PhaseName::Bootstrap) {
+    let k3s = match &ctx.spec.kubernetes.k3s_artifacts {
+        Some(dir) if reach(PhaseName::Bootstrap) => {
+            Some(super::up::k3s_inputs(ctx, dir, &machines)?)
+        }
+        _ => None,
+    };
+    if target > live && (swarm_formed || k3s.is_some()) && reach(PhaseName::Bootstrap) {
         // New workers: wait for their first boot, then bootstrap and join them as `up` would.
         super::ready::wait_booted(ctx, &machines, timeout, true).await?;
         let facts = gather_facts(ctx, &machines).await?;
@@ -208,7 +219,7 @@ async fn scale_workers(
             facts: &facts,
             renderer: &ctx.renderer,
             cluster_view: None,
-            k3s: None,
+            k3s: k3s.as_ref(),
         })?;
         for phase in [&Bootstrap as &dyn Phase, &Cluster] {
             if reach(phase.name()) && phase.should_run(&plan) {
