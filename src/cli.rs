@@ -109,7 +109,7 @@ pub enum Command {
     )]
     Status,
 
-    /// A kubeconfig for kubectl to reach the cluster's Kubernetes API (GKE). Tokens come from gke-gcloud-auth-plugin; --show-token writes CLOUDFLOW_GKE_TOKEN instead.
+    /// A kubeconfig for kubectl to reach the cluster's Kubernetes API. GKE: tokens come from gke-gcloud-auth-plugin (--show-token writes the token cloudflow uses instead). k3s: where the fetched kubeconfig is (--show-token prints it).
     #[command(
         after_help = "Examples:\n  cloudflow -f prod.yaml kubeconfig > prod.kubeconfig && KUBECONFIG=prod.kubeconfig kubectl get nodes\n  \
                             CLOUDFLOW_GKE_TOKEN=$(gcloud auth print-access-token) cloudflow -f prod.yaml kubeconfig --show-token > ci.kubeconfig\n  \
@@ -306,7 +306,7 @@ pub struct ScaleArgs {
 
 #[derive(Debug, Args)]
 pub struct KubeconfigArgs {
-    /// Write the bearer token from CLOUDFLOW_GKE_TOKEN into the kubeconfig instead of the exec plugin. The file then holds a secret.
+    /// Write the credentials into the output (GKE: the bearer token instead of the exec plugin; k3s: the whole kubeconfig). The output then holds a secret.
     #[arg(long, env = "CLOUDFLOW_SHOW_TOKEN", value_parser = BoolishValueParser::new())]
     pub show_token: bool,
 }

@@ -98,13 +98,13 @@ pub(super) fn k3s_inputs(
             )
         })
         .collect();
-    use secrecy::ExposeSecret;
     Ok(plan::K3sInputs {
         binary_sha: a.binary_sha,
         marker: a.marker,
         node_ips,
         kubeconfig_present: ctx.k3s_kubeconfig.exists(),
-        password: ctx.password.as_ref().map(|p| p.expose_secret().to_string()),
+        password: ctx.password.clone(),
+        sans: crate::phase::k3s_sans(machines),
     })
 }
 
@@ -140,7 +140,9 @@ pub async fn plan(
     timeout: Duration,
     ui: Arc<Ui>,
 ) -> Result<Report> {
-    let s = open(cli, ui, false, false).await?;
+    let mut s = open(cli, ui, false, false).await?;
+    // k3s's registries.yaml holds the login: compare with it when it is at hand.
+    s.ctx.password = s.ctx.spec.registry_password().ok().flatten();
     let (plan, _) = compute(&s, until, timeout).await?;
     Ok(Report {
         json: json!({"cluster": plan.cluster, "changes": plan.actions.len(), "plan": plan}),

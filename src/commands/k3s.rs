@@ -87,6 +87,10 @@ pub fn config_yaml(role: K3sRole, node_ip: &str, first_server: &str, sans: &[Str
         );
         m.insert("token-file".into(), TOKEN_FILE.into());
     }
+    if role == K3sRole::ServerInit {
+        // Embedded etcd, so that more servers can join (SQLite allows one).
+        m.insert("cluster-init".into(), true.into());
+    }
     if role != K3sRole::Agent {
         m.insert("tls-san".into(), serde_json::json!(sans));
         m.insert("write-kubeconfig-mode".into(), "0600".into());
@@ -234,6 +238,9 @@ pub fn read_kubeconfig() -> Cmd {
 }
 
 /// Stop k3s and remove everything cloudflow put there.
+/// What k3s-killall.sh and k3s-uninstall.sh do: stop the service, the containers' shims, the
+/// mounts and network devices pods used, the rules kube-proxy and flannel wrote; then remove
+/// the files.
 pub fn uninstall() -> Cmd {
     Cmd::script(
         "k3s-uninstall",
@@ -242,7 +249,14 @@ pub fn uninstall() -> Cmd {
             "if [ -d /run/systemd/system ]; then for s in k3s k3s-agent; do systemctl disable --now $s 2>/dev/null || true; \
              rm -f /etc/systemd/system/$s.service; done; systemctl daemon-reload 2>/dev/null || true; fi\n\
              if [ -f {PID} ]; then kill \"$(cat {PID})\" 2>/dev/null || true; rm -f {PID}; fi\n\
-             rm -rf {DIR} /var/lib/rancher/k3s {BIN} {LOG}\n"
+             for d in /proc/[0-9]*; do exe=$(readlink \"$d/exe\" 2>/dev/null) || continue; \
+             case \"$exe\" in /var/lib/rancher/k3s/data/*) kill -9 \"${{d#/proc/}}\" 2>/dev/null || true;; esac; done\n\
+             for m in $(awk '$2 ~ \"^(/run/k3s|/var/lib/kubelet|/var/lib/rancher/k3s|/run/netns/cni-)\" {{print $2}}' /proc/self/mounts | sort -r); do \
+             umount \"$m\" 2>/dev/null || umount -l \"$m\" 2>/dev/null || true; done\n\
+             for i in cni0 flannel.1 flannel-v6.1 kube-ipvs0; do ip link delete \"$i\" 2>/dev/null || true; done\n\
+             if command -v iptables-save >/dev/null 2>&1; then \
+             iptables-save | grep -v -E 'KUBE-|CNI-|flannel' | iptables-restore 2>/dev/null || true; fi\n\
+             rm -rf {DIR} /var/lib/rancher/k3s /run/k3s /var/lib/kubelet /var/lib/cni /run/flannel {BIN} {LOG}\n"
         ),
     )
 }

@@ -87,7 +87,11 @@ impl Deployer<'_> {
                 },
             )
         })?;
-        self.ensure_env_space(env).await?;
+        if let Err(e) = self.ensure_env_space(env).await {
+            // Nothing was made (e.g. the namespace is someone else's): forget the record.
+            self.update(|s| s.environments.remove(env))?;
+            return Err(e);
+        }
         Ok(Outcome::new(
             true,
             format!(
@@ -141,8 +145,9 @@ impl Deployer<'_> {
         Ok(Outcome::new(
             true,
             format!(
-                "environment {env} destroyed: {} service(s) and its network removed",
-                services.len()
+                "environment {env} destroyed: {} service(s) and {} removed",
+                services.len(),
+                self.orch.env_space(env)
             ),
             json!({"name": env, "removed_services": services, "changed": true}),
         ))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use cloudflow_provider_api::{KubeAuth, KubeEndpoint};
-use futures::TryStreamExt;
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
@@ -83,6 +83,39 @@ pub fn workload_name(env: &str, service: &str, strategy: Strategy, color: Color)
 /// The proxy's workload name.
 pub fn proxy_workload() -> String {
     format!("{SYSTEM_NAMESPACE}/{PROXY}")
+}
+
+/// A volume name (a DNS label) for a secret's target file name, which may hold capitals,
+/// dots and underscores: a short hash keeps `a.b` and `a_b` apart.
+fn secret_volume(target: &str) -> String {
+    let h: String = sha2::Sha256::digest(target.as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("secret-{h}")
+}
+
+/// One proxy pod per node.
+fn proxy_anti_affinity() -> k8s_openapi::api::core::v1::Affinity {
+    use k8s_openapi::api::core::v1::{Affinity, PodAffinityTerm, PodAntiAffinity};
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        "cloudflow.proxy".to_string(),
+                        "nginx".to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                topology_key: "kubernetes.io/hostname".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// `ns/name` → (ns, name).
@@ -310,11 +343,14 @@ impl Kubernetes {
         };
         let watch = async {
             let mut listed = false;
-            while let Some(ev) = stream
-                .try_next()
-                .await
-                .map_err(|e| Error::Other(format!("Kubernetes API: watching nodes: {e}")))?
-            {
+            while let Some(ev) = stream.next().await {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::debug!("watching nodes: {e}");
+                        continue;
+                    }
+                };
                 listed |= matches!(ev, watcher::Event::InitDone);
                 if listed && missing().is_empty() {
                     return Ok(());
@@ -387,11 +423,19 @@ impl Kubernetes {
             .get("cloudflow.service")
             .cloned()
             .unwrap_or_else(|| name.to_string());
+        // A declared health path must answer 2xx/3xx (an HTTP probe); without one, the port
+        // answering is enough (Swarm's gate accepts any answer below 500 on `/`).
         let probe = run.port.map(|port| Probe {
-            http_get: Some(HTTPGetAction {
+            http_get: (run.health_path != "/").then(|| HTTPGetAction {
                 path: Some(run.health_path.clone()),
                 port: IntOrString::Int(port as i32),
                 ..Default::default()
+            }),
+            tcp_socket: (run.health_path == "/").then(|| {
+                k8s_openapi::api::core::v1::TCPSocketAction {
+                    port: IntOrString::Int(port as i32),
+                    ..Default::default()
+                }
             }),
             period_seconds: Some(2),
             failure_threshold: Some(3),
@@ -401,7 +445,7 @@ impl Kubernetes {
             .secrets
             .iter()
             .map(|s| Volume {
-                name: format!("secret-{}", s.target.replace(['_', '.'], "-")),
+                name: secret_volume(&s.target),
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(s.name.clone()),
                     ..Default::default()
@@ -413,7 +457,7 @@ impl Kubernetes {
             .secrets
             .iter()
             .map(|s| VolumeMount {
-                name: format!("secret-{}", s.target.replace(['_', '.'], "-")),
+                name: secret_volume(&s.target),
                 mount_path: format!("{SECRETS_DIR}/{}", s.target),
                 sub_path: Some("value".into()),
                 read_only: Some(true),
@@ -474,6 +518,31 @@ impl Kubernetes {
 
     async fn apply_deployment(&self, run: &ServiceRun) -> Result<()> {
         let (ns, name) = split(&run.name);
+        // A Deployment a killed run left being deleted would take the new one with it.
+        if let Some(d) = self
+            .deployments(ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| kerr("get Deployment", e))?
+            .filter(|d| d.metadata.deletion_timestamp.is_some())
+        {
+            let uid = d.metadata.uid.unwrap_or_default();
+            tokio::time::timeout(
+                Duration::from_secs(300),
+                kube::runtime::wait::await_condition(
+                    self.deployments(ns),
+                    name,
+                    kube::runtime::wait::conditions::is_deleted(&uid),
+                ),
+            )
+            .await
+            .map_err(|_| {
+                Error::Other(format!(
+                    "Deployment {ns}/{name} was still being deleted after 300s"
+                ))
+            })?
+            .map_err(|e| Error::Other(format!("Kubernetes API: watching {ns}/{name}: {e}")))?;
+        }
         self.deployments(ns)
             .patch(name, &apply(), &Patch::Apply(&self.deployment(run)))
             .await
@@ -537,9 +606,16 @@ impl Kubernetes {
         };
         let mut tasks: Vec<Task> = Vec::new();
         let watch = async {
-            while let Some(ev) = stream.try_next().await.map_err(|e| {
-                Error::Other(format!("Kubernetes API: watching pods of {workload}: {e}"))
-            })? {
+            while let Some(ev) = stream.next().await {
+                // The watcher relists after an expired resourceVersion or a dropped watch
+                // (with backoff); only the deadline ends the wait.
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::debug!("watching pods of {workload}: {e}");
+                        continue;
+                    }
+                };
                 if matches!(ev, watcher::Event::InitDone) {
                     listed = true;
                 }
@@ -663,6 +739,14 @@ impl Kubernetes {
                     match_labels: Some(select),
                     ..Default::default()
                 },
+                // On a host port, a surge pod could not bind: replace one pod at a time.
+                strategy: (self.expose == Expose::HostPort).then(|| DeploymentStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(k8s_openapi::api::apps::v1::RollingUpdateDeployment {
+                        max_surge: Some(IntOrString::Int(0)),
+                        max_unavailable: Some(IntOrString::Int(1)),
+                    }),
+                }),
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(labels.clone()),
@@ -673,6 +757,15 @@ impl Kubernetes {
                         ..Default::default()
                     }),
                     spec: Some(PodSpec {
+                        // On our machines the proxy runs where Swarm's did: on managers
+                        // (control-plane nodes), never two on one node (the host port).
+                        node_selector: (self.expose == Expose::HostPort).then(|| {
+                            BTreeMap::from([(
+                                "node-role.kubernetes.io/control-plane".to_string(),
+                                "true".to_string(),
+                            )])
+                        }),
+                        affinity: (self.expose == Expose::HostPort).then(proxy_anti_affinity),
                         containers: vec![Container {
                             name: "nginx".into(),
                             image: Some(image.to_string()),
@@ -828,6 +921,29 @@ impl Orchestrator for Kubernetes {
         labels: &BTreeMap<String, String>,
         annotations: &BTreeMap<String, String>,
     ) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        // Never take over a namespace someone else made: it would go with `env destroy`.
+        if name.starts_with("kube-") {
+            return Err(Error::Usage(format!(
+                "namespace {name} is Kubernetes' own: choose another environment name"
+            )));
+        }
+        if let Some(existing) = api
+            .get_opt(name)
+            .await
+            .map_err(|e| kerr(&format!("get Namespace {name}"), e))?
+        {
+            let owner = existing.labels().get("cloudflow.cluster").cloned();
+            if name != "default" && owner.as_deref() != Some(self.cluster.as_str()) {
+                return Err(Error::Usage(format!(
+                    "namespace {name} already exists and {}: cloudflow does not take it over (it would delete it with the environment); choose another name",
+                    match owner {
+                        Some(o) => format!("belongs to cloudflow cluster {o}"),
+                        None => "was not made by cloudflow".to_string(),
+                    }
+                )));
+            }
+        }
         let mut m = meta(name, None, labels);
         if !annotations.is_empty() {
             m.annotations = Some(annotations.clone());
@@ -836,7 +952,6 @@ impl Orchestrator for Kubernetes {
             metadata: m,
             ..Default::default()
         };
-        let api: Api<Namespace> = Api::all(self.client.clone());
         api.patch(name, &apply(), &Patch::Apply(&ns))
             .await
             .map_err(|e| kerr(&format!("apply Namespace {name}"), e))?;
@@ -1143,17 +1258,30 @@ impl Orchestrator for Kubernetes {
         if current.as_deref() == Some(config) {
             return Ok(());
         }
-        let port = self
-            .deployments(SYSTEM_NAMESPACE)
-            .get_opt(PROXY)
-            .await
-            .map_err(|e| kerr("get the proxy Deployment", e))?
-            .and_then(|d| d.spec)
-            .and_then(|s| s.template.spec)
-            .and_then(|p| p.containers.first().and_then(|c| c.ports.clone()))
-            .and_then(|p| p.first().and_then(|p| p.host_port))
-            .map(|p| p as u16)
-            .unwrap_or(80);
+        // The port the proxy is published on now (a running proxy keeps its port).
+        let port = match self.expose {
+            Expose::HostPort => self
+                .deployments(SYSTEM_NAMESPACE)
+                .get_opt(PROXY)
+                .await
+                .map_err(|e| kerr("get the proxy Deployment", e))?
+                .and_then(|d| d.spec)
+                .and_then(|s| s.template.spec)
+                .and_then(|p| p.containers.first().and_then(|c| c.ports.clone()))
+                .and_then(|p| p.first().and_then(|p| p.host_port)),
+            Expose::LoadBalancer => {
+                let services: Api<Service> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+                services
+                    .get_opt(PROXY)
+                    .await
+                    .map_err(|e| kerr("get the proxy Service", e))?
+                    .and_then(|s| s.spec)
+                    .and_then(|s| s.ports)
+                    .and_then(|p| p.first().map(|p| p.port))
+            }
+        }
+        .map(|p| p as u16)
+        .unwrap_or(80);
         self.apply_proxy(image, port, config).await?;
         // Returns when the rollout is done: every proxy replica serves the new routes.
         self.watch_until(

@@ -73,6 +73,20 @@ pub fn k3s_artifacts(dir: &Path) -> Result<K3sArtifacts> {
     })
 }
 
+/// What the servers' certificate is valid for: every manager's node address and the address
+/// cloudflow reaches it on (a cloud instance's public address).
+pub fn k3s_sans(machines: &[cloudflow_provider_api::Machine]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in machines.iter().filter(|m| m.role == Role::Manager) {
+        for a in [node_ip(&Target::from(m)), m.ssh.address.clone()] {
+            if !a.is_empty() && !out.contains(&a) {
+                out.push(a);
+            }
+        }
+    }
+    out
+}
+
 /// The address a node registers with (and others reach it on).
 pub fn node_ip(t: &Target) -> String {
     super::bootstrap::advertise_ip(t)
@@ -108,11 +122,7 @@ pub async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         .ok_or_else(|| Error::Other("no manager to run the first k3s server on".into()))?;
     let first_t = Target::from(first);
     let first_ip = node_ip(&first_t);
-    let sans: Vec<String> = machines
-        .iter()
-        .filter(|m| m.role == Role::Manager)
-        .map(|m| node_ip(&Target::from(m)))
-        .collect();
+    let sans = k3s_sans(&machines);
     let password = {
         use secrecy::ExposeSecret;
         ctx.password.as_ref().map(|p| p.expose_secret().to_string())
@@ -248,14 +258,15 @@ pub async fn run(ctx: &Ctx, plan: &Plan) -> Result<()> {
         collect_hosts(results)?;
     }
 
-    // 4. The kubeconfig, pointed at the first server, kept 0600 beside the state.
+    // 4. The kubeconfig, pointed at the first server where cloudflow reaches it (its SSH
+    //    address: on a cloud, the public one), kept 0600 beside the state.
     let out = ctx
         .exec
         .run(&first_t, PHASE, &k3s::read_kubeconfig())
         .await?;
     write_private(
         &ctx.k3s_kubeconfig,
-        &k3s::rewrite_kubeconfig(&out.stdout, &first_ip),
+        &k3s::rewrite_kubeconfig(&out.stdout, &first_t.address),
     )?;
 
     // 5. Every host a Ready node.

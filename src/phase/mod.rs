@@ -26,7 +26,7 @@ use crate::ui::Ui;
 pub use bootstrap::Bootstrap;
 pub use cluster::Cluster;
 pub use deploy::{Deploy, Proxy};
-pub use k3s::{K3sArtifacts, k3s_artifacts, node_ip};
+pub use k3s::{K3sArtifacts, k3s_artifacts, k3s_sans, node_ip};
 pub use provision::Provision;
 
 /// Everything a phase may use. No globals.

@@ -206,7 +206,9 @@ pub struct K3sInputs {
     /// Whether the kubeconfig cloudflow fetched is in the state directory.
     pub kubeconfig_present: bool,
     /// The registry password (registries.yaml holds it), when the spec has a login.
-    pub password: Option<String>,
+    pub password: Option<secrecy::SecretString>,
+    /// Names and addresses the servers' certificate is valid for.
+    pub sans: Vec<String>,
 }
 
 /// What runs on a cluster whose API cloudflow asks directly (Kubernetes), named as the
@@ -574,12 +576,11 @@ fn k3s_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
     };
     let ip = |h: &str| k.node_ips.get(h).cloned().unwrap_or_default();
     let first_ip = ip(&first.name);
-    let sans: Vec<String> = hosts
-        .iter()
-        .filter(|h| h.role == Role::Manager)
-        .map(|h| ip(&h.name))
-        .filter(|a| !a.is_empty())
-        .collect();
+    let sans = &k.sans;
+    let password = {
+        use secrecy::ExposeSecret;
+        k.password.as_ref().map(|p| p.expose_secret().to_string())
+    };
     let mut first_changes = false;
     for h in hosts {
         let role = if h.name == first.name {
@@ -605,9 +606,9 @@ fn k3s_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
             role,
             &ip(&h.name),
             &first_ip,
-            &sans,
+            sans,
             &i.spec.registry,
-            k.password.as_deref(),
+            password.as_deref(),
             &i.spec.proxy,
         );
         for (path, content) in &wanted {

@@ -81,7 +81,7 @@ fn k3s_on_lab_hosts_installs_in_order_deploys_and_goes_away() {
         format!(
             "name: kube
 provider:
-  lab: {{ hosts: 3, managers: 1, image: {image} }}
+  lab: {{ hosts: 3, managers: 2, image: {image} }}
 orchestrator: kubernetes
 kubernetes: {{ k3s: {{ artifacts: ./airgap }} }}
 registry: {{ mirrors: [\"https://mirror.example:5000\"], insecure: [\"reg.internal:5000\"] }}
@@ -103,8 +103,9 @@ services:
 
     let up = cloudflow(d, &["up", "--yes"]).ok();
     assert!(up.stdout.contains("change(s) applied"), "{}", up.stdout);
-    // Installed in order on the right hosts: the first manager runs the server (the API),
-    // the workers joined it as agents with its token.
+    // Installed in order on the right hosts: the first manager runs the server (the API) with
+    // embedded etcd, the second manager joined it as a server and the worker as an agent,
+    // both with its token.
     let hosts = ["cf-kube-1", "cf-kube-2", "cf-kube-3"];
     let containers = docker_ok(&[
         "ps",
@@ -122,8 +123,11 @@ services:
         "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
         hosts[0],
     ]);
-    assert!(exec(hosts[0], "cat /var/lib/rancher/k3s/server/node-token").starts_with("K10"));
+    let token = exec(hosts[0], "cat /var/lib/rancher/k3s/server/node-token");
+    assert!(token.starts_with("K10"));
+    assert!(exec(hosts[0], "cat /etc/rancher/k3s/config.yaml").contains("cluster-init: true"));
     for w in &hosts[1..] {
+        assert_eq!(exec(w, "cat /etc/rancher/k3s/cluster-token"), token);
         let config = exec(w, "cat /etc/rancher/k3s/config.yaml");
         assert!(
             config.contains(&format!("server: https://{ip1}:6443")),
@@ -170,7 +174,7 @@ services:
             .iter()
             .filter(|n| n["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] == "true")
             .count(),
-        1
+        2
     );
     let web = kubectl(&kubeconfig, &["get", "deployment", "web-blue"]);
     assert_eq!(web["status"]["readyReplicas"], 2);
@@ -189,6 +193,19 @@ services:
     assert_eq!(
         proxy["spec"]["template"]["spec"]["containers"][0]["ports"][0]["hostPort"],
         8080
+    );
+    // One proxy per manager, on the managers (control-plane nodes), like Swarm's.
+    assert_eq!(proxy["status"]["readyReplicas"], 2);
+    let pods = kubectl(&kubeconfig, &["get", "pods", "-n", "cloudflow-system"]);
+    let on: Vec<&str> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["spec"]["nodeName"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        on.iter().all(|n| *n == "cf-kube-1" || *n == "cf-kube-2"),
+        "{on:?}"
     );
     let status = cloudflow(d, &["-o", "json", "status"]).ok().json();
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");

@@ -275,6 +275,23 @@ fn kubernetes_blue_green_scale_rollback_and_environments_against_the_fake_api() 
     assert_eq!(k.selects("default", "web"), "blue");
     assert_eq!(k.replicas("default", "web-blue"), (3, 3));
 
+    // A namespace cloudflow did not make is never taken over (env destroy would delete it).
+    k.kubectl(&["create", "namespace", "team-x"]);
+    let run = cloudflow(d, &["env", "create", "team-x"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("was not made by cloudflow"),
+        "{}",
+        run.stderr
+    );
+    assert!(k.namespaces().contains(&"team-x".to_string()));
+    let list = cloudflow(d, &["-o", "json", "env", "list"]).ok().json();
+    assert!(
+        !list.to_string().contains("team-x"),
+        "a refused environment was recorded: {list}"
+    );
+    assert_eq!(cloudflow(d, &["env", "create", "kube-system"]).code, 2);
+
     // Environments are namespaces, labelled, the TTL an annotation.
     cloudflow(d, &["env", "create", "pr-7", "--ttl", "1h"]).ok();
     let ns = k.json(&["get", "namespace", "pr-7"]);

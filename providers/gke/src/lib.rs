@@ -134,6 +134,8 @@ pub struct Gke {
     client: ClusterManager,
     /// One mutation at a time from this process (GKE allows one operation per cluster).
     serial: tokio::sync::Mutex<()>,
+    /// Application default credentials: the same token source for the Kubernetes API.
+    adc: Option<google_cloud_auth::credentials::Credentials>,
     /// What `drift` read, for `plan_notes` (one read per plan).
     seen: std::sync::Mutex<Option<LiveCluster>>,
 }
@@ -291,6 +293,20 @@ impl Gke {
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
         }
+        let adc = match &cfg.credentials {
+            Credentials::ApplicationDefault => Some(
+                google_cloud_auth::credentials::Builder::default()
+                    .build()
+                    .map_err(|e| ProviderError::Api {
+                        provider: PROVIDER,
+                        action: "connect".into(),
+                        message: format!(
+                            "no application default credentials ({e}); set CLOUDFLOW_GKE_TOKEN or run `gcloud auth application-default login`"
+                        ),
+                    })?,
+            ),
+            _ => None,
+        };
         builder = match &cfg.credentials {
             Credentials::Token(t) => builder.with_credentials(
                 google_cloud_auth::credentials::Credentials::from(BearerToken(t.clone())),
@@ -298,7 +314,9 @@ impl Gke {
             Credentials::Anonymous => builder.with_credentials(
                 google_cloud_auth::credentials::anonymous::Builder::new().build(),
             ),
-            Credentials::ApplicationDefault => builder,
+            Credentials::ApplicationDefault => {
+                builder.with_credentials(adc.clone().expect("built above"))
+            }
         };
         let client = builder.build().await.map_err(|e| ProviderError::Api {
             provider: PROVIDER,
@@ -310,6 +328,7 @@ impl Gke {
         Ok(Gke {
             cfg,
             client,
+            adc,
             serial: tokio::sync::Mutex::new(()),
             seen: std::sync::Mutex::new(None),
         })
@@ -678,7 +697,21 @@ impl Gke {
     }
 
     /// The kubeconfig-free hand-off to the Kubernetes orchestrator, from a RUNNING cluster.
-    fn endpoint_of(&self, live: &LiveCluster) -> Result<KubeEndpoint, ProviderError> {
+    /// A bearer token from the application default credentials (the GKE API accepts the
+    /// same token as the cluster's Kubernetes API).
+    async fn adc_token(&self) -> Option<SecretToken> {
+        let creds = self.adc.as_ref()?;
+        match creds.headers(http::Extensions::new()).await {
+            Ok(google_cloud_auth::credentials::CacheableResource::New { data, .. }) => data
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(SecretToken::new),
+            _ => None,
+        }
+    }
+
+    async fn endpoint_of(&self, live: &LiveCluster) -> Result<KubeEndpoint, ProviderError> {
         use base64::Engine;
         if live.status != "RUNNING" || live.endpoint.is_empty() {
             return Err(ProviderError::Api {
@@ -697,8 +730,10 @@ impl Gke {
                 action: "read the cluster CA".into(),
                 message: format!("masterAuth.clusterCaCertificate is not base64: {e}"),
             })?;
-        let auth = match &self.cfg.credentials {
-            Credentials::Token(t) => KubeAuth::Token(t.clone()),
+        let adc = self.adc_token().await;
+        let auth = match (&self.cfg.credentials, adc) {
+            (Credentials::Token(t), _) => KubeAuth::Token(t.clone()),
+            (_, Some(t)) => KubeAuth::Token(t),
             _ => KubeAuth::Exec {
                 command: "gke-gcloud-auth-plugin".into(),
                 args: Vec::new(),
@@ -771,7 +806,7 @@ impl Provider for Gke {
         })?;
         // It exists, whichever run made it (one killed before recording it included).
         journal.created(&Resource::new("cluster", &self.cfg.cluster))?;
-        self.endpoint_of(&live)?;
+        self.endpoint_of(&live).await?;
         Ok(Vec::new())
     }
 
@@ -786,6 +821,7 @@ impl Provider for Gke {
         if self.inspect().await?.is_some() {
             progress.step(&format!("gke: deleting cluster {}", self.cfg.cluster));
             let _one = self.serial.lock().await;
+            let mut busy = 0;
             let op = loop {
                 match self
                     .client
@@ -796,7 +832,11 @@ impl Provider for Gke {
                 {
                     Ok(op) => break Some(op),
                     Err(e) if is_not_found(&e) => break None,
-                    Err(e) if is_busy(&e) => self.wait_idle(progress).await?,
+                    Err(e) if is_busy(&e) && busy < 20 => {
+                        busy += 1;
+                        self.wait_idle(progress).await?;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                     Err(e) => return Err(api_error("delete cluster", &e)),
                 }
             };
@@ -878,7 +918,7 @@ impl Provider for Gke {
 
     async fn kubernetes(&self) -> Result<Option<KubeEndpoint>, ProviderError> {
         match self.inspect().await? {
-            Some(live) => self.endpoint_of(&live).map(Some),
+            Some(live) => self.endpoint_of(&live).await.map(Some),
             None => Ok(None),
         }
     }

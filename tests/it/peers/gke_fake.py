@@ -503,7 +503,8 @@ def main():
     ap.add_argument("--op-seconds", type=float, default=1.0)
     ap.add_argument("--create-seconds", type=float, default=None)
     ap.add_argument("--version", default="1.33.5-gke.1000000")
-    ap.add_argument("--endpoint", default="192.0.2.10", help="the control plane address clusters report")
+    ap.add_argument("--endpoint", default="127.0.0.1:1",
+                    help="the control plane address clusters report (default: a closed port on loopback, never an invented address)")
     ap.add_argument("--ca-file", default=None, help="PEM the clusters report as their CA (default: a fresh one)")
     args = ap.parse_args()
     args.ca = open(args.ca_file, "rb").read() if args.ca_file else make_ca()
