@@ -46,6 +46,9 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
     if let Some(mc) = &managed {
         refuse_if_protected(&ctx.spec, &mc.name)?;
     }
+    let lb_first = managed.as_ref().is_some_and(|m| m.status == "RUNNING")
+        && state.proxy.is_some()
+        && ctx.spec.orchestrator == crate::spec::Orchestrator::Kubernetes;
 
     let mut destroy: Vec<ProviderAction> = Vec::new();
     let facts = if owns {
@@ -142,6 +145,13 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
             plan.actions.len()
         ),
     )?;
+    if lb_first {
+        // The proxy's LoadBalancer Service goes before the cluster: GKE can leave the
+        // cloud load balancer behind when the cluster is deleted with it.
+        ui.info("removing the proxy's load balancer before the cluster");
+        let k = crate::phase::deploy::kubernetes(ctx).await?;
+        crate::orchestrator::Orchestrator::remove_proxy(&k).await?;
+    }
     for phase in PHASES.iter().rev() {
         phase.undo(ctx, &plan).await?;
     }

@@ -187,11 +187,38 @@ async fn scale_workers(
         }
     }
 
+    let k3s_drain = target < live
+        && ctx.spec.kubernetes.k3s_artifacts.is_some()
+        && ctx.k3s_kubeconfig.exists()
+        && reach(PhaseName::Bootstrap);
+    let mut drained = Vec::new();
+    if k3s_drain {
+        // Kubernetes cordons and evicts: the newest workers' nodes first, as on Swarm.
+        let k = crate::phase::deploy::kubernetes(ctx).await?;
+        for victim in workers.iter().rev().take((live - target) as usize) {
+            let node = state
+                .hosts
+                .get(&victim.name)
+                .and_then(|h| h.hostname.clone())
+                .unwrap_or_else(|| victim.name.clone());
+            ui.host(&victim.name, "cordon and drain");
+            k.drain_node(&node, timeout).await?;
+            ui.host_done(&victim.name, "drained");
+            drained.push(node);
+        }
+    }
+
     ui.info(&format!("nodes scale: workers {live} → {target}"));
     let machines = ctx
         .provider
         .scale_workers(target, &ctx.state, ui.as_ref())
         .await?;
+    if !drained.is_empty() {
+        let k = crate::phase::deploy::kubernetes(ctx).await?;
+        for node in &drained {
+            k.delete_node(node).await?;
+        }
+    }
     ctx.state.update(|st| {
         st.workers = Some(target);
         st.hosts

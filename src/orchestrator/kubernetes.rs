@@ -367,6 +367,74 @@ impl Kubernetes {
         })?
     }
 
+    /// Cordon `node` and move its pods away (their controllers start them elsewhere), then
+    /// wait until none is left on it. The node itself goes with its machine (`delete_node`).
+    pub async fn drain_node(&self, node: &str, timeout: Duration) -> Result<()> {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        nodes
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": true}})),
+            )
+            .await
+            .map_err(|e| kerr(&format!("cordon node {node}"), e))?;
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        for p in pods
+            .list(&on_node)
+            .await
+            .map_err(|e| kerr("list pods", e))?
+            .items
+        {
+            let api: Api<Pod> =
+                Api::namespaced(self.client.clone(), &p.namespace().unwrap_or_default());
+            match api.delete(&p.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(kerr(&format!("evict pod {} from {node}", p.name_any()), e)),
+            }
+        }
+        // Watch the node's pods until none is left.
+        let (reader, writer) = reflector::store::<Pod>();
+        let stream = reflector(
+            writer,
+            watcher(
+                pods,
+                watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+            ),
+        )
+        .default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        let watch = async {
+            let mut listed = false;
+            while let Some(ev) = stream.next().await {
+                let Ok(ev) = ev else { continue };
+                listed |= matches!(ev, watcher::Event::InitDone);
+                if listed && reader.state().is_empty() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, watch).await.map_err(|_| {
+            Error::Other(format!(
+                "node {node}: pods were still on it after {}s",
+                timeout.as_secs()
+            ))
+        })
+    }
+
+    pub async fn delete_node(&self, node: &str) -> Result<()> {
+        use k8s_openapi::api::core::v1::Node;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        match nodes.delete(node, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(kerr(&format!("delete node {node}"), e)),
+        }
+    }
+
     /// Every Deployment of this cluster: workload → (ready, desired), as the API reports it.
     pub async fn workloads(&self) -> Result<BTreeMap<String, (u32, u32)>> {
         let api: Api<Deployment> = Api::all(self.client.clone());

@@ -553,4 +553,8 @@ services:
     run.ok();
     assert_eq!(mutating(&calls).len(), 1, "{:?}", mutating(&calls));
     assert!(fake.clusters().is_empty());
+    // The proxy's LoadBalancer Service went before the cluster (its cloud load balancer
+    // would otherwise outlive it).
+    let lbs = k.json(&["get", "services", "-n", "cloudflow-system"]);
+    assert_eq!(lbs["items"].as_array().unwrap().len(), 0, "{lbs}");
 }
