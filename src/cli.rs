@@ -13,7 +13,7 @@ pub enum OutputFormat {
     Json,
 }
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "cloudflow",
     version,
@@ -81,7 +81,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Check the spec: YAML, types, unknown keys, required values. Touches nothing.
     #[command(
@@ -116,6 +116,15 @@ pub enum Command {
                             cloudflow -f prod.yaml kubeconfig -o json"
     )]
     Kubeconfig(KubeconfigArgs),
+
+    /// Serve the autoscaling hooks: Alertmanager alerts (and POST /hooks/scale) scale services and nodes, within bounds, once per alert, outside the cooldown; plus /metrics, /healthz and a status page at /.
+    #[command(after_help = "Examples:\n  \
+                      CLOUDFLOW_HOOK_TOKEN=s3cret cloudflow -f prod.yaml serve --listen 0.0.0.0:9099\n  \
+                      curl -H 'Authorization: Bearer s3cret' -d '{\"service\":\"web\",\"scale\":\"+1\"}' http://127.0.0.1:9099/hooks/scale\n\n\
+                      Alert labels: cloudflow_service + cloudflow_env (default `default`) + cloudflow_scale (+1, -2, 5), or \
+                      cloudflow_nodes (+1/-1/N) with cloudflow_pool on GKE. The spec's `autoscaling:` names the token's \
+                      environment variable, the cooldown and the node bounds. SIGTERM lets in-flight actions finish.")]
+    Serve(ServeArgs),
 
     /// Machines of the cluster.
     #[command(
@@ -172,7 +181,7 @@ pub enum Command {
     Down(DownArgs),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum NodesCommand {
     /// Add or remove workers through the provider. Removed workers are drained and leave the swarm first; added ones are bootstrapped and joined. On GKE, resize a node pool.
     #[command(
@@ -185,7 +194,7 @@ pub enum NodesCommand {
     Scale(ScaleArgs),
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum EnvCommand {
     /// Create an environment (its network and a record with its TTL).
     #[command(
@@ -205,7 +214,7 @@ pub enum EnvCommand {
     Gc(YesArgs),
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct EnvCreateArgs {
     /// Environment name: lowercase letters, digits and '-'.
     pub name: String,
@@ -216,14 +225,14 @@ pub struct EnvCreateArgs {
     pub common: YesArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct EnvNameArgs {
     pub name: String,
     #[command(flatten)]
     pub common: YesArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct YesArgs {
     /// Accepted for symmetry with up/down; this command acts at once.
     #[arg(short = 'y', long, env = "CLOUDFLOW_YES", value_parser = BoolishValueParser::new())]
@@ -233,7 +242,7 @@ pub struct YesArgs {
     pub timeout: std::time::Duration,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServiceArgs {
     /// A service from the spec's `services`.
     pub service: String,
@@ -244,7 +253,7 @@ pub struct ServiceArgs {
     pub common: YesArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
     #[command(flatten)]
     pub target: ServiceArgs,
@@ -267,7 +276,7 @@ pub struct DeployArgs {
     pub force: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServiceScaleArgs {
     /// A service from the spec's `services`.
     pub service: String,
@@ -281,7 +290,7 @@ pub struct ServiceScaleArgs {
     pub common: YesArgs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ScaleArgs {
     /// Workers wanted: absolute (4) or relative to the live count (+2, -1).
     #[arg(allow_hyphen_values = true, value_name = "SIZE")]
@@ -304,14 +313,26 @@ pub struct ScaleArgs {
     pub pool: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "CLOUDFLOW_LISTEN",
+        default_value = "127.0.0.1:9099",
+        value_name = "ADDR"
+    )]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct KubeconfigArgs {
     /// Write the credentials into the output (GKE: the bearer token instead of the exec plugin; k3s: the whole kubeconfig). The output then holds a secret.
     #[arg(long, env = "CLOUDFLOW_SHOW_TOKEN", value_parser = BoolishValueParser::new())]
     pub show_token: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
     /// Plan only up to and including this phase.
     #[arg(long, env = "CLOUDFLOW_UNTIL", value_enum)]
@@ -321,7 +342,7 @@ pub struct PlanArgs {
     pub timeout: std::time::Duration,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct UpArgs {
     /// Do not ask before changing anything (required without a terminal).
     #[arg(short = 'y', long, env = "CLOUDFLOW_YES", value_parser = BoolishValueParser::new())]
@@ -336,7 +357,7 @@ pub struct UpArgs {
     pub timeout: std::time::Duration,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DownArgs {
     /// Do not ask before changing anything (required without a terminal).
     #[arg(short = 'y', long, env = "CLOUDFLOW_YES", value_parser = BoolishValueParser::new())]

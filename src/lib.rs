@@ -14,6 +14,7 @@ pub mod orchestrator;
 pub mod phase;
 pub mod plan;
 pub mod render;
+pub mod serve;
 pub mod size;
 pub mod spec;
 pub mod state;

@@ -96,6 +96,32 @@ pub async fn run(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
     Ok(report(outcome))
 }
 
+/// How long an action of the hook may wait for tasks to converge.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `scale SERVICE SIZE` for the autoscaling hook: the same lock, state and code as the CLI.
+pub async fn scale_service(
+    cli: &Cli,
+    env: &str,
+    service: &str,
+    size: &str,
+    ui: Arc<Ui>,
+) -> Result<Report> {
+    let site = site(cli, ui).await?;
+    let outcome = site
+        .deployer(HOOK_TIMEOUT)
+        .scale(env, service, size)
+        .await?;
+    Ok(report(outcome))
+}
+
+/// `env gc` for the hook's timer.
+pub async fn env_gc(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
+    let site = site(cli, ui).await?;
+    let outcome = site.deployer(HOOK_TIMEOUT).env_gc().await?;
+    Ok(report(outcome))
+}
+
 /// `env list` reads the state only: no lock, no SSH.
 async fn env_list(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
     let s = open(cli, ui, false, false).await?;

@@ -37,7 +37,9 @@ use crate::spec::{self, HostKeyPolicy, ProviderSpec, Spec};
 use crate::state::{self, ClusterState, StateHandle, StateLock};
 use crate::ui::Ui;
 
+pub use deploy::{env_gc, scale_service};
 pub use facts::gather_facts;
+pub use nodes::scale_nodes_within;
 
 /// What a command hands back: a JSON document and its text rendering.
 pub struct Report {
@@ -84,6 +86,7 @@ async fn run_command(cli: &Cli) -> Result<Report> {
         Command::Down(a) => down::down(cli, a.yes, ui).await,
         Command::Nodes(crate::cli::NodesCommand::Scale(a)) => nodes::scale(cli, a, ui).await,
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(cli, a.show_token, ui).await,
+        Command::Serve(a) => crate::serve::serve(cli, &a.listen, ui).await,
         Command::Deploy(_)
         | Command::Switch(_)
         | Command::StopOld(_)

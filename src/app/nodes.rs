@@ -49,6 +49,68 @@ pub async fn scale(cli: &Cli, args: &ScaleArgs, ui: Arc<Ui>) -> Result<Report> {
     scale_workers(s, &args.size, args.until, args.timeout, ui).await
 }
 
+/// `nodes scale` for the autoscaling hook: `size` relative to the live count, clamped to
+/// `bounds` (the spec's `autoscaling.nodes`), then the same command as the CLI (its lock,
+/// drain and bootstrap). The JSON says when it was clamped (`note`).
+pub async fn scale_nodes_within(
+    cli: &Cli,
+    pool: Option<&str>,
+    size: &str,
+    bounds: (u32, u32),
+    ui: Arc<Ui>,
+) -> Result<Report> {
+    let live = {
+        let s = open(cli, ui.clone(), false, false).await?;
+        let ctx = &s.ctx;
+        if let ProviderSpec::Gke(g) = &ctx.spec.provider {
+            let name = pool
+                .map(str::to_string)
+                .or_else(|| g.node_pools.first().map(|p| p.name.clone()))
+                .unwrap_or_default();
+            ctx.provider
+                .managed_cluster()
+                .await?
+                .and_then(|m| m.pools.into_iter().find(|p| p.name == name))
+                .map(|p| p.size)
+                .ok_or_else(|| Error::Other(format!("no node pool {name:?} in the cluster")))?
+        } else {
+            if pool.is_some() {
+                return Err(Error::Usage(format!(
+                    "cloudflow_pool applies to GKE node pools; the {} provider scales workers",
+                    ctx.provider.kind()
+                )));
+            }
+            ctx.provider
+                .list()
+                .await?
+                .iter()
+                .filter(|m| m.role == Role::Worker)
+                .count() as u32
+        }
+    };
+    let wanted = resolve_size(size, live)?;
+    let target = wanted.clamp(bounds.0, bounds.1);
+    let note = (target != wanted).then(|| {
+        format!(
+            "{size} from {live} gives {wanted}, outside autoscaling.nodes ({}..{}): clamped to {target}",
+            bounds.0, bounds.1
+        )
+    });
+    let args = ScaleArgs {
+        size: target.to_string(),
+        yes: true,
+        until: None,
+        timeout: Duration::from_secs(15 * 60),
+        pool: pool.map(str::to_string),
+    };
+    let mut r = scale(cli, &args, ui).await?;
+    r.json["note"] = json!(note);
+    if r.json.get("message").is_none() {
+        r.json["message"] = json!(r.text.trim());
+    }
+    Ok(r)
+}
+
 /// GKE: resize one node pool through the API, returning when the operation is done. GKE
 /// drains the nodes it removes.
 async fn scale_pool(

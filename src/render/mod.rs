@@ -40,6 +40,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "nginx-routes-kubernetes.conf",
         include_str!("../../templates/nginx-routes-kubernetes.conf.tera"),
     ),
+    (
+        "status-page.html",
+        include_str!("../../templates/status-page.html.tera"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 //! Parse errors (unknown keys, wrong types) and validation errors (no manager, duplicate
 //! addresses) both point at `file:line:column` and render with the source snippet (miette).
 
+mod autoscaling;
 mod error;
 mod gke;
 pub mod grammar;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+pub use autoscaling::AutoscalingSpec;
 pub use error::SpecError;
 pub use gke::{GkeSpec, NodePoolSpec};
 pub use services::{
@@ -36,6 +38,8 @@ pub struct Spec {
     pub templates: Option<PathBuf>,
     /// What the deploy phase runs, by name: `services:` merged over `services_from:`.
     pub services: std::collections::BTreeMap<String, ServiceSpec>,
+    /// `autoscaling:` — what `cloudflow serve` acts on.
+    pub autoscaling: Option<AutoscalingSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -202,6 +206,7 @@ struct RawSpec {
     #[serde(default)]
     services: std::collections::HashMap<Spanned<String>, services::RawService>,
     services_from: Option<Spanned<String>>,
+    autoscaling: Option<autoscaling::RawAutoscaling>,
 }
 
 #[derive(Deserialize)]
@@ -684,6 +689,10 @@ fn finish(
         }
     }
 
+    let autoscaling = match raw.autoscaling {
+        Some(a) => Some(autoscaling::parse(a, &at)?),
+        None => None,
+    };
     Ok(Spec {
         path: path.to_path_buf(),
         name,
@@ -705,6 +714,7 @@ fn finish(
         },
         templates: raw.templates.map(|t| expand_path(&t, base)),
         services: all_services,
+        autoscaling,
     })
 }
 

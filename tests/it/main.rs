@@ -13,5 +13,6 @@ mod http_proxy;
 mod k3s;
 mod kubernetes;
 mod lab;
+mod serve;
 mod ssh;
 mod support;

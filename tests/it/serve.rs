@@ -1,0 +1,411 @@
+//! `cloudflow serve`: the hooks over real HTTP, and a real Alertmanager (Debian's
+//! prometheus-alertmanager) whose webhook receiver scales a service on a lab swarm.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::deploy_fixture::*;
+use crate::support::*;
+
+const TOKEN: &str = "hook-token-5d2c";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP request on loopback; (status, body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).to_string();
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+struct Serve {
+    child: Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start(dir: &Path) -> Serve {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_cloudflow"))
+            .current_dir(dir)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("CLOUDFLOW_HOOK_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("serve.err")).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port("127.0.0.1", port);
+        Serve { child, port }
+    }
+
+    /// SIGTERM; the exit status.
+    fn stop(mut self) -> i32 {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn metric(port: u16, line: &str) -> u64 {
+    let (_, m) = http(port, "GET", "/metrics", None, b"");
+    m.lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn serve_refuses_without_token_oversized_and_malformed_and_stops_on_sigterm() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("cloudflow.yaml"),
+        "name: hooks\nprovider:\n  lab: { hosts: 1 }\nautoscaling:\n  webhook: { token_env: CLOUDFLOW_HOOK_TOKEN }\n  cooldown: 2m\n",
+    )
+    .unwrap();
+    // Without the token in the environment, serve refuses to start (exit 2, names it).
+    let run = cloudflow(d, &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("CLOUDFLOW_HOOK_TOKEN"),
+        "{}",
+        run.stderr
+    );
+
+    let s = Serve::start(d);
+    let alert = |status: &str, labels: &str| {
+        format!(
+            r#"{{"version":"4","status":"{status}","receiver":"cloudflow","alerts":[{{"status":"{status}","labels":{labels},"annotations":{{}},"fingerprint":"f1","startsAt":"2026-11-30T00:00:00Z"}}]}}"#
+        )
+    };
+    let good = alert(
+        "firing",
+        r#"{"cloudflow_service":"web","cloudflow_scale":"+1"}"#,
+    );
+    assert_eq!(
+        http(s.port, "POST", "/hooks/alertmanager", None, good.as_bytes()).0,
+        401
+    );
+    assert_eq!(
+        http(
+            s.port,
+            "POST",
+            "/hooks/alertmanager",
+            Some("wrong-token-xxxx"),
+            good.as_bytes()
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            s.port,
+            "POST",
+            "/hooks/scale",
+            None,
+            br#"{"service":"web","scale":"+1"}"#
+        )
+        .0,
+        401
+    );
+    let big = vec![b'a'; 300 * 1024];
+    assert_eq!(
+        http(s.port, "POST", "/hooks/alertmanager", Some(TOKEN), &big).0,
+        413
+    );
+    let (code, body) = http(
+        s.port,
+        "POST",
+        "/hooks/alertmanager",
+        Some(TOKEN),
+        b"{not json",
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("not an Alertmanager webhook body"), "{body}");
+    let (code, body) = http(
+        s.port,
+        "POST",
+        "/hooks/alertmanager",
+        Some(TOKEN),
+        alert("firing", r#"{"cloudflow_service":"web"}"#).as_bytes(),
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("without label cloudflow_scale"), "{body}");
+    let (code, body) = http(
+        s.port,
+        "POST",
+        "/hooks/scale",
+        Some(TOKEN),
+        br#"{"service":"web","scale":"+1","extra":1}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("unknown field"), "{body}");
+    // Resolved alerts are recorded, not acted on.
+    let (code, body) = http(
+        s.port,
+        "POST",
+        "/hooks/alertmanager",
+        Some(TOKEN),
+        alert(
+            "resolved",
+            r#"{"cloudflow_service":"web","cloudflow_scale":"+1"}"#,
+        )
+        .as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""result":"resolved""#), "{body}");
+    assert_eq!(
+        metric(
+            s.port,
+            "cloudflow_hook_refusals_total{reason=\"unauthorized\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        metric(
+            s.port,
+            "cloudflow_hook_refusals_total{reason=\"too_large\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            s.port,
+            "cloudflow_hook_refusals_total{reason=\"malformed\"}"
+        ),
+        3
+    );
+    assert_eq!(http(s.port, "GET", "/healthz", None, b"").0, 200);
+    // Nothing was acted on, and the state was never touched.
+    assert!(
+        !d.join(".cloudflow").exists()
+            || !std::fs::read_dir(d.join(".cloudflow")).unwrap().any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("lock"))
+    );
+    assert_eq!(s.stop(), 0, "serve did not exit 0 on SIGTERM");
+}
+
+/// A real Alertmanager with the receiver from the README, on loopback.
+struct Alertmanager {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    fn start(hook_port: u16) -> Alertmanager {
+        let dir = workdir();
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("alertmanager.yml"),
+            format!(
+                "route:\n  receiver: cloudflow\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+                 receivers:\n  - name: cloudflow\n    webhook_configs:\n      - url: http://127.0.0.1:{hook_port}/hooks/alertmanager\n        \
+                 send_resolved: false\n        http_config: {{ authorization: {{ credentials: {TOKEN} }} }}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus-alertmanager")
+            .arg(format!(
+                "--config.file={}/alertmanager.yml",
+                dir.path().display()
+            ))
+            .arg(format!("--storage.path={}/data", dir.path().display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("am.err")).unwrap())
+            .spawn()
+            .expect("prometheus-alertmanager (bash .ci/setup installs it)");
+        wait_for_port("127.0.0.1", port);
+        Alertmanager {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn fire(&self, alertname: &str, labels: &str) {
+        let body = format!(
+            r#"[{{"labels":{{"alertname":"{alertname}",{labels}}},"startsAt":"{}"}}]"#,
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (code, out) = http(self.port, "POST", "/api/v2/alerts", None, body.as_bytes());
+            if code == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "alertmanager refused the alert: {code} {out}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const CLUSTER: &str = "cfhook";
+
+struct LabGuard;
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let filter = format!("label=cloudflow.cluster={CLUSTER}");
+        for id in docker_ok(&["ps", "-aq", "--filter", &filter]).lines() {
+            docker(&["rm", "-f", id]);
+        }
+        docker(&["network", "rm", &format!("cloudflow-{CLUSTER}")]);
+    }
+}
+
+fn running(service: &str) -> usize {
+    docker_ok(&[
+        "exec",
+        &format!("cf-{CLUSTER}-1"),
+        "sh",
+        "-c",
+        &format!(
+            "docker service ps -q --filter desired-state=running {service} 2>/dev/null | wc -l"
+        ),
+    ])
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn alertmanager_alert_scales_a_service_once_and_the_cooldown_refuses_the_next() {
+    host_image();
+    let reg = Registry::start();
+    let img = build_images(&reg, IMAGE);
+    let dir = workdir();
+    let d = dir.path();
+    let _guard = LabGuard;
+    std::fs::write(
+        d.join("cloudflow.yaml"),
+        format!(
+            "name: {CLUSTER}\nprovider:\n  lab: {{ hosts: 1 }}\nregistry:\n  insecure: [\"{pull}\"]\n\
+             proxy: {{ domain: hook.test, image: \"{proxy}\", port: 80 }}\n\
+             services:\n  web: {{ image: \"{v1}\", port: 8080, replicas: 2, max_replicas: 5, health: {{ path: /healthz, timeout: 15s }} }}\n\
+             autoscaling:\n  webhook: {{ token_env: CLOUDFLOW_HOOK_TOKEN }}\n  cooldown: 2m\n  nodes: {{ min: 0, max: 0 }}\n",
+            pull = reg.pull,
+            proxy = img.proxy,
+            v1 = img.web_v1,
+        ),
+    )
+    .unwrap();
+    cloudflow(d, &["up", "--yes"]).ok();
+    assert_eq!(running("default-web-blue"), 2);
+
+    let s = Serve::start(d);
+    let am = Alertmanager::start(s.port);
+    let fired = Instant::now();
+    am.fire(
+        "WebBusy",
+        r#""cloudflow_service":"web","cloudflow_env":"default","cloudflow_scale":"+1""#,
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(s.port, "cloudflow_hook_actions_total{kind=\"service\"}") < 1 {
+        assert!(Instant::now() < deadline, "the alert never scaled web");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "figures: alert posted to Alertmanager → web scaled and converged: {:.1}s",
+        fired.elapsed().as_secs_f64()
+    );
+    assert_eq!(running("default-web-blue"), 3);
+
+    // Another alert for the same service inside the cooldown: refused, no change.
+    am.fire(
+        "WebStillBusy",
+        r#""cloudflow_service":"web","cloudflow_env":"default","cloudflow_scale":"+1""#,
+    );
+    while metric(s.port, "cloudflow_hook_refusals_total{reason=\"cooldown\"}") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the second alert was not refused"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(running("default-web-blue"), 3);
+    assert_eq!(
+        metric(s.port, "cloudflow_hook_actions_total{kind=\"service\"}"),
+        1
+    );
+
+    // A node change outside the bounds (min 0, max 0) is clamped to the live count: nothing to do.
+    let (code, body) = http(
+        s.port,
+        "POST",
+        "/hooks/scale",
+        Some(TOKEN),
+        br#"{"nodes":"+1"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""result":"unchanged""#), "{body}");
+
+    // The status page shows the service and the last action.
+    let (code, page) = http(s.port, "GET", "/", None, b"");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(">web<") && page.contains("service web in default"),
+        "{page}"
+    );
+    assert!(
+        page.contains("acted") && page.contains("cooldown"),
+        "{page}"
+    );
+    assert_eq!(s.stop(), 0);
+    // The state agrees with the swarm: the CLI sees 3 live replicas.
+    let list = cloudflow(d, &["-o", "json", "env", "list"]).ok().json();
+    assert_eq!(
+        list["environments"][0]["services"][0]["replicas"], 3,
+        "{list}"
+    );
+    cloudflow(d, &["down", "--yes"]).ok();
+}
