@@ -255,7 +255,8 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
             let public = lab_key(&key)?;
             let cfg = LabConfig {
                 cluster: spec.name.clone(),
-                hosts: l.hosts,
+                // A worker count `nodes scale` set is kept, as on AWS.
+                hosts: live_workers.map(|w| l.managers + w).unwrap_or(l.hosts),
                 managers: l.managers,
                 image: l.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
                 authorized_key: public,

@@ -281,10 +281,25 @@ async fn scale_workers(
             k.delete_node(node).await?;
         }
     }
+    let before = ctx.machines();
     ctx.state.update(|st| {
         st.workers = Some(target);
         st.hosts
             .retain(|name, _| machines.iter().any(|m| &m.name == name));
+        // A machine that went, or one made just now, leaves no host key behind: its address
+        // may come back with a new machine (a new key).
+        for m in before
+            .iter()
+            .filter(|b| !machines.iter().any(|m| m.name == b.name))
+            .chain(
+                machines
+                    .iter()
+                    .filter(|m| !before.iter().any(|b| b.name == m.name)),
+            )
+        {
+            st.known_hosts
+                .remove(&format!("{}:{}", m.ssh.address, m.ssh.port));
+        }
         st.machines = machines.clone();
     })?;
     *ctx.machines.lock().unwrap() = machines.clone();

@@ -409,3 +409,107 @@ fn alertmanager_alert_scales_a_service_once_and_the_cooldown_refuses_the_next() 
     );
     cloudflow(d, &["down", "--yes"]).ok();
 }
+
+const NODES: &str = "cfnodes";
+
+struct NodesGuard;
+impl Drop for NodesGuard {
+    fn drop(&mut self) {
+        let filter = format!("label=cloudflow.cluster={NODES}");
+        for id in docker_ok(&["ps", "-aq", "--filter", &filter]).lines() {
+            docker(&["rm", "-f", id]);
+        }
+        docker(&["network", "rm", &format!("cloudflow-{NODES}")]);
+    }
+}
+
+fn swarm_nodes() -> Vec<String> {
+    docker_ok(&[
+        "exec",
+        &format!("cf-{NODES}-1"),
+        "docker",
+        "node",
+        "ls",
+        "--format",
+        "{{.Hostname}} {{.Status}}",
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn lab_nodes_scale_from_the_cli_and_from_a_node_alert_within_bounds() {
+    host_image();
+    let dir = workdir();
+    let d = dir.path();
+    let _guard = NodesGuard;
+    std::fs::write(
+        d.join("cloudflow.yaml"),
+        format!(
+            "name: {NODES}\nprovider:\n  lab: {{ hosts: 2 }}\n\
+             autoscaling:\n  webhook: {{ token_env: CLOUDFLOW_HOOK_TOKEN }}\n  cooldown: 1s\n  nodes: {{ min: 1, max: 2 }}\n"
+        ),
+    )
+    .unwrap();
+    cloudflow(d, &["up", "--yes"]).ok();
+    assert_eq!(swarm_nodes().len(), 2);
+
+    // The CLI: a new host container is bootstrapped and joins; -1 drains it and removes it.
+    cloudflow(d, &["nodes", "scale", "+1"]).ok();
+    let nodes = swarm_nodes();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert!(nodes.iter().all(|n| n.ends_with("Ready")), "{nodes:?}");
+    let again = cloudflow(d, &["up", "--yes"]).ok();
+    assert!(
+        again.stdout.contains("no changes"),
+        "up undid the scaled count: {}",
+        again.stderr
+    );
+    cloudflow(d, &["nodes", "scale", "-1"]).ok();
+    assert_eq!(swarm_nodes().len(), 2);
+    assert!(docker(&["inspect", &format!("cf-{NODES}-3")]).status.code() != Some(0));
+
+    // The hook: +1 within the bounds (max 2 workers) adds a host; +5 is clamped to 2.
+    let s = Serve::start(d);
+    let alert = |n: &str, fp: &str| {
+        format!(
+            r#"{{"version":"4","status":"firing","alerts":[{{"status":"firing","labels":{{"alertname":"NodesBusy","cloudflow_nodes":"{n}"}},"fingerprint":"{fp}","startsAt":"2026-11-30T00:00:00Z"}}]}}"#
+        )
+    };
+    let (code, body) = http(
+        s.port,
+        "POST",
+        "/hooks/alertmanager",
+        Some(TOKEN),
+        alert("+1", "n1").as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""result":"acted""#), "{body}");
+    assert_eq!(swarm_nodes().len(), 3);
+    std::thread::sleep(Duration::from_millis(1100)); // the cooldown
+    let (code, body) = http(
+        s.port,
+        "POST",
+        "/hooks/alertmanager",
+        Some(TOKEN),
+        alert("+5", "n2").as_bytes(),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("clamped") || body.contains("unchanged"),
+        "{body}"
+    );
+    assert_eq!(swarm_nodes().len(), 3, "the bounds did not hold");
+    // The same alert delivered again acts once.
+    let (_, body) = http(
+        s.port,
+        "POST",
+        "/hooks/alertmanager",
+        Some(TOKEN),
+        alert("+1", "n1").as_bytes(),
+    );
+    assert!(body.contains(r#""result":"duplicate""#), "{body}");
+    assert_eq!(s.stop(), 0);
+    cloudflow(d, &["down", "--yes"]).ok();
+}

@@ -399,6 +399,25 @@ impl Provider for Lab {
         Ok(machines)
     }
 
+    /// `nodes scale`: as many workers as `count` (new host containers, like `up` makes them;
+    /// removed ones are the newest). The core drains leaving workers first and bootstraps and
+    /// joins new ones.
+    async fn scale_workers(
+        &self,
+        count: u32,
+        journal: &dyn Journal,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Machine>, ProviderError> {
+        let scaled = Lab {
+            cfg: LabConfig {
+                hosts: self.cfg.managers + count,
+                ..self.cfg.clone()
+            },
+            docker: self.docker.clone(),
+        };
+        scaled.create(journal, progress).await
+    }
+
     async fn destroy(
         &self,
         journal: &dyn Journal,
