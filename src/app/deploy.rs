@@ -112,7 +112,9 @@ pub async fn scale_service(
         .deployer(HOOK_TIMEOUT)
         .scale(env, service, size)
         .await?;
-    Ok(report(outcome))
+    let mut r = report(outcome);
+    r.json["message"] = serde_json::json!(r.text.trim());
+    Ok(r)
 }
 
 /// `env gc` for the hook's timer.

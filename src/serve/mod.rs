@@ -62,6 +62,10 @@ struct Metrics {
     refusals: Mutex<BTreeMap<String, u64>>,
     action_micros: AtomicU64,
     action_count: AtomicU64,
+    /// From a request's arrival to its scale command being issued (after auth, decoding,
+    /// deduplication, cooldown and waiting for the action before it).
+    issue_micros: AtomicU64,
+    issue_count: AtomicU64,
 }
 
 impl Metrics {
@@ -115,6 +119,16 @@ impl Metrics {
         ));
         out.push_str(&format!(
             "cloudflow_hook_action_duration_seconds_count {count}\n"
+        ));
+        let issued = self.issue_count.load(Ordering::Relaxed);
+        let issue_secs = self.issue_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        out.push_str("# HELP cloudflow_hook_issue_latency_seconds From a request's arrival to its scale command being issued.\n");
+        out.push_str("# TYPE cloudflow_hook_issue_latency_seconds summary\n");
+        out.push_str(&format!(
+            "cloudflow_hook_issue_latency_seconds_sum {issue_secs}\n"
+        ));
+        out.push_str(&format!(
+            "cloudflow_hook_issue_latency_seconds_count {issued}\n"
         ));
         out
     }
@@ -200,7 +214,7 @@ impl Hook {
     }
 
     /// Carry out one intent: cooldown, then the action through the CLI's own code.
-    async fn act(&self, intent: Intent) -> Record {
+    async fn act(&self, intent: Intent, received: Instant) -> Record {
         let _one = self.acting.lock().await;
         let key = intent.target.key();
         if let Some(t) = self.last.lock().unwrap().get(&key)
@@ -219,6 +233,10 @@ impl Hook {
             );
         }
         let started = Instant::now();
+        self.metrics
+            .issue_micros
+            .fetch_add(received.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.metrics.issue_count.fetch_add(1, Ordering::Relaxed);
         let outcome = match &intent.target {
             Target::Service { env, service } => {
                 crate::app::scale_service(&self.cli, env, service, &intent.size, self.ui.clone())
@@ -328,6 +346,7 @@ fn gate(h: &Hook, path: &str, headers: &HeaderMap, body: &Bytes) -> Option<Respo
 }
 
 async fn alertmanager(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = Instant::now();
     let path = "/hooks/alertmanager";
     if let Some(r) = gate(&h, path, &headers, &body) {
         return r;
@@ -377,7 +396,7 @@ async fn alertmanager(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Byte
                 message: format!("alert {} was handled already", a.key()),
             })
         } else {
-            h.act(intent).await
+            h.act(intent, received).await
         };
         results.push(json!({"fingerprint": a.fingerprint, "record": r}));
     }
@@ -386,6 +405,7 @@ async fn alertmanager(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Byte
 }
 
 async fn scale(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = Instant::now();
     let path = "/hooks/scale";
     if let Some(r) = gate(&h, path, &headers, &body) {
         return r;
@@ -401,7 +421,7 @@ async fn scale(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> R
             return reply(StatusCode::BAD_REQUEST, json!({"error": e}));
         }
     };
-    let r = h.act(intent).await;
+    let r = h.act(intent, received).await;
     h.metrics.request(path, StatusCode::OK);
     reply(StatusCode::OK, json!({"results": [{"record": r}]}))
 }

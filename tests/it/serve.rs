@@ -400,6 +400,49 @@ fn alertmanager_alert_scales_a_service_once_and_the_cooldown_refuses_the_next() 
         page.contains("acted") && page.contains("cooldown"),
         "{page}"
     );
+    // … and in a real browser (headless Chromium): the rendered DOM has the services table
+    // with web and the records of the last action and refusal.
+    let url = format!("http://127.0.0.1:{}/", s.port);
+    let shot = dir.path().join("status-page.png");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1200,800",
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        ])
+        .output()
+        .expect("chromium (bash .ci/setup installs it)");
+    assert!(
+        out.status.success() && shot.exists(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains(r#"<table id="services">"#), "{dom}");
+    assert!(
+        dom.contains("<td>web</td>") && dom.contains("<td>3</td>"),
+        "{dom}"
+    );
+    assert!(dom.contains(r#"<td class="acted">acted</td>"#), "{dom}");
+    assert!(dom.contains("refused (cooldown)"), "{dom}");
+    if let Ok(keep) = std::env::var("CLOUDFLOW_KEEP_SCREENSHOT") {
+        let _ = std::fs::copy(&shot, keep);
+    }
     assert_eq!(s.stop(), 0);
     // The state agrees with the swarm: the CLI sees 3 live replicas.
     let list = cloudflow(d, &["-o", "json", "env", "list"]).ok().json();
