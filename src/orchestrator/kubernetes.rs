@@ -118,6 +118,25 @@ fn proxy_anti_affinity() -> k8s_openapi::api::core::v1::Affinity {
     }
 }
 
+/// Watch `name` until the object with `uid` is gone (at most 300 s); `what` names it in errors.
+async fn wait_gone<K>(api: Api<K>, name: &str, uid: &str, what: &str) -> Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        kube::runtime::wait::await_condition(
+            api,
+            name,
+            kube::runtime::wait::conditions::is_deleted(uid),
+        ),
+    )
+    .await
+    .map_err(|_| Error::Other(format!("{what} was still being deleted after 300s")))?
+    .map_err(|e| Error::Other(format!("Kubernetes API: watching {what}: {e}")))?;
+    Ok(())
+}
+
 /// `ns/name` → (ns, name).
 fn split(workload: &str) -> (&str, &str) {
     workload.split_once('/').unwrap_or(("default", workload))
@@ -595,21 +614,13 @@ impl Kubernetes {
             .filter(|d| d.metadata.deletion_timestamp.is_some())
         {
             let uid = d.metadata.uid.unwrap_or_default();
-            tokio::time::timeout(
-                Duration::from_secs(300),
-                kube::runtime::wait::await_condition(
-                    self.deployments(ns),
-                    name,
-                    kube::runtime::wait::conditions::is_deleted(&uid),
-                ),
+            wait_gone(
+                self.deployments(ns),
+                name,
+                &uid,
+                &format!("Deployment {ns}/{name}"),
             )
-            .await
-            .map_err(|_| {
-                Error::Other(format!(
-                    "Deployment {ns}/{name} was still being deleted after 300s"
-                ))
-            })?
-            .map_err(|e| Error::Other(format!("Kubernetes API: watching {ns}/{name}: {e}")))?;
+            .await?;
         }
         self.deployments(ns)
             .patch(name, &apply(), &Patch::Apply(&self.deployment(run)))
@@ -1045,19 +1056,7 @@ impl Orchestrator for Kubernetes {
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(kerr(&format!("delete Namespace {name}"), e)),
             }
-            tokio::time::timeout(
-                Duration::from_secs(300),
-                kube::runtime::wait::await_condition(
-                    api.clone(),
-                    &name,
-                    kube::runtime::wait::conditions::is_deleted(&uid),
-                ),
-            )
-            .await
-            .map_err(|_| {
-                Error::Other(format!("namespace {name} was still Terminating after 300s"))
-            })?
-            .map_err(|e| Error::Other(format!("Kubernetes API: watching namespace {name}: {e}")))?;
+            wait_gone(api.clone(), &name, &uid, &format!("namespace {name}")).await?;
         }
         Ok(())
     }
@@ -1260,21 +1259,7 @@ impl Orchestrator for Kubernetes {
                 Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(kerr(&format!("delete Deployment {ns}/{name}"), e)),
             }
-            tokio::time::timeout(
-                Duration::from_secs(300),
-                kube::runtime::wait::await_condition(
-                    api.clone(),
-                    name,
-                    kube::runtime::wait::conditions::is_deleted(&uid),
-                ),
-            )
-            .await
-            .map_err(|_| {
-                Error::Other(format!(
-                    "Deployment {workload} was still being deleted after 300s"
-                ))
-            })?
-            .map_err(|e| Error::Other(format!("Kubernetes API: watching {workload}: {e}")))?;
+            wait_gone(api.clone(), name, &uid, &format!("Deployment {workload}")).await?;
         }
         Ok(())
     }
