@@ -200,17 +200,19 @@ impl Hook {
         })
     }
 
-    /// Whether `key` (an alert delivery) was seen before; remembers it.
+    /// Whether `key` (an alert delivery) already acted.
     fn duplicate(&self, key: &str) -> bool {
+        self.seen.lock().unwrap().iter().any(|k| k == key)
+    }
+
+    /// Remember a delivery that acted: a redelivery of it is a duplicate. One that was
+    /// refused or failed may act when Alertmanager sends it again.
+    fn acted(&self, key: &str) {
         let mut seen = self.seen.lock().unwrap();
-        if seen.iter().any(|k| k == key) {
-            return true;
-        }
         seen.push_back(key.to_string());
         while seen.len() > SEEN {
             seen.pop_front();
         }
-        false
     }
 
     /// Carry out one intent: cooldown, then the action through the CLI's own code.
@@ -261,9 +263,10 @@ impl Hook {
             Ok(json) => {
                 let changed = json["changed"].as_bool().unwrap_or(false);
                 let note = json["note"].as_str().map(str::to_string);
+                // The contract's `clamped` whenever the bounds cut the size (even to no change).
                 let result = match (changed, &note) {
-                    (false, _) => "unchanged",
-                    (true, Some(_)) => "clamped",
+                    (_, Some(_)) => "clamped",
+                    (false, None) => "unchanged",
                     (true, None) => "acted",
                 };
                 if changed {
@@ -296,7 +299,7 @@ impl Hook {
                 })
             }
             Err(e) => {
-                let reason = if e.to_string().contains("lock") {
+                let reason = if matches!(e, Error::State(crate::state::StateError::Locked { .. })) {
                     "locked"
                 } else {
                     "failed"
@@ -317,6 +320,25 @@ impl Hook {
                 })
             }
         }
+    }
+}
+
+/// Run an action in its own task and wait for it: when the caller hangs up (a webhook
+/// timeout), the action still finishes instead of being dropped half-way.
+async fn spawn_act(h: &Arc<Hook>, intent: Intent, received: Instant) -> Record {
+    let h2 = h.clone();
+    let target = intent.target.key();
+    let size = intent.size.clone();
+    match tokio::spawn(async move { h2.act(intent, received).await }).await {
+        Ok(r) => r,
+        Err(e) => h.remember(Record {
+            at: now(),
+            target,
+            size,
+            result: "failed".into(),
+            reason: Some("failed".into()),
+            message: format!("the action stopped: {e}"),
+        }),
     }
 }
 
@@ -396,7 +418,11 @@ async fn alertmanager(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Byte
                 message: format!("alert {} was handled already", a.key()),
             })
         } else {
-            h.act(intent, received).await
+            let r = spawn_act(&h, intent, received).await;
+            if r.result == "acted" || r.result == "clamped" {
+                h.acted(&a.key());
+            }
+            r
         };
         results.push(json!({"fingerprint": a.fingerprint, "record": r}));
     }
@@ -421,7 +447,7 @@ async fn scale(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> R
             return reply(StatusCode::BAD_REQUEST, json!({"error": e}));
         }
     };
-    let r = h.act(intent, received).await;
+    let r = spawn_act(&h, intent, received).await;
     h.metrics.request(path, StatusCode::OK);
     reply(StatusCode::OK, json!({"results": [{"record": r}]}))
 }
@@ -578,7 +604,11 @@ pub async fn serve(cli: &Cli, listen: &str, ui: Arc<Ui>) -> Result<Report> {
         .with_graceful_shutdown(shutdown())
         .await
         .map_err(|e| Error::Other(format!("serve: {e}")))?;
-    gc.abort();
+    {
+        // Not in the middle of an env gc or an action: they finish first.
+        let _idle = hook.acting.lock().await;
+        gc.abort();
+    }
     // In-flight actions finish before the process ends.
     let _ = hook.acting.lock().await;
     let actions: u64 = hook.metrics.actions.lock().unwrap().values().sum();

@@ -158,6 +158,19 @@ pub fn scale_intent(b: &ScaleBody) -> Result<Intent, String> {
 pub fn webhook(body: &[u8]) -> Result<Webhook, String> {
     let w: Webhook = serde_json::from_slice(body)
         .map_err(|e| format!("not an Alertmanager webhook body: {e}"))?;
+    if let Some(a) = w
+        .alerts
+        .iter()
+        .find(|a| a.fingerprint.is_empty() || a.starts_at.is_empty())
+    {
+        return Err(format!(
+            "alert {}: fingerprint and startsAt are required (they make a delivery act once)",
+            a.labels
+                .get("alertname")
+                .map(String::as_str)
+                .unwrap_or("(no alertname)")
+        ));
+    }
     if w.version != "4" {
         return Err(format!(
             "webhook payload version {:?}: cloudflow reads version 4",
