@@ -47,7 +47,10 @@ pub struct Cli {
     )]
     pub file: PathBuf,
 
-    /// Where state lives: a directory or file://DIR (default: .cloudflow/ beside the spec).
+    /// Where state lives: a directory, file://DIR (default: .cloudflow/ beside the spec), or
+    /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX shared by every machine that runs cloudflow
+    /// (TLS and credentials: ?ca=FILE&cert=FILE&key=FILE&user=NAME, or CLOUDFLOW_ETCD_CA,
+    /// CLOUDFLOW_ETCD_CERT, CLOUDFLOW_ETCD_KEY, CLOUDFLOW_ETCD_USER, CLOUDFLOW_ETCD_PASSWORD).
     #[arg(
         long = "state",
         global = true,
@@ -55,6 +58,17 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub state: Option<String>,
+
+    /// When another cloudflow holds the cluster's lock, wait up to this long for it (e.g. 5m)
+    /// instead of failing at once.
+    #[arg(
+        long = "lock-timeout",
+        global = true,
+        env = "CLOUDFLOW_LOCK_TIMEOUT",
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration
+    )]
+    pub lock_timeout: Option<std::time::Duration>,
 
     /// Output format. With json, stdout holds exactly one JSON document; progress goes to stderr.
     #[arg(
@@ -174,11 +188,55 @@ pub enum Command {
     )]
     Env(EnvCommand),
 
+    /// The cluster's lock: who holds it, and taking it back from a holder that died.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cloudflow --state etcd://etcd-1:2379/cloudflow -f prod.yaml lock status\n  \
+                      cloudflow --state etcd://etcd-1:2379/cloudflow -f prod.yaml lock release --force"
+    )]
+    Lock(LockCommand),
+
+    /// The cluster's recorded state as one JSON document: move it between backends.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cloudflow --state etcd://etcd-1:2379/cloudflow -f prod.yaml state export > prod.json\n  \
+                      cloudflow -f prod.yaml state import < prod.json        # into the embedded store beside the spec"
+    )]
+    State(StateCommand),
+
     /// Undo everything cloudflow did: lab and cloud machines are destroyed; bare-metal hosts leave the swarm and get their settings back (Docker stays installed).
     #[command(
         after_help = "Examples:\n  cloudflow -f cluster.yaml down          # shows the plan and asks\n  cloudflow -f cluster.yaml down --yes"
     )]
     Down(DownArgs),
+}
+
+impl Command {
+    /// The command as the lock names it (no arguments: they could carry secrets).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Validate => "validate",
+            Command::Plan(_) => "plan",
+            Command::Up(_) => "up",
+            Command::Status => "status",
+            Command::Kubeconfig(_) => "kubeconfig",
+            Command::Serve(_) => "serve",
+            Command::Nodes(_) => "nodes scale",
+            Command::Deploy(_) => "deploy",
+            Command::Switch(_) => "switch",
+            Command::StopOld(_) => "stop-old",
+            Command::Rollback(_) => "rollback",
+            Command::Scale(_) => "scale",
+            Command::Env(EnvCommand::Create(_)) => "env create",
+            Command::Env(EnvCommand::List(_)) => "env list",
+            Command::Env(EnvCommand::Destroy(_)) => "env destroy",
+            Command::Env(EnvCommand::Gc(_)) => "env gc",
+            Command::Lock(_) => "lock",
+            Command::State(StateCommand::Export) => "state export",
+            Command::State(StateCommand::Import(_)) => "state import",
+            Command::Down(_) => "down",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -192,6 +250,48 @@ pub enum NodesCommand {
                             The new size is kept by the next `up` until the spec's own size is edited."
     )]
     Scale(ScaleArgs),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the lock: user@host, pid, command, since, and (etcd) how long its lease lasts unless renewed.
+    #[command(
+        after_help = "Examples:\n  cloudflow -f prod.yaml lock status\n  cloudflow -f prod.yaml lock status -o json"
+    )]
+    Status,
+    /// Remove the lock of a holder that died without waiting for its lease to expire. The holder, if it still runs, can no longer write the state.
+    #[command(
+        after_help = "Example:\n  cloudflow --state etcd://etcd-1:2379/cloudflow -f prod.yaml lock release --force"
+    )]
+    Release(LockReleaseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LockReleaseArgs {
+    /// Required: releasing another process's lock is a deliberate act.
+    #[arg(long, env = "CLOUDFLOW_FORCE", value_parser = BoolishValueParser::new())]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum StateCommand {
+    /// Print the cluster's record as JSON (no secrets are in it).
+    #[command(
+        after_help = "Example:\n  cloudflow --state etcd://etcd-1:2379/cloudflow -f prod.yaml state export > prod.json"
+    )]
+    Export,
+    /// Store a record read from stdin (from `state export`) under the spec's cluster, holding the lock. Refuses to replace an existing record without --force.
+    #[command(
+        after_help = "Example:\n  cloudflow --state etcd://etcd-1:2379/cloudflow -f prod.yaml state import < prod.json"
+    )]
+    Import(StateImportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StateImportArgs {
+    /// Replace the record the store already has for this cluster.
+    #[arg(long, env = "CLOUDFLOW_FORCE", value_parser = BoolishValueParser::new())]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -61,6 +61,7 @@ impl Error {
         match self {
             Error::Spec(_) => "spec",
             Error::Usage(_) => "usage",
+            Error::State(StateError::Locked { .. }) => "locked",
             Error::State(_) => "state",
             Error::Provider(_) => "provider",
             Error::Exec(_) | Error::Hosts(_) => "remote",

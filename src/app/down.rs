@@ -124,7 +124,7 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
     }
     if plan.is_empty() {
         if s.known {
-            ctx.state.store().delete(&ctx.spec.name)?;
+            ctx.state.delete()?;
         }
         return Ok(Report {
             json: json!({"cluster": plan.cluster, "changed": false, "changes": 0, "message": "no changes: nothing to take down"}),
@@ -164,7 +164,7 @@ pub async fn down(cli: &Cli, yes: bool, ui: Arc<Ui>) -> Result<Report> {
         .filter(|r| r.status == ResourceStatus::Created)
         .collect();
     if leftover.is_empty() {
-        ctx.state.store().delete(&ctx.spec.name)?;
+        ctx.state.delete()?;
     }
     let secs = ui.elapsed().as_secs_f64();
     Ok(Report {

@@ -5,6 +5,7 @@ mod deploy;
 mod down;
 mod facts;
 mod kubeconfig;
+mod lock;
 mod nodes;
 mod ready;
 mod status;
@@ -87,6 +88,8 @@ async fn run_command(cli: &Cli) -> Result<Report> {
         Command::Nodes(crate::cli::NodesCommand::Scale(a)) => nodes::scale(cli, a, ui).await,
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(cli, a.show_token, ui).await,
         Command::Serve(a) => crate::serve::serve(cli, &a.listen, ui).await,
+        Command::Lock(c) => lock::lock(cli, c, ui).await,
+        Command::State(c) => lock::state(cli, c, ui).await,
         Command::Deploy(_)
         | Command::Switch(_)
         | Command::StopOld(_)
@@ -217,20 +220,64 @@ fn state_dir(cli: &Cli, spec: &Spec) -> PathBuf {
     }
 }
 
+/// The store `--state` names (the embedded one beside the spec by default).
+pub fn open_store(cli: &Cli, spec: &Spec) -> Result<Arc<dyn state::StateStore>> {
+    Ok(state::open(
+        cli.state.as_deref(),
+        &spec.default_state_dir(),
+    )?)
+}
+
+/// Take the cluster's lock as this command, waiting up to `--lock-timeout` (and saying for
+/// whom) when another holds it.
+pub async fn take_lock(
+    cli: &Cli,
+    store: &Arc<dyn state::StateStore>,
+    cluster: &str,
+    ui: &Arc<Ui>,
+) -> Result<StateLock> {
+    let holder = state::Holder::current(cli.command.name());
+    let (store, cluster, ui, wait) = (
+        store.clone(),
+        cluster.to_string(),
+        ui.clone(),
+        cli.lock_timeout,
+    );
+    tokio::task::spawn_blocking(move || {
+        store.lock(&cluster, &holder, wait, &|info| {
+            ui.info(&format!(
+                "cluster {cluster} is locked by {info}; waiting up to {} for it",
+                humantime::format_duration(wait.unwrap_or_default())
+            ))
+        })
+    })
+    .await
+    .map_err(|e| Error::Usage(format!("the lock task failed: {e}")))?
+    .map_err(Error::from)
+}
+
 /// `lock`: take the cluster's lock (everything that may change something).
 /// `record_host_keys`: accept-new records first-seen keys (not for `plan`/`status`).
 pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) -> Result<Session> {
     let spec = spec::load(&cli.file)?;
     let renderer = Renderer::new(spec.templates.as_deref())?;
-    let store = state::open(cli.state.as_deref(), &spec.default_state_dir())?;
+    let store = open_store(cli, &spec)?;
     let lock = if lock {
-        Some(store.lock(&spec.name)?)
+        Some(take_lock(cli, &store, &spec.name, &ui).await?)
     } else {
         None
     };
-    let existing = store.load(&spec.name)?;
+    let existing = state::load(store.as_ref(), &spec.name)?;
     let known = existing.is_some();
-    let record = existing.unwrap_or_else(|| ClusterState::new(&spec.name, spec.provider.kind()));
+    let (record, stored) = existing.unwrap_or_else(|| {
+        (
+            ClusterState::new(&spec.name, spec.provider.kind()),
+            state::Stored {
+                flat: Default::default(),
+                rev: 0,
+            },
+        )
+    });
     if record.provider != spec.provider.kind() {
         return Err(Error::Usage(format!(
             "cluster {} was made with the {} provider and the spec now says {}: run `down` with the old spec first",
@@ -241,7 +288,7 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
     }
     let live_workers = record.workers;
     let live_pools = record.pools.clone();
-    let state = StateHandle::new(store, record);
+    let state = StateHandle::at(store, record, stored);
     let dir = state_dir(cli, &spec);
 
     let (provider, key, policy, user_known_hosts): (

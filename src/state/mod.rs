@@ -1,16 +1,27 @@
 //! State: what cloudflow created and changed, per cluster, so `down` (and a re-run after a
 //! crash) can undo it. Reality (labels, tags, facts) stays the truth; state names ownership.
 //!
-//! Behind [`StateStore`] so a shared backend (etcd) can follow the embedded one. Every write is
-//! one transaction holding the whole cluster record: never half-written. No secrets go in.
+//! Behind [`StateStore`]: the embedded store (redb beside the spec) or etcd, shared by every
+//! operator machine. A record is a set of keys under the cluster's prefix ([`flat`]); every
+//! write is one transaction of the keys that changed, conditional on the revision this command
+//! read and on its lock: never half-written, never silently overwriting another writer.
+//! Every mutating command holds the cluster's lock ([`lock`]), which names its holder.
+//! No secrets go in.
 
 mod embedded;
+mod etcd;
+mod flat;
+mod lock;
 mod record;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use embedded::Embedded;
+pub use etcd::Etcd;
+pub use flat::{Flat, diff, flatten, unflatten};
+pub use lock::{Holder, LockInfo, StateLock};
 pub use record::{
     ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HostRecord, KnownKey, PoolSize,
     ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
@@ -25,46 +36,104 @@ pub enum StateError {
     Store { location: String, message: String },
     /// Another cloudflow holds the cluster's lock.
     #[error(
-        "cluster {cluster} is locked by another cloudflow process ({location}); wait for it to finish"
+        "cluster {cluster} is locked by {holder} ({location}){waited}; wait for it to finish, or pass --lock-timeout 5m to wait for it (`cloudflow lock status` shows the holder)"
     )]
-    Locked { cluster: String, location: String },
+    Locked {
+        cluster: String,
+        location: String,
+        holder: Box<LockInfo>,
+        /// Empty when refused at once; otherwise how long this command waited.
+        waited: String,
+    },
+    /// The record changed since this command read it: another writer (after a forced lock
+    /// release, or a lost lease) got there first. Nothing of this write was stored.
+    #[error(
+        "the state of cluster {cluster} changed under this command ({location}): {why}; nothing of this write was stored — run the command again"
+    )]
+    Conflict {
+        cluster: String,
+        location: String,
+        why: String,
+    },
     /// A `--state` URL names a backend that is not available.
     #[error("unsupported --state {url:?}: {why}")]
     Url { url: String, why: String },
 }
 
-/// Held for the duration of a command; dropping it releases the cluster.
-pub struct StateLock {
-    _file: std::fs::File,
+/// A record as stored, with the revision a conditional write compares against.
+pub struct Stored {
+    pub flat: Flat,
+    /// 0: no record.
+    pub rev: i64,
 }
 
 pub trait StateStore: Send + Sync {
-    /// Human-readable location, for messages.
+    /// Human-readable location, for messages (never with credentials).
     fn location(&self) -> String;
-    fn load(&self, cluster: &str) -> Result<Option<ClusterState>, StateError>;
-    fn save(&self, state: &ClusterState) -> Result<(), StateError>;
-    fn delete(&self, cluster: &str) -> Result<(), StateError>;
-    /// Take the cluster's exclusive lock, failing at once if another process holds it.
-    fn lock(&self, cluster: &str) -> Result<StateLock, StateError>;
+    /// The cluster's keys and their revision; `None` when there is no record.
+    fn load_flat(&self, cluster: &str) -> Result<Option<Stored>, StateError>;
+    /// Write `puts` and delete `deletes` in one transaction, only if the record is still at
+    /// `rev` (0: there is none yet) and, where this process holds the cluster's lock, only
+    /// while it still does. Returns the new revision.
+    fn commit(
+        &self,
+        cluster: &str,
+        rev: i64,
+        puts: &[(String, String)],
+        deletes: &[String],
+    ) -> Result<i64, StateError>;
+    /// Remove the cluster's record (its lock stays with its holder).
+    fn delete(&self, cluster: &str, rev: i64) -> Result<(), StateError>;
+    /// Take the cluster's exclusive lock. Refused at once when another holds it, or after
+    /// waiting up to `wait`; `waiting` is told who holds it while this waits.
+    fn lock(
+        &self,
+        cluster: &str,
+        holder: &Holder,
+        wait: Option<Duration>,
+        waiting: &dyn Fn(&LockInfo),
+    ) -> Result<StateLock, StateError>;
+    /// Who holds the cluster's lock, if anyone.
+    fn lock_info(&self, cluster: &str) -> Result<Option<LockInfo>, StateError>;
+    /// Take the lock from a holder that died. Returns the holder it removed.
+    fn force_release(&self, cluster: &str) -> Result<Option<LockInfo>, StateError>;
+
+    fn load(&self, cluster: &str) -> Result<Option<ClusterState>, StateError> {
+        Ok(load(self, cluster)?.map(|(s, _)| s))
+    }
+}
+
+/// The cluster's record and its revision.
+pub fn load<S: StateStore + ?Sized>(
+    store: &S,
+    cluster: &str,
+) -> Result<Option<(ClusterState, Stored)>, StateError> {
+    let Some(stored) = store.load_flat(cluster)? else {
+        return Ok(None);
+    };
+    let state = unflatten(&stored.flat).map_err(|m| StateError::Store {
+        location: store.location(),
+        message: format!("record for cluster {cluster} is unreadable: {m}"),
+    })?;
+    Ok(Some((state, stored)))
 }
 
 /// Open the store a `--state` URL names, or the embedded one in `default_dir`.
-/// Accepted: a directory path, `file://DIR`. `etcd://` is reserved for the shared backend.
+/// Accepted: a directory path, `file://DIR`, `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`.
 pub fn open(url: Option<&str>, default_dir: &Path) -> Result<Arc<dyn StateStore>, StateError> {
     match url {
         None | Some("") => Ok(Arc::new(Embedded::open(default_dir)?)),
-        Some(u) if u.starts_with("etcd://") || u.starts_with("etcd+") => Err(StateError::Url {
-            url: u.to_string(),
-            why:
-                "the etcd backend is not available in this build yet; use a directory or file://DIR"
-                    .into(),
-        }),
+        Some(u) if u.starts_with("etcd://") || u.starts_with("etcds://") => {
+            Ok(Arc::new(Etcd::open(u)?))
+        }
         Some(u) => {
             let dir = u.strip_prefix("file://").unwrap_or(u);
             if dir.contains("://") {
                 return Err(StateError::Url {
                     url: u.to_string(),
-                    why: "expected a directory or file://DIR".into(),
+                    why:
+                        "expected a directory, file://DIR or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
+                            .into(),
                 });
             }
             Ok(Arc::new(Embedded::open(Path::new(dir))?))
@@ -72,36 +141,78 @@ pub fn open(url: Option<&str>, default_dir: &Path) -> Result<Arc<dyn StateStore>
     }
 }
 
-/// The live cluster record plus its store: every mutation is saved at once.
+struct Live {
+    state: ClusterState,
+    flat: Flat,
+    rev: i64,
+}
+
+/// The live cluster record plus its store: every mutation is saved at once, as one
+/// conditional transaction of the keys it changed.
 #[derive(Clone)]
 pub struct StateHandle {
     store: Arc<dyn StateStore>,
-    state: Arc<Mutex<ClusterState>>,
+    live: Arc<Mutex<Live>>,
 }
 
 impl StateHandle {
+    /// A record the store does not have yet.
     pub fn new(store: Arc<dyn StateStore>, state: ClusterState) -> Self {
+        Self::at(
+            store,
+            state,
+            Stored {
+                flat: Flat::new(),
+                rev: 0,
+            },
+        )
+    }
+
+    /// A record as loaded (see [`load`]).
+    pub fn at(store: Arc<dyn StateStore>, state: ClusterState, stored: Stored) -> Self {
         StateHandle {
             store,
-            state: Arc::new(Mutex::new(state)),
+            live: Arc::new(Mutex::new(Live {
+                state,
+                flat: stored.flat,
+                rev: stored.rev,
+            })),
         }
     }
 
     pub fn snapshot(&self) -> ClusterState {
-        self.state.lock().expect("state mutex").clone()
+        self.live.lock().expect("state mutex").state.clone()
     }
 
-    /// Apply `f` and save the result in one transaction; on a failed save, memory is rolled back.
+    /// Apply `f` and save the keys it changed in one transaction; on a failed save, memory
+    /// keeps the record as it was.
     pub fn update<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> Result<R, StateError> {
-        let mut guard = self.state.lock().expect("state mutex");
-        let before = guard.clone();
-        let out = f(&mut guard);
-        guard.touch();
-        if let Err(e) = self.store.save(&guard) {
-            *guard = before;
-            return Err(e);
-        }
+        let mut live = self.live.lock().expect("state mutex");
+        let mut next = live.state.clone();
+        let out = f(&mut next);
+        next.touch();
+        let flat = flatten(&next);
+        let (puts, deletes) = diff(&live.flat, &flat);
+        let rev = self
+            .store
+            .commit(&next.cluster, live.rev, &puts, &deletes)?;
+        *live = Live {
+            state: next,
+            flat,
+            rev,
+        };
         Ok(out)
+    }
+
+    /// Remove the record from the store (conditional on it being the one this command read).
+    pub fn delete(&self) -> Result<(), StateError> {
+        let mut live = self.live.lock().expect("state mutex");
+        if live.rev != 0 {
+            self.store.delete(&live.state.cluster, live.rev)?;
+        }
+        live.flat.clear();
+        live.rev = 0;
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn StateStore> {
@@ -197,7 +308,7 @@ mod tests {
         );
         handle.removed(&net).unwrap();
         assert!(store.load("demo").unwrap().unwrap().resources.is_empty());
-        store.delete("demo").unwrap();
+        handle.delete().unwrap();
         assert!(store.load("demo").unwrap().is_none());
     }
 
@@ -209,23 +320,20 @@ mod tests {
             Path::new("/nonexistent"),
         )
         .unwrap();
-        let _held = store.lock("demo").unwrap();
+        let me = Holder::current("up");
+        let _held = store.lock("demo", &me, None, &|_| {}).unwrap();
         let second = open(None, dir.path()).unwrap();
-        assert!(matches!(
-            second.lock("demo"),
-            Err(StateError::Locked { .. })
-        ));
-        assert!(second.lock("other").is_ok());
-    }
-
-    #[test]
-    fn etcd_urls_are_refused_clearly() {
-        let e = open(Some("etcd://127.0.0.1:2379"), Path::new("."))
-            .err()
-            .unwrap();
-        assert!(
-            e.to_string().contains("etcd backend is not available"),
-            "{e}"
+        match second.lock("demo", &me, None, &|_| {}) {
+            Err(StateError::Locked { holder, .. }) => {
+                assert_eq!(holder.holder.pid, std::process::id());
+                assert_eq!(holder.holder.command, "up");
+            }
+            other => panic!("expected Locked, got {:?}", other.err()),
+        }
+        assert_eq!(
+            second.lock_info("demo").unwrap().unwrap().holder.command,
+            "up"
         );
+        assert!(second.lock("other", &me, None, &|_| {}).is_ok());
     }
 }
