@@ -31,7 +31,12 @@ async fn site(cli: &Cli, ui: Arc<Ui>) -> Result<DeploySite> {
     let machines = session.ctx.provider.list().await?;
     *session.ctx.machines.lock().unwrap() = machines.clone();
     let orch = crate::phase::deploy::orchestrator(&session.ctx).await?;
-    Ok(DeploySite { session, orch })
+    let site = DeploySite { session, orch };
+    // A switch a killed command left half-way is finished (or undone) before anything else.
+    site.deployer(Duration::from_secs(300))
+        .finish_interrupted()
+        .await?;
+    Ok(site)
 }
 
 fn report(o: Outcome) -> Report {

@@ -391,6 +391,7 @@ fn nginx_conf(spec: &Spec) -> String {
                 replicas: 1,
             }),
             green: None,
+            switch_from: None,
         },
     );
     state.environments.insert("default".into(), env);

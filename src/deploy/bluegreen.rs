@@ -86,6 +86,7 @@ impl Deployer<'_> {
                     live: color,
                     blue: None,
                     green: None,
+                    switch_from: None,
                 });
             r.port = svc.port;
             r.health_path = svc.health.path.clone();
@@ -257,6 +258,7 @@ impl Deployer<'_> {
                         replicas,
                     }),
                     green: None,
+                    switch_from: None,
                 },
             );
         })?;

@@ -137,10 +137,6 @@ impl<'a> Deployer<'a> {
         self.edit(env, svc, |r| *r.color_mut(color) = rec)
     }
 
-    pub(super) fn set_live(&self, env: &str, svc: &str, color: Color) -> Result<()> {
-        self.edit(env, svc, |r| r.live = color)
-    }
-
     pub(super) fn run_for(
         &self,
         env: &str,
@@ -332,14 +328,26 @@ impl<'a> Deployer<'a> {
     /// Make `color` the live colour and publish the routes. When the proxy does not take the
     /// new configuration (nginx refused it, a manager failed), the state goes back to the
     /// colour that was live: the state and the proxies keep agreeing.
+    ///
+    /// The record says a switch is under way (`switch_from`) until the proxies serve the new
+    /// colour: a command killed in between leaves that mark for [`Self::finish_interrupted`].
     pub(super) async fn switch_live(&self, env: &str, svc: &str, color: Color) -> Result<Duration> {
         let before = self.record(env, svc)?.live;
-        self.set_live(env, svc, color)?;
+        self.edit(env, svc, |r| {
+            r.live = color;
+            r.switch_from = (before != color).then_some(before);
+        })?;
         match self.publish(&[]).await {
-            Ok(d) => Ok(d),
+            Ok(d) => {
+                self.edit(env, svc, |r| r.switch_from = None)?;
+                Ok(d)
+            }
             Err(e) => {
                 if before != color {
-                    self.set_live(env, svc, before)?;
+                    self.edit(env, svc, |r| {
+                        r.live = before;
+                        r.switch_from = None;
+                    })?;
                     // Managers that did take the new routes get the old ones back (best
                     // effort: the error below is what the user needs to act on).
                     if let Err(again) = self.publish(&[]).await {
@@ -349,6 +357,55 @@ impl<'a> Deployer<'a> {
                 Err(e)
             }
         }
+    }
+
+    /// Finish what a killed command left half-way: a switch whose routes may not have reached
+    /// every proxy. When the new colour still runs its replicas, the switch is published again
+    /// (it passed its health gate before the switch began); otherwise traffic goes back to the
+    /// colour it came from. Either way the record and the proxies agree again.
+    pub async fn finish_interrupted(&self) -> Result<()> {
+        let pending: Vec<(String, String, Color, Color, u32, String)> = self
+            .state
+            .snapshot()
+            .environments
+            .iter()
+            .flat_map(|(env, e)| {
+                e.services.iter().filter_map(move |(name, r)| {
+                    let from = r.switch_from?;
+                    let live = r.live()?;
+                    Some((
+                        env.clone(),
+                        name.clone(),
+                        from,
+                        r.live,
+                        live.replicas,
+                        live.image.clone(),
+                    ))
+                })
+            })
+            .collect();
+        for (env, svc, from, to, replicas, image) in pending {
+            let strategy = self.record(&env, &svc)?.strategy;
+            let name = self.orch.workload(&env, &svc, strategy, to);
+            let runs = self
+                .orch
+                .converge(&name, replicas, Some(&image), Duration::from_secs(60))
+                .await
+                .is_ok();
+            if runs {
+                self.ui.info(&format!(
+                    "{svc} in {env}: an earlier command was stopped while switching from {from} to {to}; {to} runs {replicas} replica(s) of {image}: finishing the switch"
+                ));
+            } else {
+                self.ui.info(&format!(
+                    "{svc} in {env}: an earlier command was stopped while switching from {from} to {to}, and {to} no longer runs: traffic goes back to {from}"
+                ));
+                self.edit(&env, &svc, |r| r.live = from)?;
+            }
+            self.publish(&[]).await?;
+            self.edit(&env, &svc, |r| r.switch_from = None)?;
+        }
+        Ok(())
     }
 
     // ---- convergence and health --------------------------------------------------------------

@@ -422,6 +422,9 @@ pub fn env_list(state: &ClusterState) -> Vec<serde_json::Value> {
                         "replicas": live.map(|c| c.replicas).unwrap_or(0),
                         "preview": r.preview().map(|c| serde_json::json!({"color": r.live.other(), "image": c.image, "replicas": c.replicas})),
                         "strategy": r.strategy,
+                        // A command was stopped while switching from this colour to `color`:
+                        // the next deploy-family command finishes or undoes it.
+                        "switching_from": r.switch_from,
                     })
                 })
                 .collect();
@@ -442,8 +445,12 @@ pub fn services_line(env: &serde_json::Value) -> String {
             } else {
                 s["color"].as_str().unwrap_or("")
             };
+            let switching = s["switching_from"]
+                .as_str()
+                .map(|f| format!(", switch from {f} interrupted"))
+                .unwrap_or_default();
             format!(
-                "{} ({color} {} ×{})",
+                "{} ({color} {} ×{}{switching})",
                 s["name"].as_str().unwrap_or(""),
                 s["image"].as_str().unwrap_or("-"),
                 s["replicas"]

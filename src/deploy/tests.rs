@@ -55,6 +55,7 @@ fn state_with_web(
             live: Color::Blue,
             blue: rec(Some(("db:1", 1))),
             green: None,
+            switch_from: None,
         },
     );
     s.environments.insert("default".into(), env);

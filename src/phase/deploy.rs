@@ -166,6 +166,7 @@ impl Phase for Deploy {
     async fn run(&self, ctx: &Ctx, plan: &Plan) -> Result<()> {
         let orch = orchestrator(ctx).await?;
         let d = deployer(ctx, orch.as_ref(), UP_TIMEOUT);
+        d.finish_interrupted().await?;
         for a in plan.for_phase(PhaseName::Deploy) {
             if let Step::DeployService {
                 service,

@@ -403,6 +403,7 @@ fn deployed_services_keep_live_values_and_plan_notes_the_difference() {
                 image: "reg:5000/web:2".into(),
                 replicas: 4,
             }),
+            switch_from: None,
         },
     );
     state.environments.insert("default".into(), env);

@@ -79,6 +79,11 @@ pub struct ServiceRecord {
     pub blue: Option<ColorRecord>,
     #[serde(default)]
     pub green: Option<ColorRecord>,
+    /// Set while a switch from this colour to `live` is being published: a command killed
+    /// in between leaves it, and the next deploy-family command finishes or undoes the switch
+    /// (the proxies may serve either colour until then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_from: Option<Color>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
