@@ -141,6 +141,10 @@ impl Deployer<'_> {
         let host = format!("{}-{env}.{}", svc.name, self.domain());
         let preview = format!("{}-{env}-preview.{}", svc.name, self.domain());
         if first || !opts.no_switch {
+            self.ui.info(&format!(
+                "{} in {env}: {color} healthy ({replicas} replica(s)); switching traffic to it",
+                svc.name
+            ));
             let switch = self.switch_live(env, &svc.name, color).await?;
             let message = if first {
                 format!(

@@ -44,6 +44,7 @@ fn state_with_web(
             live,
             blue: rec(blue),
             green: rec(green),
+            switch_from: None,
         },
     );
     env.services.insert(

@@ -199,7 +199,7 @@ impl Etcd {
             .build()
             .map_err(|e| store_err(format!("cannot start the etcd client: {e}")))?;
         let joined = u.endpoints.join(",");
-        let client = run_on(&rt, {
+        let connected = run_on(&rt, {
             let joined = joined.clone();
             async move {
                 let mut client = tokio::time::timeout(
@@ -216,8 +216,15 @@ impl Etcd {
                     .map_err(|e| unreachable(&joined, &e))?;
                 Ok::<_, String>(client)
             }
-        })
-        .map_err(&store_err)?;
+        });
+        let client = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                // Dropping a runtime blocks, which panics inside the command's runtime.
+                rt.shutdown_background();
+                return Err(store_err(e));
+            }
+        };
         Ok(Etcd {
             shared: Arc::new(Shared {
                 rt: Some(rt),
