@@ -110,15 +110,23 @@ pub async fn scale_service(
     env: &str,
     service: &str,
     size: &str,
+    guard: Option<&super::HookGuard>,
     ui: Arc<Ui>,
 ) -> Result<Report> {
     let site = site(cli, ui).await?;
+    let state = site.session.ctx.state.clone();
+    if let Some(refused) = guard.and_then(|g| g.refusal(&state.snapshot())) {
+        return Ok(refused);
+    }
     let outcome = site
         .deployer(HOOK_TIMEOUT)
         .scale(env, service, size)
         .await?;
     let mut r = report(outcome);
     r.json["message"] = serde_json::json!(r.text.trim());
+    if let Some(g) = guard {
+        g.record(&state, r.json["changed"].as_bool().unwrap_or(false))?;
+    }
     Ok(r)
 }
 

@@ -42,6 +42,75 @@ pub use deploy::{env_gc, scale_service};
 pub use facts::gather_facts;
 pub use nodes::scale_nodes_within;
 
+
+/// What the autoscaling hook asks of an action, checked and recorded under the cluster's lock:
+/// several `serve` processes on one state act once per alert and share the cooldown.
+#[derive(Debug, Clone)]
+pub struct HookGuard {
+    /// The alert delivery (fingerprint@startsAt); `None` for `/hooks/scale`.
+    pub delivery: Option<String>,
+    pub target: String,
+    pub cooldown: Duration,
+}
+
+impl HookGuard {
+    /// A report saying why the action must not run, read from the locked record.
+    pub fn refusal(&self, s: &ClusterState) -> Option<Report> {
+        if let Some(d) = &self.delivery
+            && s.hook.deliveries.iter().any(|x| x == d)
+        {
+            let message = format!("alert {d} was handled already (the state records it acted)");
+            return Some(Report {
+                json: json!({"refused": "duplicate", "changed": false, "message": message}),
+                text: message + "\n",
+            });
+        }
+        let last = s
+            .hook
+            .changed
+            .get(&self.target)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?;
+        let ago = (chrono::Utc::now() - last.with_timezone(&chrono::Utc))
+            .to_std()
+            .unwrap_or_default();
+        (ago < self.cooldown).then(|| {
+            let message = format!(
+                "{} changed {}s ago (recorded in the state); cooldown {}s ({}s left)",
+                self.target,
+                ago.as_secs(),
+                self.cooldown.as_secs(),
+                (self.cooldown - ago).as_secs()
+            );
+            Report {
+                json: json!({"refused": "cooldown", "changed": false, "message": message}),
+                text: message + "\n",
+            }
+        })
+    }
+
+    /// Record that the action ran (`changed`: it changed something).
+    pub fn record(&self, state: &StateHandle, changed: bool) -> Result<()> {
+        state.update(|s| {
+            if let Some(d) = &self.delivery {
+                s.hook.deliveries.push(d.clone());
+                let over = s
+                    .hook
+                    .deliveries
+                    .len()
+                    .saturating_sub(state::HookRecord::DELIVERIES);
+                s.hook.deliveries.drain(..over);
+            }
+            if changed {
+                s.hook.changed.insert(
+                    self.target.clone(),
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                );
+            }
+        })?;
+        Ok(())
+    }
+}
+
 /// What a command hands back: a JSON document and its text rendering.
 pub struct Report {
     pub json: serde_json::Value,

@@ -57,12 +57,23 @@ pub async fn scale_nodes_within(
     pool: Option<&str>,
     size: &str,
     bounds: (u32, u32),
+    guard: Option<&super::HookGuard>,
     ui: Arc<Ui>,
 ) -> Result<Report> {
+    // One locked session for the whole action: the live count it starts from cannot change
+    // under it, and the guard is checked and recorded under the same lock.
+    let s = open(cli, ui.clone(), true, true).await?;
+    let state = s.ctx.state.clone();
+    if let Some(refused) = guard.and_then(|g| g.refusal(&state.snapshot())) {
+        return Ok(refused);
+    }
+    let gke = match &s.ctx.spec.provider {
+        ProviderSpec::Gke(g) => Some(g.clone()),
+        _ => None,
+    };
     let live = {
-        let s = open(cli, ui.clone(), false, false).await?;
         let ctx = &s.ctx;
-        if let ProviderSpec::Gke(g) = &ctx.spec.provider {
+        if let Some(g) = &gke {
             let name = pool
                 .map(str::to_string)
                 .or_else(|| g.node_pools.first().map(|p| p.name.clone()))
@@ -96,17 +107,18 @@ pub async fn scale_nodes_within(
             bounds.0, bounds.1
         )
     });
-    let args = ScaleArgs {
-        size: target.to_string(),
-        yes: true,
-        until: None,
-        timeout: Duration::from_secs(15 * 60),
-        pool: pool.map(str::to_string),
+    let mut r = match &gke {
+        Some(g) => scale_pool(&s, g, &target.to_string(), pool).await?,
+        None => {
+            scale_workers(s, &target.to_string(), None, Duration::from_secs(15 * 60), ui).await?
+        }
     };
-    let mut r = scale(cli, &args, ui).await?;
     r.json["note"] = json!(note);
     if r.json.get("message").is_none() {
         r.json["message"] = json!(r.text.trim());
+    }
+    if let Some(g) = guard {
+        g.record(&state, r.json["changed"].as_bool().unwrap_or(false))?;
     }
     Ok(r)
 }

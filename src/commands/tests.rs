@@ -242,7 +242,7 @@ fn cloud_init_carries_the_install_script_and_files_base64_encoded() {
     )
     .unwrap();
     assert!(
-        script.contains("apt-get install -y -q --no-install-recommends $pkgs"),
+        script.contains("apt_wait install -y -q --no-install-recommends $pkgs"),
         "{script}"
     );
     assert_eq!(

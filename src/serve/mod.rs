@@ -216,7 +216,7 @@ impl Hook {
     }
 
     /// Carry out one intent: cooldown, then the action through the CLI's own code.
-    async fn act(&self, intent: Intent, received: Instant) -> Record {
+    async fn act(&self, intent: Intent, delivery: Option<String>, received: Instant) -> Record {
         let _one = self.acting.lock().await;
         let key = intent.target.key();
         if let Some(t) = self.last.lock().unwrap().get(&key)
@@ -239,22 +239,53 @@ impl Hook {
             .issue_micros
             .fetch_add(received.elapsed().as_micros() as u64, Ordering::Relaxed);
         self.metrics.issue_count.fetch_add(1, Ordering::Relaxed);
+        // Checked and recorded again under the cluster's lock, in the state: another `serve`
+        // on the same state may have acted on this alert or this target.
+        let guard = crate::app::HookGuard {
+            delivery,
+            target: key.clone(),
+            cooldown: self.auto.cooldown,
+        };
         let outcome = match &intent.target {
-            Target::Service { env, service } => {
-                crate::app::scale_service(&self.cli, env, service, &intent.size, self.ui.clone())
-                    .await
-                    .map(|r| r.json)
-            }
+            Target::Service { env, service } => crate::app::scale_service(
+                &self.cli,
+                env,
+                service,
+                &intent.size,
+                Some(&guard),
+                self.ui.clone(),
+            )
+            .await
+            .map(|r| r.json),
             Target::Nodes { pool } => crate::app::scale_nodes_within(
                 &self.cli,
                 pool.as_deref(),
                 &intent.size,
                 (self.auto.nodes_min, self.auto.nodes_max),
+                Some(&guard),
                 self.ui.clone(),
             )
             .await
             .map(|r| r.json),
         };
+        if let Ok(json) = &outcome
+            && let Some(reason) = json["refused"].as_str()
+        {
+            self.metrics.refused(reason);
+            return self.remember(Record {
+                at: now(),
+                target: key,
+                size: intent.size.clone(),
+                result: if reason == "duplicate" {
+                    "duplicate"
+                } else {
+                    "refused"
+                }
+                .into(),
+                reason: Some(reason.into()),
+                message: json["message"].as_str().unwrap_or_default().to_string(),
+            });
+        }
         let kind = match intent.target {
             Target::Service { .. } => "service",
             Target::Nodes { .. } => "nodes",
@@ -325,11 +356,16 @@ impl Hook {
 
 /// Run an action in its own task and wait for it: when the caller hangs up (a webhook
 /// timeout), the action still finishes instead of being dropped half-way.
-async fn spawn_act(h: &Arc<Hook>, intent: Intent, received: Instant) -> Record {
+async fn spawn_act(
+    h: &Arc<Hook>,
+    intent: Intent,
+    delivery: Option<String>,
+    received: Instant,
+) -> Record {
     let h2 = h.clone();
     let target = intent.target.key();
     let size = intent.size.clone();
-    match tokio::spawn(async move { h2.act(intent, received).await }).await {
+    match tokio::spawn(async move { h2.act(intent, delivery, received).await }).await {
         Ok(r) => r,
         Err(e) => h.remember(Record {
             at: now(),
@@ -418,7 +454,7 @@ async fn alertmanager(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Byte
                 message: format!("alert {} was handled already", a.key()),
             })
         } else {
-            let r = spawn_act(&h, intent, received).await;
+            let r = spawn_act(&h, intent, Some(a.key()), received).await;
             if r.result == "acted" || r.result == "clamped" {
                 h.acted(&a.key());
             }
@@ -447,7 +483,7 @@ async fn scale(State(h): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> R
             return reply(StatusCode::BAD_REQUEST, json!({"error": e}));
         }
     };
-    let r = spawn_act(&h, intent, received).await;
+    let r = spawn_act(&h, intent, None, received).await;
     h.metrics.request(path, StatusCode::OK);
     reply(StatusCode::OK, json!({"results": [{"record": r}]}))
 }
@@ -584,8 +620,12 @@ pub async fn serve(cli: &Cli, listen: &str, ui: Arc<Ui>) -> Result<Report> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Other(format!("--listen {listen}: {e}")))?;
+    // Another cloudflow (a second `serve` on a shared state, an operator) may hold the
+    // cluster's lock: actions wait for it rather than fail at once.
+    let mut cli = cli.clone();
+    cli.lock_timeout.get_or_insert(Duration::from_secs(120));
     let hook = Arc::new(Hook {
-        cli: cli.clone(),
+        cli,
         spec,
         auto,
         token,

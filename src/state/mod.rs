@@ -23,7 +23,8 @@ pub use etcd::Etcd;
 pub use flat::{Flat, diff, flatten, unflatten};
 pub use lock::{Holder, LockInfo, StateLock};
 pub use record::{
-    ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HostRecord, KnownKey, PoolSize,
+    ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HookRecord, HostRecord, KnownKey,
+    PoolSize,
     ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
 };
 

@@ -40,6 +40,28 @@ pub struct ClusterState {
     /// value itself; no secret value is ever stored.
     #[serde(default)]
     pub secret_salt: Option<String>,
+    /// What the autoscaling hooks did, shared by every `serve` on this state: deliveries
+    /// that acted and when each target last changed (the cooldown across processes).
+    #[serde(default, skip_serializing_if = "HookRecord::is_empty")]
+    pub hook: HookRecord,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HookRecord {
+    /// Alert deliveries that acted (fingerprint@startsAt), newest last, bounded.
+    #[serde(default)]
+    pub deliveries: Vec<String>,
+    /// Target (`service web in default`, `nodes`) → RFC 3339 of its last change by a hook.
+    #[serde(default)]
+    pub changed: BTreeMap<String, String>,
+}
+
+impl HookRecord {
+    pub const DELIVERIES: usize = 512;
+
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty() && self.changed.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -218,6 +240,7 @@ impl ClusterState {
             environments: BTreeMap::new(),
             proxy: None,
             secret_salt: None,
+            hook: HookRecord::default(),
         }
     }
 
