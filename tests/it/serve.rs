@@ -50,14 +50,23 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Path) -> Serve {
+        Serve::start_on(dir, None)
+    }
+
+    /// With `--state STATE` (several serves may share one).
+    fn start_on(dir: &Path, state: Option<&str>) -> Serve {
         let port = free_port();
+        let mut args = vec!["serve".to_string(), "--listen".into(), format!("127.0.0.1:{port}")];
+        if let Some(s) = state {
+            args.extend(["--state".into(), s.to_string()]);
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_cloudflow"))
             .current_dir(dir)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(&args)
             .env("CLOUDFLOW_HOOK_TOKEN", TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("serve.err")).unwrap())
+            .stderr(std::fs::File::create(dir.join(format!("serve-{port}.err"))).unwrap())
             .spawn()
             .unwrap();
         wait_for_port("127.0.0.1", port);
@@ -232,15 +241,24 @@ struct Alertmanager {
 }
 
 impl Alertmanager {
-    fn start(hook_port: u16) -> Alertmanager {
+    /// Delivering every alert to each of `hook_ports` (an HA pair of hooks).
+    fn start(hook_ports: &[u16]) -> Alertmanager {
         let dir = workdir();
         let port = free_port();
+        let hooks: String = hook_ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "      - url: http://127.0.0.1:{p}/hooks/alertmanager\n        \
+                     send_resolved: false\n        http_config: {{ authorization: {{ credentials: {TOKEN} }} }}\n"
+                )
+            })
+            .collect();
         std::fs::write(
             dir.path().join("alertmanager.yml"),
             format!(
                 "route:\n  receiver: cloudflow\n  group_by: [alertname]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-                 receivers:\n  - name: cloudflow\n    webhook_configs:\n      - url: http://127.0.0.1:{hook_port}/hooks/alertmanager\n        \
-                 send_resolved: false\n        http_config: {{ authorization: {{ credentials: {TOKEN} }} }}\n"
+                 receivers:\n  - name: cloudflow\n    webhook_configs:\n{hooks}"
             ),
         )
         .unwrap();
@@ -339,33 +357,63 @@ fn alertmanager_alert_scales_a_service_once_and_the_cooldown_refuses_the_next() 
         ),
     )
     .unwrap();
-    cloudflow(d, &["up", "--yes"]).ok();
+    // The state is shared on a real etcd, and two hooks serve it (as an HA pair would): each
+    // alert reaches both, one acts.
+    let etcd = crate::etcd_fixture::EtcdServer::start();
+    let state = etcd.url("hooks");
+    let cf = |args: &[&str]| {
+        let mut all = vec!["--state", state.as_str()];
+        all.extend_from_slice(args);
+        cloudflow(d, &all)
+    };
+    cf(&["up", "--yes"]).ok();
     assert_eq!(running("default-web-blue"), 2);
 
-    let s = Serve::start(d);
-    let am = Alertmanager::start(s.port);
+    let s = Serve::start_on(d, Some(&state));
+    let s2 = Serve::start_on(d, Some(&state));
+    let both = |line: &str| metric(s.port, line) + metric(s2.port, line);
+    let am = Alertmanager::start(&[s.port, s2.port]);
     let fired = Instant::now();
     am.fire(
         "WebBusy",
         r#""cloudflow_service":"web","cloudflow_env":"default","cloudflow_scale":"+1""#,
     );
     let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(s.port, "cloudflow_hook_actions_total{kind=\"service\"}") < 1 {
-        assert!(Instant::now() < deadline, "the alert never scaled web");
+    while both("cloudflow_hook_actions_total{kind=\"service\"}") < 1
+        || both("cloudflow_hook_refusals_total{reason=\"duplicate\"}") < 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the alert did not reach both hooks: acted {}, duplicate {}",
+            both("cloudflow_hook_actions_total{kind=\"service\"}"),
+            both("cloudflow_hook_refusals_total{reason=\"duplicate\"}")
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!(
-        "figures: alert posted to Alertmanager → web scaled and converged: {:.1}s",
+        "figures: alert posted to Alertmanager → web scaled and converged (one of two hooks acting): {:.1}s",
         fired.elapsed().as_secs_f64()
     );
+    // Scaled once, not twice; the hook that did not act says the alert was handled.
     assert_eq!(running("default-web-blue"), 3);
+    assert_eq!(both("cloudflow_hook_actions_total{kind=\"service\"}"), 1);
+    // The hook that acted is the one whose page shows it; make `s` that one.
+    let (s, s2) = if metric(s.port, "cloudflow_hook_actions_total{kind=\"service\"}") == 1 {
+        (s, s2)
+    } else {
+        (s2, s)
+    };
 
     // Another alert for the same service inside the cooldown: refused, no change.
     am.fire(
         "WebStillBusy",
         r#""cloudflow_service":"web","cloudflow_env":"default","cloudflow_scale":"+1""#,
     );
-    while metric(s.port, "cloudflow_hook_refusals_total{reason=\"cooldown\"}") < 1 {
+    // Both refuse it: the one that acted from its own memory, the other from the cooldown
+    // the state records.
+    while metric(s.port, "cloudflow_hook_refusals_total{reason=\"cooldown\"}") < 1
+        || metric(s2.port, "cloudflow_hook_refusals_total{reason=\"cooldown\"}") < 1
+    {
         assert!(
             Instant::now() < deadline,
             "the second alert was not refused"
@@ -444,13 +492,14 @@ fn alertmanager_alert_scales_a_service_once_and_the_cooldown_refuses_the_next() 
         let _ = std::fs::copy(&shot, keep);
     }
     assert_eq!(s.stop(), 0);
+    assert_eq!(s2.stop(), 0);
     // The state agrees with the swarm: the CLI sees 3 live replicas.
-    let list = cloudflow(d, &["-o", "json", "env", "list"]).ok().json();
+    let list = cf(&["-o", "json", "env", "list"]).ok().json();
     assert_eq!(
         list["environments"][0]["services"][0]["replicas"], 3,
         "{list}"
     );
-    cloudflow(d, &["down", "--yes"]).ok();
+    cf(&["down", "--yes"]).ok();
 }
 
 const NODES: &str = "cfnodes";
