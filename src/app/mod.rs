@@ -42,7 +42,6 @@ pub use deploy::{env_gc, scale_service};
 pub use facts::gather_facts;
 pub use nodes::scale_nodes_within;
 
-
 /// What the autoscaling hook asks of an action, checked and recorded under the cluster's lock:
 /// several `serve` processes on one state act once per alert and share the cooldown.
 #[derive(Debug, Clone)]

@@ -110,7 +110,14 @@ pub async fn scale_nodes_within(
     let mut r = match &gke {
         Some(g) => scale_pool(&s, g, &target.to_string(), pool).await?,
         None => {
-            scale_workers(s, &target.to_string(), None, Duration::from_secs(15 * 60), ui).await?
+            scale_workers(
+                s,
+                &target.to_string(),
+                None,
+                Duration::from_secs(15 * 60),
+                ui,
+            )
+            .await?
         }
     };
     r.json["note"] = json!(note);

@@ -335,6 +335,22 @@ fn crash_and_recover(cluster: &str, state: Option<String>) {
 
     cf(&["down", "--yes"]).ok();
     assert_eq!(labelled(cluster), Vec::<String>::new(), "down left these");
+
+    // `down` straight after a killed `up` removes what that `up` was making.
+    killed(
+        &["up", "--yes"],
+        &point(
+            "up: mid package install, then down",
+            "install docker (distribution packages)",
+            1000,
+        ),
+    );
+    cf(&["down", "--yes", "--lock-timeout", "60s"]).ok();
+    assert_eq!(
+        labelled(cluster),
+        Vec::<String>::new(),
+        "down after a kill left these"
+    );
 }
 
 #[test]

@@ -56,7 +56,11 @@ impl Serve {
     /// With `--state STATE` (several serves may share one).
     fn start_on(dir: &Path, state: Option<&str>) -> Serve {
         let port = free_port();
-        let mut args = vec!["serve".to_string(), "--listen".into(), format!("127.0.0.1:{port}")];
+        let mut args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
         if let Some(s) = state {
             args.extend(["--state".into(), s.to_string()]);
         }
@@ -412,7 +416,10 @@ fn alertmanager_alert_scales_a_service_once_and_the_cooldown_refuses_the_next() 
     // Both refuse it: the one that acted from its own memory, the other from the cooldown
     // the state records.
     while metric(s.port, "cloudflow_hook_refusals_total{reason=\"cooldown\"}") < 1
-        || metric(s2.port, "cloudflow_hook_refusals_total{reason=\"cooldown\"}") < 1
+        || metric(
+            s2.port,
+            "cloudflow_hook_refusals_total{reason=\"cooldown\"}",
+        ) < 1
     {
         assert!(
             Instant::now() < deadline,
