@@ -16,7 +16,7 @@ pub enum OutputFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "cloudflow",
-    version,
+    version = env!("CLOUDFLOW_VERSION"),
     about = "Stand up a Docker Swarm on machines from a provider (lab containers or bare metal), from one spec file",
     long_about = "cloudflow reads one spec file, plans what would change (per phase and host), applies it \
                   idempotently over SSH, records what it did, and takes it all back with `down`.\n\n\
@@ -55,6 +55,7 @@ pub struct Cli {
         long = "state",
         global = true,
         env = "CLOUDFLOW_STATE",
+        hide_env_values = true,
         value_name = "URL"
     )]
     pub state: Option<String>,
@@ -97,6 +98,36 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
+    /// Write a commented starter spec for a provider to -f (default cloudflow.yaml); `validate` accepts it as is. Never overwrites.
+    #[command(
+        after_help = "Examples:\n  cloudflow init                         # lab: containers on this machine's Docker engine\n  \
+                      cloudflow init --provider bare-metal --name prod -f prod.yaml\n  \
+                      cloudflow init --provider gke && $EDITOR cloudflow.yaml && cloudflow validate"
+    )]
+    Init(InitArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  cloudflow completions bash > /etc/bash_completion.d/cloudflow\n  \
+                      cloudflow completions zsh > \"${fpath[1]}/_cloudflow\"\n  \
+                      cloudflow completions fish > ~/.config/fish/completions/cloudflow.fish"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Print the JSON Schema of the spec file (derived from the parser's own types): editors complete and check cloudflow.yaml with it.
+    #[command(
+        after_help = "Examples:\n  cloudflow schema > cloudflow.schema.json\n  \
+                      # then, first line of cloudflow.yaml (yaml-language-server, e.g. VS Code's YAML extension):\n  \
+                      # yaml-language-server: $schema=./cloudflow.schema.json"
+    )]
+    Schema,
+
+    /// Print the man page (roff), generated from these definitions.
+    #[command(
+        after_help = "Example:\n  cloudflow man > /usr/local/share/man/man1/cloudflow.1 && man cloudflow"
+    )]
+    Man,
+
     /// Check the spec: YAML, types, unknown keys, required values. Touches nothing.
     #[command(
         after_help = "Example:\n  cloudflow -f cluster.yaml validate\n  cloudflow -f cluster.yaml validate -o json"
@@ -211,10 +242,39 @@ pub enum Command {
     Down(DownArgs),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    Lab,
+    BareMetal,
+    Aws,
+    Gke,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {
+    /// Which provider the starter spec is for.
+    #[arg(long, env = "CLOUDFLOW_PROVIDER", value_enum, default_value = "lab")]
+    pub provider: ProviderKind,
+    /// The cluster's name (letters, digits, dashes).
+    #[arg(long, env = "CLOUDFLOW_NAME", default_value = "demo")]
+    pub name: String,
+}
+
 impl Command {
     /// The command as the lock names it (no arguments: they could carry secrets).
     pub fn name(&self) -> &'static str {
         match self {
+            Command::Init(_) => "init",
+            Command::Completions(_) => "completions",
+            Command::Man => "man",
+            Command::Schema => "schema",
             Command::Validate => "validate",
             Command::Plan(_) => "plan",
             Command::Up(_) => "up",

@@ -62,7 +62,7 @@ pub async fn state(cli: &Cli, cmd: &StateCommand, ui: Arc<Ui>) -> Result<Report>
     match cmd {
         StateCommand::Export => {
             let Some(record) = store.load(&spec.name)? else {
-                return Err(Error::Usage(format!(
+                return Err(Error::Other(format!(
                     "no record of cluster {} in {}",
                     spec.name,
                     store.location()

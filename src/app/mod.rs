@@ -148,6 +148,36 @@ fn at_spec_line(cli: &Cli, e: Error) -> Error {
 async fn run_command(cli: &Cli) -> Result<Report> {
     let ui = Arc::new(Ui::new(false));
     match &cli.command {
+        Command::Init(a) => init(cli, a),
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(a.shell, &mut Cli::command(), "cloudflow", &mut out);
+            let text = String::from_utf8_lossy(&out).to_string();
+            Ok(Report {
+                json: json!({"shell": a.shell.to_string(), "script": text}),
+                text,
+            })
+        }
+        Command::Schema => {
+            let schema = spec::json_schema();
+            Ok(Report {
+                text: serde_json::to_string_pretty(&schema).expect("json") + "\n",
+                json: schema,
+            })
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error::Other(format!("cannot render the man page: {e}")))?;
+            let text = String::from_utf8_lossy(&out).to_string();
+            Ok(Report {
+                json: json!({"man": text}),
+                text,
+            })
+        }
         Command::Validate => validate(cli),
         Command::Plan(a) => up::plan(cli, a.until, a.timeout, ui).await,
         Command::Up(a) => up::up(cli, a.yes, a.until, a.timeout, ui).await,
@@ -165,6 +195,59 @@ async fn run_command(cli: &Cli) -> Result<Report> {
         | Command::Scale(_)
         | Command::Env(_) => deploy::run(cli, ui).await,
     }
+}
+
+/// `init`: a commented starter spec, written only where no file is.
+fn init(cli: &Cli, a: &crate::cli::InitArgs) -> Result<Report> {
+    use crate::cli::ProviderKind;
+    if !spec::valid_name(&a.name) {
+        return Err(Error::Usage(format!(
+            "--name {:?}: use 1-40 lowercase letters, digits and '-', starting and ending with a letter or digit",
+            a.name
+        )));
+    }
+    let (kind, template) = match a.provider {
+        ProviderKind::Lab => ("lab", include_str!("../../templates/init/lab.yaml")),
+        ProviderKind::BareMetal => (
+            "bare-metal",
+            include_str!("../../templates/init/bare-metal.yaml"),
+        ),
+        ProviderKind::Aws => ("aws", include_str!("../../templates/init/aws.yaml")),
+        ProviderKind::Gke => ("gke", include_str!("../../templates/init/gke.yaml")),
+    };
+    let text = template.replace("{{ name }}", &a.name);
+    let path = &cli.file;
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Error::Usage(format!(
+                "{} exists; init never overwrites a spec (remove it, or pass -f NEW.yaml)",
+                path.display()
+            )));
+        }
+        Err(e) => {
+            return Err(Error::Other(format!(
+                "cannot create {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    use std::io::Write;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Error::Other(format!("cannot write {}: {e}", path.display())))?;
+    Ok(Report {
+        json: json!({"file": path.display().to_string(), "provider": kind, "cluster": a.name}),
+        text: format!(
+            "wrote {} (provider {kind}, cluster {}): edit it, then `cloudflow -f {} validate` and `plan`\n",
+            path.display(),
+            a.name,
+            path.display()
+        ),
+    })
 }
 
 fn validate(cli: &Cli) -> Result<Report> {
@@ -320,7 +403,7 @@ pub async fn take_lock(
         })
     })
     .await
-    .map_err(|e| Error::Usage(format!("the lock task failed: {e}")))?
+    .map_err(|e| Error::Other(format!("the lock task failed: {e}")))?
     .map_err(Error::from)
 }
 

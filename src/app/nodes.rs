@@ -46,7 +46,8 @@ pub async fn scale(cli: &Cli, args: &ScaleArgs, ui: Arc<Ui>) -> Result<Report> {
             s.ctx.provider.kind()
         )));
     }
-    scale_workers(s, &args.size, args.until, args.timeout, ui).await
+    let mut s = s;
+    scale_workers(&mut s, &args.size, args.until, args.timeout, ui).await
 }
 
 /// `nodes scale` for the autoscaling hook: `size` relative to the live count, clamped to
@@ -62,7 +63,7 @@ pub async fn scale_nodes_within(
 ) -> Result<Report> {
     // One locked session for the whole action: the live count it starts from cannot change
     // under it, and the guard is checked and recorded under the same lock.
-    let s = open(cli, ui.clone(), true, true).await?;
+    let mut s = open(cli, ui.clone(), true, true).await?;
     let state = s.ctx.state.clone();
     if let Some(refused) = guard.and_then(|g| g.refusal(&state.snapshot())) {
         return Ok(refused);
@@ -111,7 +112,7 @@ pub async fn scale_nodes_within(
         Some(g) => scale_pool(&s, g, &target.to_string(), pool).await?,
         None => {
             scale_workers(
-                s,
+                &mut s,
                 &target.to_string(),
                 None,
                 Duration::from_secs(15 * 60),
@@ -198,15 +199,15 @@ async fn scale_pool(
     })
 }
 
+/// Borrows the session: the caller keeps the lock until it has recorded what happened.
 async fn scale_workers(
-    s: super::Session,
+    s: &mut super::Session,
     size: &str,
     until: Option<PhaseName>,
     timeout: Duration,
     ui: Arc<Ui>,
 ) -> Result<Report> {
     let reach = |p: PhaseName| until.is_none_or(|u| u >= p);
-    let mut s = s;
     if reach(PhaseName::Bootstrap) {
         // New hosts get the registry login (docker login, or k3s's registries.yaml).
         s.ctx.password = s.ctx.spec.registry_password()?;
@@ -217,7 +218,15 @@ async fn scale_workers(
     let workers: Vec<&Machine> = machines.iter().filter(|m| m.role == Role::Worker).collect();
     let live = workers.len() as u32;
     let target = resolve_size(size, live)?;
-    if target == live {
+    let state = ctx.state.snapshot();
+    let swarm_formed = state.hosts.values().any(|h| h.swarm.is_some());
+    // Workers an earlier, interrupted `nodes scale` made but did not join: this run finishes them.
+    let unjoined = swarm_formed
+        && reach(PhaseName::Cluster)
+        && workers
+            .iter()
+            .any(|m| state.hosts.get(&m.name).is_none_or(|h| h.swarm.is_none()));
+    if target == live && !unjoined {
         return Ok(Report {
             json: json!({"cluster": ctx.spec.name, "changed": false, "workers": live, "message": "no changes"}),
             text: format!(
@@ -226,9 +235,6 @@ async fn scale_workers(
             ),
         });
     }
-    let state = ctx.state.snapshot();
-    let swarm_formed = state.hosts.values().any(|h| h.swarm.is_some());
-
     if target < live && swarm_formed && reach(PhaseName::Bootstrap) {
         // The provider removes the newest workers; drain exactly those first.
         let leader = machines
@@ -290,6 +296,9 @@ async fn scale_workers(
     }
 
     ui.info(&format!("nodes scale: workers {live} → {target}"));
+    // The new count is recorded before any machine is made or removed: killed half-way, the
+    // next `up` or `nodes scale` works towards it (and `down` knows the machines are ours).
+    ctx.state.update(|st| st.workers = Some(target))?;
     let machines = ctx
         .provider
         .scale_workers(target, &ctx.state, ui.as_ref())
@@ -329,7 +338,8 @@ async fn scale_workers(
         }
         _ => None,
     };
-    if target > live && (swarm_formed || k3s.is_some()) && reach(PhaseName::Bootstrap) {
+    if (target > live || unjoined) && (swarm_formed || k3s.is_some()) && reach(PhaseName::Bootstrap)
+    {
         // New workers: wait for their first boot, then bootstrap and join them as `up` would.
         super::ready::wait_booted(ctx, &machines, timeout, true).await?;
         let facts = gather_facts(ctx, &machines).await?;

@@ -364,7 +364,8 @@ impl<'a> Deployer<'a> {
     /// (it passed its health gate before the switch began); otherwise traffic goes back to the
     /// colour it came from. Either way the record and the proxies agree again.
     pub async fn finish_interrupted(&self) -> Result<()> {
-        let pending: Vec<(String, String, Color, Color, u32, String)> = self
+        type Pending = (String, String, Color, Color, Option<(u32, String)>);
+        let pending: Vec<Pending> = self
             .state
             .snapshot()
             .environments
@@ -372,33 +373,29 @@ impl<'a> Deployer<'a> {
             .flat_map(|(env, e)| {
                 e.services.iter().filter_map(move |(name, r)| {
                     let from = r.switch_from?;
-                    let live = r.live()?;
-                    Some((
-                        env.clone(),
-                        name.clone(),
-                        from,
-                        r.live,
-                        live.replicas,
-                        live.image.clone(),
-                    ))
+                    let live = r.live().map(|c| (c.replicas, c.image.clone()));
+                    Some((env.clone(), name.clone(), from, r.live, live))
                 })
             })
             .collect();
-        for (env, svc, from, to, replicas, image) in pending {
+        for (env, svc, from, to, live) in pending {
             let strategy = self.record(&env, &svc)?.strategy;
             let name = self.orch.workload(&env, &svc, strategy, to);
-            let runs = self
-                .orch
-                .converge(&name, replicas, Some(&image), Duration::from_secs(60))
-                .await
-                .is_ok();
-            if runs {
+            let runs = match &live {
+                Some((replicas, image)) if *replicas > 0 => self
+                    .orch
+                    .converge(&name, *replicas, Some(image), Duration::from_secs(60))
+                    .await
+                    .is_ok(),
+                _ => false,
+            };
+            if let (true, Some((replicas, image))) = (runs, &live) {
                 self.ui.info(&format!(
                     "{svc} in {env}: an earlier command was stopped while switching from {from} to {to}; {to} runs {replicas} replica(s) of {image}: finishing the switch"
                 ));
             } else {
                 self.ui.info(&format!(
-                    "{svc} in {env}: an earlier command was stopped while switching from {from} to {to}, and {to} no longer runs: traffic goes back to {from}"
+                    "{svc} in {env}: an earlier command was stopped while switching from {from} to {to}, and {to} does not run: traffic goes back to {from}"
                 ));
                 self.edit(&env, &svc, |r| r.live = from)?;
             }

@@ -559,7 +559,11 @@ async fn gc_loop(h: Arc<Hook>) {
     loop {
         every.tick().await;
         let _one = h.acting.lock().await;
-        match crate::app::env_gc(&h.cli, h.ui.clone()).await {
+        // Skipped while someone else holds the cluster's lock (the next tick tries again):
+        // no waiting here, which would hold back the hook's own actions.
+        let mut cli = h.cli.clone();
+        cli.lock_timeout = None;
+        match crate::app::env_gc(&cli, h.ui.clone()).await {
             Ok(r) if r.json["changed"].as_bool() == Some(true) => {
                 h.ui.info(&format!("serve: env gc: {}", r.text.trim()));
             }

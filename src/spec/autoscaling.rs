@@ -23,22 +23,26 @@ pub struct AutoscalingSpec {
     pub gc_every: Duration,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAutoscaling {
     webhook: RawWebhook,
+    #[schemars(with = "Option<String>")]
     cooldown: Option<Spanned<String>>,
+    #[schemars(with = "Option<RawBounds>")]
     nodes: Option<Spanned<RawBounds>>,
+    #[schemars(with = "Option<String>")]
     gc_every: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawWebhook {
+    #[schemars(with = "String")]
     token_env: Spanned<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawBounds {
     min: u32,

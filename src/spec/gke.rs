@@ -31,28 +31,37 @@ pub struct NodePoolSpec {
     pub spot: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGke {
+    #[schemars(with = "String")]
     project: Spanned<String>,
+    #[schemars(with = "String")]
     location: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     release_channel: Option<Spanned<String>>,
+    #[schemars(with = "Vec<RawPool>")]
     node_pools: Spanned<Vec<RawPool>>,
+    #[schemars(with = "Option<bool>")]
     deletion_protection: Option<Spanned<bool>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPool {
+    #[schemars(with = "String")]
     name: Spanned<String>,
+    #[schemars(with = "String")]
     machine_type: Spanned<String>,
+    #[schemars(with = "u32")]
     nodes: Spanned<u32>,
+    #[schemars(with = "Option<RawAutoscaling>")]
     autoscaling: Option<Spanned<RawAutoscaling>>,
     #[serde(default)]
     spot: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAutoscaling {
     min: u32,

@@ -110,7 +110,7 @@ pub struct AwsSpec {
 
 /// `provider.aws.address`: how cloudflow reaches instances. The swarm always advertises and
 /// joins on private addresses, whichever this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressChoice {
     /// The public address (cloudflow runs outside the VPC).
@@ -129,7 +129,7 @@ pub struct HostSpec {
 
 pub use cloudflow_provider_api::Role;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HostKeyPolicy {
     /// Record unknown keys in the state's known_hosts; refuse changed keys.
@@ -138,7 +138,7 @@ pub enum HostKeyPolicy {
     Strict,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Orchestrator {
     Swarm,
@@ -191,12 +191,16 @@ impl Location {
 
 // ---- raw, as written -------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSpec {
+    #[schemars(with = "String")]
     name: Spanned<String>,
+    #[schemars(with = "Option<RawProvider>")]
     provider: Option<Spanned<RawProvider>>,
+    #[schemars(with = "Option<Orchestrator>")]
     orchestrator: Option<Spanned<Orchestrator>>,
+    #[schemars(with = "Option<RawKubernetes>")]
     kubernetes: Option<Spanned<RawKubernetes>>,
     #[serde(default)]
     registry: RawRegistry,
@@ -204,26 +208,32 @@ struct RawSpec {
     proxy: RawProxy,
     templates: Option<String>,
     #[serde(default)]
+    #[schemars(with = "std::collections::HashMap<String, services::RawService>")]
     services: std::collections::HashMap<Spanned<String>, services::RawService>,
+    #[schemars(with = "Option<String>")]
     services_from: Option<Spanned<String>>,
     autoscaling: Option<autoscaling::RawAutoscaling>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawKubernetes {
+    #[schemars(with = "Option<String>")]
     kubeconfig: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     context: Option<Spanned<String>>,
+    #[schemars(with = "Option<RawK3s>")]
     k3s: Option<Spanned<RawK3s>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawK3s {
+    #[schemars(with = "String")]
     artifacts: Spanned<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum RawProvider {
     Lab(RawLab),
@@ -232,20 +242,23 @@ enum RawProvider {
     Gke(gke::RawGke),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAws {
     region: String,
     instance_type: String,
     image: String,
+    #[schemars(with = "Option<u32>")]
     managers: Option<Spanned<u32>>,
     #[serde(default)]
     workers: u32,
     ssh_key: String,
     #[serde(default = "default_aws_user")]
     user: String,
+    #[schemars(with = "Option<String>")]
     vpc: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     allowed_cidrs: Vec<Spanned<String>>,
     #[serde(default)]
     address: AddressChoice,
@@ -255,64 +268,98 @@ fn default_aws_user() -> String {
     "admin".into()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawLab {
+    #[schemars(with = "u32")]
     hosts: Spanned<u32>,
+    #[schemars(with = "Option<u32>")]
     managers: Option<Spanned<u32>>,
+    #[schemars(with = "Option<String>")]
     image: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawBareMetal {
     #[serde(default = "default_user")]
     user: String,
+    #[schemars(with = "String")]
     ssh_key: Spanned<String>,
     #[serde(default = "default_port")]
     port: u16,
     #[serde(default = "default_policy")]
     host_key_policy: HostKeyPolicy,
+    #[schemars(with = "Vec<RawHost>")]
     hosts: Spanned<Vec<RawHost>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
+    #[schemars(with = "String")]
     address: Spanned<String>,
     port: Option<u16>,
     #[serde(default = "default_role")]
+    #[schemars(with = "RoleName")]
     role: Role,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRegistry {
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     insecure: Vec<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     mirrors: Vec<Spanned<String>>,
     auth: Option<RawAuth>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawAuth {
+    #[schemars(with = "String")]
     server: Spanned<String>,
+    #[schemars(with = "String")]
     username: Spanned<String>,
+    #[schemars(with = "String")]
     password_env: Spanned<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawProxy {
+    #[schemars(with = "Option<String>")]
     http_proxy: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     https_proxy: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     no_proxy: Vec<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     domain: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     image: Option<Spanned<String>>,
     port: Option<u16>,
+}
+
+/// A host's role, as the schema shows it (the type itself lives in the provider API).
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum RoleName {
+    Manager,
+    Worker,
+}
+
+/// The JSON Schema of the spec file, derived from the types the parser reads it into (for
+/// editors: yaml-language-server, and `cloudflow schema`).
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(RawSpec)).expect("schema");
+    schema["title"] = "cloudflow spec".into();
+    schema
 }
 
 fn default_user() -> String {
@@ -815,7 +862,7 @@ fn check(
     grammar(&v.value).map_err(|e| at(Location::of(v), format!("{what} {:?}: {e}", v.value)))
 }
 
-fn valid_name(name: &str) -> bool {
+pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 40

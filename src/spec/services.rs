@@ -11,7 +11,9 @@ use serde_saphyr::Spanned;
 use super::{Location, SpecError};
 
 /// How a new image replaces the old one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// Start the other colour, gate on health, switch the proxy, keep the old colour.
@@ -59,11 +61,13 @@ pub const MAX_SERVICE_NAME: usize = 24;
 /// Health gate defaults when the spec says nothing: `/` must answer below 500 within 60s.
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
+    #[schemars(with = "String")]
     image: Spanned<String>,
     port: Option<u16>,
+    #[schemars(with = "Option<u32>")]
     replicas: Option<Spanned<u32>>,
     min_replicas: Option<u32>,
     max_replicas: Option<u32>,
@@ -71,15 +75,18 @@ pub(super) struct RawService {
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
+    #[schemars(with = "HashMap<String, RawSecret>")]
     secrets: HashMap<Spanned<String>, RawSecret>,
     #[serde(default)]
     strategy: Strategy,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSecret {
+    #[schemars(with = "Option<String>")]
     env: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     file: Option<Spanned<String>>,
 }
 
@@ -93,10 +100,12 @@ pub fn valid_secret_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawHealth {
+    #[schemars(with = "String")]
     path: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     timeout: Option<Spanned<String>>,
 }
 

@@ -136,23 +136,24 @@ impl StateStore for Embedded {
             }
             return Ok(Some(Stored { flat, rev }));
         }
-        // A record written before keys were split: read it whole; the first write replaces it.
-        match txn.open_table(LEGACY) {
-            Ok(t) => {
-                let Some(value) = t.get(cluster).map_err(|e| self.err(e))? else {
-                    return Ok(None);
-                };
-                let state = serde_json::from_str(value.value()).map_err(|e| {
-                    self.err(format!("record for cluster {cluster} is unreadable: {e}"))
-                })?;
-                Ok(Some(Stored {
-                    flat: flatten(&state),
-                    rev: 0,
-                }))
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(self.err(e)),
-        }
+        // A record written before keys were split: moved to keys, whole, in one transaction.
+        let legacy = match txn.open_table(LEGACY) {
+            Ok(t) => match t.get(cluster).map_err(|e| self.err(e))? {
+                Some(v) => v.value().to_string(),
+                None => return Ok(None),
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        drop(txn);
+        drop(db);
+        let state = serde_json::from_str(&legacy)
+            .map_err(|e| self.err(format!("record for cluster {cluster} is unreadable: {e}")))?;
+        let flat = flatten(&state);
+        let puts: Vec<(String, String)> =
+            flat.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let rev = self.commit(cluster, 0, &puts, &[])?;
+        Ok(Some(Stored { flat, rev }))
     }
 
     fn commit(

@@ -74,8 +74,7 @@ struct Url {
 
 fn parse(url: &str) -> Result<Url, StateError> {
     let bad = |why: &str| StateError::Url {
-        // The query may hold a password: never echo it.
-        url: url.split('?').next().unwrap_or(url).to_string(),
+        url: super::redact_url(url),
         why: why.to_string(),
     };
     let rest = url
@@ -481,10 +480,20 @@ impl StateStore for Etcd {
         deletes: &[String],
     ) -> Result<i64, StateError> {
         let prefix = self.shared.state_prefix(cluster);
-        let mut ops: Vec<TxnOp> = deletes
-            .iter()
-            .map(|k| TxnOp::delete(format!("{prefix}{k}"), None))
-            .collect();
+        let mut ops: Vec<TxnOp> = Vec::new();
+        if rev == 0 {
+            // A new record starts from nothing: keys an unfinished earlier write of a record
+            // (no `meta` yet) left behind are not adopted.
+            ops.push(TxnOp::delete(
+                prefix.clone(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            ));
+        }
+        ops.extend(
+            deletes
+                .iter()
+                .map(|k| TxnOp::delete(format!("{prefix}{k}"), None)),
+        );
         let mut meta = None;
         for (k, v) in puts {
             let op = TxnOp::put(format!("{prefix}{k}"), v.as_str(), None);
@@ -494,8 +503,11 @@ impl StateStore for Etcd {
                 ops.push(op);
             }
         }
-        // The record's revision is `meta`'s: it goes last, after any earlier chunks (a write
-        // larger than one transaction can carry, such as an import of a big fleet).
+        // The record's revision is `meta`'s: it goes last, after any earlier chunks. Up to
+        // MAX_TXN_OPS keys a write is one transaction. A larger one (an import, or a first
+        // record, of a fleet past a hundred hosts) is written in chunks, each conditional on
+        // the record still being at `rev` and on the lock; readers see the new `meta` only
+        // once all its keys are there.
         let meta = meta.ok_or_else(|| self.shared.err("a write without its meta key".into()))?;
         let mut chunks: Vec<Vec<TxnOp>> = ops.chunks(MAX_TXN_OPS).map(|c| c.to_vec()).collect();
         match chunks.last_mut() {
@@ -565,7 +577,8 @@ impl StateStore for Etcd {
                 if r.succeeded() {
                     Ok(Some(lease))
                 } else {
-                    c.lease_revoke(lease).await?;
+                    // Unused: it expires by itself if this fails.
+                    let _ = c.lease_revoke(lease).await;
                     Ok(None)
                 }
             })?;
@@ -656,7 +669,11 @@ mod tests {
             e.contains("unknown parameter") && !e.contains("hunter2"),
             "{e}"
         );
-        assert!(parse("etcd://u:p@e1:2379/p").is_err());
+        let e = parse("etcd://ops:hunter2@e1:2379/p")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains("hunter2") && !e.contains("ops:"), "{e}");
         assert!(parse("etcd:///p").is_err());
         assert!(parse("etcd://e1/p").is_err());
     }

@@ -130,7 +130,7 @@ pub fn open(url: Option<&str>, default_dir: &Path) -> Result<Arc<dyn StateStore>
             let dir = u.strip_prefix("file://").unwrap_or(u);
             if dir.contains("://") {
                 return Err(StateError::Url {
-                    url: u.to_string(),
+                    url: redact_url(u),
                     why:
                         "expected a directory, file://DIR or etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
                             .into(),
@@ -138,6 +138,21 @@ pub fn open(url: Option<&str>, default_dir: &Path) -> Result<Arc<dyn StateStore>
             }
             Ok(Arc::new(Embedded::open(Path::new(dir))?))
         }
+    }
+}
+
+/// A `--state` URL as messages may show it: no query (credentials, file paths), no userinfo.
+pub fn redact_url(url: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return base.to_string();
+    };
+    let (hosts, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, h)| h);
+    if path.is_empty() {
+        format!("{scheme}://{hosts}")
+    } else {
+        format!("{scheme}://{hosts}/{path}")
     }
 }
 
@@ -310,6 +325,51 @@ mod tests {
         assert!(store.load("demo").unwrap().unwrap().resources.is_empty());
         handle.delete().unwrap();
         assert!(store.load("demo").unwrap().is_none());
+    }
+
+    #[test]
+    fn urls_in_messages_carry_no_credentials() {
+        assert_eq!(
+            redact_url("etcdd://ops:hunter2@e1:2379/p?password=x"),
+            "etcdd://e1:2379/p"
+        );
+        let e = open(
+            Some("etcdd://ops:hunter2@e1:2379/p?password=x"),
+            Path::new("."),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(!e.contains("hunter2") && !e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn a_record_from_before_keys_were_split_is_migrated_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = ClusterState::new("old", "lab");
+        old.host("h1").installed_docker = true;
+        old.host("h2");
+        {
+            let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn
+                    .open_table(redb::TableDefinition::<&str, &str>::new("clusters"))
+                    .unwrap();
+                t.insert("old", serde_json::to_string(&old).unwrap().as_str())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = open(None, dir.path()).unwrap();
+        let (state, stored) = load(store.as_ref(), "old").unwrap().unwrap();
+        assert_eq!(state, old);
+        let handle = StateHandle::at(store.clone(), state, stored);
+        handle
+            .update(|s| s.host("h2").installed_docker = true)
+            .unwrap();
+        let now = store.load("old").unwrap().unwrap();
+        assert!(now.hosts["h1"].installed_docker && now.hosts["h2"].installed_docker);
     }
 
     #[test]

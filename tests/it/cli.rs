@@ -5,7 +5,19 @@ use crate::support::*;
 #[test]
 fn every_subcommand_has_help_with_an_example() {
     let dir = workdir();
-    for sub in ["validate", "plan", "up", "status", "down"] {
+    for sub in [
+        "validate",
+        "plan",
+        "up",
+        "status",
+        "down",
+        "init",
+        "schema",
+        "completions",
+        "man",
+        "lock",
+        "state",
+    ] {
         let run = cloudflow(dir.path(), &[sub, "--help"]).ok();
         assert!(
             run.stdout.contains("Example"),
@@ -174,4 +186,162 @@ fn usage_errors_are_json_under_output_json() {
     // Text mode keeps clap's own message on stderr and nothing on stdout.
     let run = cloudflow(dir.path(), &["frobnicate"]);
     assert!(run.stdout.is_empty() && run.stderr.contains("frobnicate"));
+}
+
+#[test]
+fn init_writes_a_spec_validate_accepts_for_every_provider_and_never_overwrites() {
+    let dir = workdir();
+    let d = dir.path();
+    for provider in ["lab", "bare-metal", "aws", "gke"] {
+        let file = format!("{provider}.yaml");
+        let run = cloudflow(
+            d,
+            &[
+                "-f",
+                &file,
+                "init",
+                "--provider",
+                provider,
+                "--name",
+                "starter",
+            ],
+        )
+        .ok();
+        assert!(
+            run.stdout.contains(&format!("provider {provider}")),
+            "{}",
+            run.stdout
+        );
+        let text = std::fs::read_to_string(d.join(&file)).unwrap();
+        assert!(
+            text.lines()
+                .filter(|l| l.trim_start().starts_with('#'))
+                .count()
+                > 5,
+            "commented: {text}"
+        );
+        let v = cloudflow(d, &["-f", &file, "-o", "json", "validate"])
+            .ok()
+            .json();
+        assert_eq!(
+            (v["valid"].as_bool(), v["provider"].as_str()),
+            (Some(true), Some(provider)),
+            "{v}"
+        );
+        // A second init refuses, exit 2, and leaves the file alone.
+        std::fs::write(d.join(&file), "name: mine\n").unwrap();
+        let again = cloudflow(d, &["-f", &file, "init", "--provider", provider]);
+        assert_eq!(again.code, 2, "{}", again.stderr);
+        assert!(
+            again.stderr.contains("never overwrites"),
+            "{}",
+            again.stderr
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join(&file)).unwrap(),
+            "name: mine\n"
+        );
+    }
+    assert_eq!(cloudflow(d, &["init", "--name", "Bad_Name"]).code, 2);
+}
+
+#[test]
+fn schema_accepts_every_example_and_refuses_a_typo_like_validate() {
+    let dir = workdir();
+    let d = dir.path();
+    let schema = cloudflow(d, &["schema"]).ok();
+    std::fs::write(d.join("schema.json"), &schema.stdout).unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    std::fs::write(
+        d.join("typo.yaml"),
+        "name: typo\nprovider:\n  lab: { hosts: 2, hostz: 3 }\n",
+    )
+    .unwrap();
+    // An independent validator: Python's jsonschema, on the YAML as PyYAML reads it.
+    let script = r#"
+import glob, json, sys, yaml, jsonschema
+schema = json.load(open("schema.json"))
+jsonschema.Draft202012Validator.check_schema(schema)
+files = sorted(glob.glob(sys.argv[1] + "/*.yaml"))
+assert len(files) >= 5, files
+for f in files:
+    jsonschema.validate(yaml.safe_load(open(f)), schema)
+    print("valid", f)
+try:
+    jsonschema.validate(yaml.safe_load(open("typo.yaml")), schema)
+    print("typo accepted")
+except jsonschema.ValidationError as e:
+    print("typo refused:", e.message)
+"#;
+    let out = std::process::Command::new("python3")
+        .current_dir(d)
+        .args(["-c", script, examples.to_str().unwrap()])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("valid") && stdout.contains("lab.yaml"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("typo refused: Additional properties are not allowed ('hostz'"),
+        "{stdout}"
+    );
+    // `validate` refuses the same typo, pointing at it.
+    let v = cloudflow(d, &["-f", "typo.yaml", "validate"]);
+    assert_eq!(v.code, 2);
+    assert!(
+        v.stderr.contains("hostz") && v.stderr.contains("typo.yaml:3"),
+        "{}",
+        v.stderr
+    );
+}
+
+#[test]
+fn completions_man_page_and_version_are_generated() {
+    let dir = workdir();
+    let d = dir.path();
+    let bash = cloudflow(d, &["completions", "bash"]).ok();
+    assert!(
+        bash.stdout.contains("_cloudflow()") && bash.stdout.contains("stop-old"),
+        "{}",
+        bash.stdout
+    );
+    // bash itself accepts the script and registers the completion.
+    std::fs::write(d.join("c.bash"), &bash.stdout).unwrap();
+    let out = std::process::Command::new("bash")
+        .current_dir(d)
+        .args(["-c", "source ./c.bash && complete -p cloudflow"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("_cloudflow"),
+        "{out:?}"
+    );
+    for shell in ["zsh", "fish"] {
+        let run = cloudflow(d, &["completions", shell]).ok();
+        assert!(run.stdout.contains("deploy"), "{shell}: {}", run.stdout);
+    }
+    let man = cloudflow(d, &["man"]).ok();
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH cloudflow"),
+        "{}",
+        man.stdout
+    );
+    assert!(
+        man.stdout.contains("lock\\-timeout") || man.stdout.contains("lock-timeout"),
+        "{}",
+        man.stdout
+    );
+    let v = cloudflow(d, &["--version"]).ok();
+    assert!(
+        v.stdout.starts_with("cloudflow 0.1.0 (commit "),
+        "{}",
+        v.stdout
+    );
 }

@@ -185,9 +185,29 @@ fn etcd_holds_the_record_and_a_lock_that_names_its_holder_and_moves_to_the_embed
         "{}",
         embedded.stdout
     );
-    // A second import does not replace the record without --force.
-    let again = cloudflow(d, &["-f", "cluster.yaml", "state", "import"]);
-    assert_eq!(again.code, 2, "{}", again.stderr);
+    // A second import of a different record does not replace it without --force.
+    let changed = export.stdout.replace("\"cf-cfetcd-2\"", "\"cf-cfetcd-9\"");
+    let mut again = Command::new(env!("CARGO_BIN_EXE_cloudflow"))
+        .current_dir(d)
+        .args(["-f", "cluster.yaml", "state", "import"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    again
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(changed.as_bytes())
+        .unwrap();
+    let again = again.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("already has a record") && stderr.contains("--force"),
+        "{stderr}"
+    );
 
     cloudflow(d, &["-f", "cluster.yaml", "down", "--yes"]).ok();
     assert!(docker_ok(&["ps", "-aq", "--filter", "label=cloudflow.cluster=cfetcd"]).is_empty());

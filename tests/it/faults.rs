@@ -325,6 +325,48 @@ fn crash_and_recover(cluster: &str, state: Option<String>) {
     let web = &status["environments"][0]["services"][0];
     assert_eq!(web["color"], "blue", "{status}");
     assert!(web["switching_from"].is_null(), "{status}");
+    // Killed between recording a switch and the proxies taking it: the record says green is
+    // live with a switch from blue unfinished, the proxies still serve blue (v1). The record is
+    // put in that state through export | import; the next deploy-family command finishes it.
+    let export = cf(&["state", "export"]).ok();
+    let mut doc: serde_json::Value = serde_json::from_str(&export.stdout).unwrap();
+    let web_rec = &mut doc["record"]["environments"]["default"]["services"]["web"];
+    web_rec["live"] = "green".into();
+    web_rec["switch_from"] = "blue".into();
+    let mut import = Command::new(env!("CARGO_BIN_EXE_cloudflow"))
+        .current_dir(d)
+        .args(with(&["state", "import", "--force"]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    import
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.to_string().as_bytes())
+        .unwrap();
+    assert!(import.wait_with_output().unwrap().status.success());
+    let status = cf(&["status", "-o", "json"]).ok().json();
+    assert_eq!(
+        status["environments"][0]["services"][0]["switching_from"], "blue",
+        "{status}"
+    );
+    assert!(answers("version=1"), "the proxies still serve blue");
+    let finished = cf(&["scale", "web", "2"]).ok();
+    assert!(
+        finished.stderr.contains("finishing the switch"),
+        "{}",
+        finished.stderr
+    );
+    assert!(answers("version=2"), "the switch to green was finished");
+    let status = cf(&["status", "-o", "json"]).ok().json();
+    let web = &status["environments"][0]["services"][0];
+    assert_eq!(web["color"], "green", "{status}");
+    assert!(web["switching_from"].is_null(), "{status}");
+
     let report = load.finish();
     eprintln!(
         "faults: {} requests through the proxy across the killed deploys and their re-runs, {} failed",

@@ -407,6 +407,14 @@ fn alertmanager_alert_scales_a_service_once_and_the_cooldown_refuses_the_next() 
     } else {
         (s2, s)
     };
+    // The other one is the hook that answered `duplicate` (it did not act).
+    assert_eq!(
+        metric(
+            s2.port,
+            "cloudflow_hook_refusals_total{reason=\"duplicate\"}"
+        ),
+        1
+    );
 
     // Another alert for the same service inside the cooldown: refused, no change.
     am.fire(
