@@ -235,6 +235,17 @@ pub enum Command {
     )]
     State(StateCommand),
 
+    /// A service's logs from every replica (each line names its replica and node); --follow streams until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  cloudflow logs web\n  cloudflow logs web --follow --since 10m\n  \
+                      cloudflow logs web --env pr-7 --color green   # the colour at the preview host"
+    )]
+    Logs(LogsArgs),
+
+    /// A service's replicas: colour, node, state, address and last error.
+    #[command(after_help = "Examples:\n  cloudflow ps web\n  cloudflow ps web --env pr-7 -o json")]
+    Ps(PsArgs),
+
     /// Undo everything cloudflow did: lab and cloud machines are destroyed; bare-metal hosts leave the swarm and get their settings back (Docker stays installed).
     #[command(
         after_help = "Examples:\n  cloudflow -f cluster.yaml down          # shows the plan and asks\n  cloudflow -f cluster.yaml down --yes"
@@ -248,6 +259,33 @@ pub enum ProviderKind {
     BareMetal,
     Aws,
     Gke,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// The service (as named in the spec).
+    pub service: String,
+    /// The environment.
+    #[arg(long, env = "CLOUDFLOW_ENV", default_value = "default")]
+    pub env: String,
+    /// Keep streaming new lines until interrupted.
+    #[arg(long, env = "CLOUDFLOW_FOLLOW", value_parser = BoolishValueParser::new())]
+    pub follow: bool,
+    /// Only lines newer than this: a duration (10m, 1h) or, on Swarm, a timestamp.
+    #[arg(long, env = "CLOUDFLOW_SINCE")]
+    pub since: Option<String>,
+    /// Which colour's replicas (default: the live one).
+    #[arg(long, env = "CLOUDFLOW_COLOR", value_parser = ["blue", "green"])]
+    pub color: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PsArgs {
+    /// The service (as named in the spec).
+    pub service: String,
+    /// The environment.
+    #[arg(long, env = "CLOUDFLOW_ENV", default_value = "default")]
+    pub env: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -294,6 +332,8 @@ impl Command {
             Command::Lock(_) => "lock",
             Command::State(StateCommand::Export) => "state export",
             Command::State(StateCommand::Import(_)) => "state import",
+            Command::Logs(_) => "logs",
+            Command::Ps(_) => "ps",
             Command::Down(_) => "down",
         }
     }

@@ -26,6 +26,136 @@ impl DeploySite {
     }
 }
 
+/// An open cluster for reading only: no lock, nothing written.
+async fn read_site(cli: &Cli, ui: Arc<Ui>) -> Result<DeploySite> {
+    let session = open(cli, ui, false, false).await?;
+    let machines = session.ctx.provider.list().await?;
+    *session.ctx.machines.lock().unwrap() = machines.clone();
+    let orch = crate::phase::deploy::orchestrator(&session.ctx).await?;
+    Ok(DeploySite { session, orch })
+}
+
+/// The recorded service of `env`, or a usage error naming what exists.
+fn service_record(
+    site: &DeploySite,
+    env: &str,
+    service: &str,
+) -> Result<crate::state::ServiceRecord> {
+    let state = site.session.ctx.state.snapshot();
+    let Some(e) = state.environments.get(env) else {
+        return Err(crate::error::Error::Usage(format!(
+            "no environment {env:?} in cluster {} (`cloudflow env list` shows them)",
+            state.cluster
+        )));
+    };
+    e.services.get(service).cloned().ok_or_else(|| {
+        crate::error::Error::Usage(format!(
+            "no service {service:?} deployed in {env} (deployed: {})",
+            if e.services.is_empty() {
+                "none".to_string()
+            } else {
+                e.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        ))
+    })
+}
+
+/// `logs SERVICE`: the replicas' lines go straight to stdout as they arrive.
+pub async fn logs(cli: &Cli, a: &crate::cli::LogsArgs, ui: Arc<Ui>) -> Result<Report> {
+    use std::io::Write;
+    let site = read_site(cli, ui).await?;
+    let r = service_record(&site, &a.env, &a.service)?;
+    let color = match a.color.as_deref() {
+        Some("green") => crate::state::Color::Green,
+        Some(_) => crate::state::Color::Blue,
+        None => r.live,
+    };
+    let name = site.orch.workload(&a.env, &a.service, r.strategy, color);
+    let json_out = cli.output == crate::cli::OutputFormat::Json;
+    if json_out && a.follow {
+        return Err(crate::error::Error::Usage(
+            "logs --follow streams text; with -o json, leave --follow out (the lines come as one document)".into(),
+        ));
+    }
+    // Text: straight to stdout as it arrives. JSON: collected into the one document.
+    let collected = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink: crate::exec::Sink = if json_out {
+        let c = collected.clone();
+        Arc::new(move |b: &[u8]| c.lock().unwrap().extend_from_slice(b))
+    } else {
+        Arc::new(|b: &[u8]| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(b);
+            let _ = out.flush();
+        })
+    };
+    site.orch
+        .logs(&name, a.follow, a.since.as_deref(), sink)
+        .await?;
+    let text = String::from_utf8_lossy(&collected.lock().unwrap()).to_string();
+    Ok(Report {
+        json: json!({"service": a.service, "env": a.env, "workload": name, "lines": text.lines().collect::<Vec<_>>()}),
+        text: String::new(),
+    })
+}
+
+/// `ps SERVICE`: every replica of each colour that has one.
+pub async fn ps(cli: &Cli, a: &crate::cli::PsArgs, ui: Arc<Ui>) -> Result<Report> {
+    let site = read_site(cli, ui).await?;
+    let r = service_record(&site, &a.env, &a.service)?;
+    let colors: Vec<crate::state::Color> = match r.strategy {
+        crate::spec::Strategy::InPlace => vec![crate::state::Color::Blue],
+        crate::spec::Strategy::BlueGreen => {
+            vec![r.live, r.live.other()]
+        }
+    };
+    let edge = site.orch.edge_space();
+    let mut rows = Vec::new();
+    for c in colors {
+        let name = site.orch.workload(&a.env, &a.service, r.strategy, c);
+        for t in site.orch.tasks(&name).await? {
+            if t.desired != "running" && t.state != "running" && t.error.is_empty() {
+                continue; // long gone, nothing to tell
+            }
+            rows.push(json!({
+                "replica": t.name,
+                "color": if r.strategy == crate::spec::Strategy::InPlace { serde_json::Value::Null } else { json!(c) },
+                "live": c == r.live,
+                "node": t.node,
+                "state": t.state,
+                "desired": t.desired,
+                "address": t.addresses.get(&edge).or_else(|| t.addresses.values().next()),
+                "image": t.image,
+                "error": if t.error.is_empty() { serde_json::Value::Null } else { json!(t.error) },
+            }));
+        }
+    }
+    let mut text = format!(
+        "{:<28} {:<6} {:<16} {:<10} {:<16} ERROR\n",
+        "REPLICA", "COLOR", "NODE", "STATE", "ADDRESS"
+    );
+    for row in &rows {
+        let color = match (row["color"].as_str(), row["live"].as_bool()) {
+            (Some(c), Some(true)) => format!("{c}*"),
+            (Some(c), _) => c.to_string(),
+            (None, _) => "-".into(),
+        };
+        text.push_str(&format!(
+            "{:<28} {:<6} {:<16} {:<10} {:<16} {}\n",
+            row["replica"].as_str().unwrap_or(""),
+            color,
+            row["node"].as_str().unwrap_or(""),
+            row["state"].as_str().unwrap_or(""),
+            row["address"].as_str().unwrap_or("-"),
+            row["error"].as_str().unwrap_or("")
+        ));
+    }
+    Ok(Report {
+        json: json!({"service": a.service, "env": a.env, "replicas": rows}),
+        text,
+    })
+}
+
 async fn site(cli: &Cli, ui: Arc<Ui>) -> Result<DeploySite> {
     let session = open(cli, ui, true, true).await?;
     let machines = session.ctx.provider.list().await?;

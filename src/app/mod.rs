@@ -187,6 +187,8 @@ async fn run_command(cli: &Cli) -> Result<Report> {
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(cli, a.show_token, ui).await,
         Command::Serve(a) => crate::serve::serve(cli, &a.listen, ui).await,
         Command::Lock(c) => lock::lock(cli, c, ui).await,
+        Command::Logs(a) => deploy::logs(cli, a, ui).await,
+        Command::Ps(a) => deploy::ps(cli, a, ui).await,
         Command::State(c) => lock::state(cli, c, ui).await,
         Command::Deploy(_)
         | Command::Switch(_)

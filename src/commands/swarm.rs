@@ -315,6 +315,20 @@ pub fn service_tasks(name: &str) -> Cmd {
     )
 }
 
+/// `docker service logs` of one service: every replica's lines, prefixed with the replica
+/// and its node; `follow` streams until interrupted.
+pub fn service_logs(name: &str, follow: bool, since: Option<&str>) -> Cmd {
+    let mut argv = vec!["docker", "service", "logs", "--timestamps"];
+    if follow {
+        argv.push("--follow");
+    }
+    if let Some(s) = since {
+        argv.extend(["--since", s]);
+    }
+    argv.push(name);
+    Cmd::argv("service-logs", Effect::Read, &argv)
+}
+
 /// The reverse proxy: one task per manager, published in host mode, on the shared edge
 /// network, its conf.d bind-mounted from the host (written from outside, then reloaded).
 pub fn proxy_create(image: &str, port: u16, edge: &str, cluster: &str) -> Cmd {

@@ -160,7 +160,25 @@ pub trait Executor: Send + Sync {
 
     /// Like `run`, but a non-zero exit is returned as output rather than an error.
     async fn probe(&self, target: &Target, phase: &str, cmd: &Cmd) -> Result<Output, ExecError>;
+
+    /// Run `cmd` without a time limit, handing its output (both streams) to `sink` as it
+    /// arrives (`logs --follow`). Returns the exit code. By default: all at the end.
+    async fn stream(
+        &self,
+        target: &Target,
+        phase: &str,
+        cmd: &Cmd,
+        sink: Sink,
+    ) -> Result<i32, ExecError> {
+        let out = self.probe(target, phase, cmd).await?;
+        sink(out.stdout.as_bytes());
+        sink(out.stderr.as_bytes());
+        Ok(out.code)
+    }
 }
+
+/// Where streamed output goes.
+pub type Sink = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// Run `f` for every item with at most `limit` at once; results in input order.
 pub async fn for_each_host<'a, T, R, F, Fut>(items: &'a [T], limit: usize, f: F) -> Vec<R>

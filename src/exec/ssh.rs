@@ -248,6 +248,17 @@ fn run_channel(
     stdin: Option<&str>,
     timeout: Duration,
 ) -> Result<Output, ChannelError> {
+    run_channel_to(sess, line, stdin, timeout, None)
+}
+
+/// `run_channel`, or with `sink`: output goes to it as it arrives instead of into `Output`.
+fn run_channel_to(
+    sess: &ssh2::Session,
+    line: &str,
+    stdin: Option<&str>,
+    timeout: Duration,
+    sink: Option<&super::Sink>,
+) -> Result<Output, ChannelError> {
     sess.set_blocking(true);
     let open = |e: ssh2::Error| ChannelError::Open(e.message().to_string());
     let mut ch = sess.channel_session().map_err(open)?;
@@ -269,7 +280,9 @@ fn run_channel(
                     Ok(0) => {}
                     Ok(n) => {
                         progressed = true;
-                        if stream_id == 0 {
+                        if let Some(sink) = sink {
+                            sink(&buf[..n]);
+                        } else if stream_id == 0 {
                             out.extend_from_slice(&buf[..n])
                         } else {
                             err.extend_from_slice(&buf[..n])
@@ -312,6 +325,34 @@ impl Executor for SshExecutor {
 
     async fn probe(&self, target: &Target, phase: &str, cmd: &Cmd) -> Result<Output, ExecError> {
         self.exec(target, phase, cmd).await
+    }
+
+    async fn stream(
+        &self,
+        target: &Target,
+        phase: &str,
+        cmd: &Cmd,
+        sink: super::Sink,
+    ) -> Result<i32, ExecError> {
+        let sess = self.session(target).await?;
+        let line = wrap_for_user(&target.user, &cmd.command_line());
+        tracing::debug!(host = %target.name, phase, step = %cmd.step, command = %cmd.display(), "stream");
+        let (t, c) = (target.clone(), cmd.clone());
+        tokio::task::spawn_blocking(move || {
+            let sess = sess.lock().unwrap();
+            run_channel_to(&sess, &line, None, Duration::MAX, Some(&sink))
+                .map(|o| o.code)
+                .map_err(|e| ExecError::Session {
+                    host: t.name.clone(),
+                    what: format!("running {}", c.step),
+                    message: match e {
+                        ChannelError::TimedOut => "timed out".into(),
+                        ChannelError::Open(m) | ChannelError::Ssh(m) => m,
+                    },
+                })
+        })
+        .await
+        .map_err(|e| ExecError::Local(format!("SSH task failed: {e}")))?
     }
 }
 

@@ -1264,6 +1264,52 @@ impl Orchestrator for Kubernetes {
         Ok(())
     }
 
+    /// Every pod of the Deployment, merged line by line (`[pod] line`); `since` as a duration.
+    async fn logs(
+        &self,
+        service: &str,
+        follow: bool,
+        since: Option<&str>,
+        sink: crate::exec::Sink,
+    ) -> Result<()> {
+        use futures::AsyncBufReadExt;
+        let (ns, _) = split(service);
+        let since_seconds = match since {
+            Some(s) => Some(
+                humantime::parse_duration(s)
+                    .map_err(|e| {
+                        Error::Usage(format!(
+                            "--since {s:?}: {e} (on Kubernetes: a duration, e.g. 10m)"
+                        ))
+                    })?
+                    .as_secs() as i64,
+            ),
+            None => None,
+        };
+        let pods = self.pods(ns);
+        let mut streams = Vec::new();
+        for t in self.tasks(service).await? {
+            let params = kube::api::LogParams {
+                follow,
+                since_seconds,
+                timestamps: true,
+                ..Default::default()
+            };
+            let reader = pods
+                .log_stream(&t.name, &params)
+                .await
+                .map_err(|e| kerr("read pod logs", e))?;
+            let name = t.name.clone();
+            streams.push(reader.lines().map(move |l| (name.clone(), l)).boxed());
+        }
+        let mut all = futures::stream::select_all(streams);
+        while let Some((pod, line)) = all.next().await {
+            let line = line.map_err(|e| Error::Other(format!("pod {pod}: reading logs: {e}")))?;
+            sink(format!("[{pod}] {line}\n").as_bytes());
+        }
+        Ok(())
+    }
+
     async fn tasks(&self, service: &str) -> Result<Vec<Task>> {
         let (ns, name) = split(service);
         let Some(d) = self

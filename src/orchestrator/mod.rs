@@ -112,4 +112,13 @@ pub trait Orchestrator: Send + Sync {
     async fn remove_proxy(&self) -> Result<()>;
     /// `(name, address)` of every place the proxy listens (probes and reload checks go there).
     fn proxy_endpoints(&self) -> Vec<(String, String)>;
+    /// The logs of every replica of `service`, line by line (each naming its replica) to
+    /// `sink`; with `follow`, until the command is interrupted. `since`: `10m`, a timestamp.
+    async fn logs(
+        &self,
+        service: &str,
+        follow: bool,
+        since: Option<&str>,
+        sink: crate::exec::Sink,
+    ) -> Result<()>;
 }

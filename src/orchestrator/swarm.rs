@@ -221,6 +221,31 @@ impl Orchestrator for Swarm {
         Ok(())
     }
 
+    async fn logs(
+        &self,
+        service: &str,
+        follow: bool,
+        since: Option<&str>,
+        sink: crate::exec::Sink,
+    ) -> Result<()> {
+        let code = self
+            .exec
+            .stream(
+                &self.leader,
+                PHASE,
+                &cmd::service_logs(service, follow, since),
+                sink,
+            )
+            .await?;
+        if code != 0 {
+            return Err(Error::Other(format!(
+                "host {}: docker service logs {service} exited {code}",
+                self.leader.name
+            )));
+        }
+        Ok(())
+    }
+
     async fn tasks(&self, service: &str) -> Result<Vec<Task>> {
         let out = self
             .exec

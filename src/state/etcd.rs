@@ -480,20 +480,29 @@ impl StateStore for Etcd {
         deletes: &[String],
     ) -> Result<i64, StateError> {
         let prefix = self.shared.state_prefix(cluster);
-        let mut ops: Vec<TxnOp> = Vec::new();
         if rev == 0 {
             // A new record starts from nothing: keys an unfinished earlier write of a record
-            // (no `meta` yet) left behind are not adopted.
-            ops.push(TxnOp::delete(
-                prefix.clone(),
-                Some(etcd_client::DeleteOptions::new().with_prefix()),
-            ));
+            // (no `meta` yet) left behind are not adopted. (Its own transaction: etcd refuses
+            // a delete range and a put of the same key in one.)
+            let when = self.shared.guards(cluster, 0);
+            let p = prefix.clone();
+            let ok = self.shared.call(move |mut c| async move {
+                let r = c
+                    .txn(Txn::new().when(when).and_then(vec![TxnOp::delete(
+                        p,
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    )]))
+                    .await?;
+                Ok(r.succeeded())
+            })?;
+            if !ok {
+                return Err(self.shared.why_refused(cluster, rev));
+            }
         }
-        ops.extend(
-            deletes
-                .iter()
-                .map(|k| TxnOp::delete(format!("{prefix}{k}"), None)),
-        );
+        let mut ops: Vec<TxnOp> = deletes
+            .iter()
+            .map(|k| TxnOp::delete(format!("{prefix}{k}"), None))
+            .collect();
         let mut meta = None;
         for (k, v) in puts {
             let op = TxnOp::put(format!("{prefix}{k}"), v.as_str(), None);

@@ -106,7 +106,7 @@ pub struct Images {
 pub fn build_images(reg: &Registry, lab_image: &str) -> Images {
     let ctx = tempfile::tempdir().unwrap();
     let d = ctx.path();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/peers/webapp.c");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/webapp.c");
     sh(&format!(
         "gcc -static -O2 -o {}/webapp {}",
         d.display(),

@@ -19,3 +19,4 @@ mod lab;
 mod serve;
 mod ssh;
 mod support;
+mod walkthrough;
