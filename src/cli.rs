@@ -242,6 +242,12 @@ pub enum Command {
     )]
     Logs(LogsArgs),
 
+    /// The proxy's TLS certificates (proxy.https): hosts, expiry, days left; `certs renew` orders (or installs) every one again.
+    #[command(
+        after_help = "Examples:\n  cloudflow certs\n  cloudflow certs -o json | jq '.certificates[] | select(.days_left < 30)'\n  cloudflow certs renew"
+    )]
+    Certs(CertsArgs),
+
     /// A service's replicas: colour, node, state, address and last error.
     #[command(after_help = "Examples:\n  cloudflow ps web\n  cloudflow ps web --env pr-7 -o json")]
     Ps(PsArgs),
@@ -277,6 +283,20 @@ pub struct LogsArgs {
     /// Which colour's replicas (default: the live one).
     #[arg(long, env = "CLOUDFLOW_COLOR", value_parser = ["blue", "green"])]
     pub color: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub action: Option<CertsAction>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CertsAction {
+    /// Order (ACME) or install (files) every certificate again now, whatever its expiry; each goes live with a graceful reload.
+    #[command(after_help = "Example:\n  cloudflow certs renew")]
+    Renew,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -334,6 +354,10 @@ impl Command {
             Command::State(StateCommand::Import(_)) => "state import",
             Command::Logs(_) => "logs",
             Command::Ps(_) => "ps",
+            Command::Certs(CertsArgs {
+                action: Some(CertsAction::Renew),
+            }) => "certs renew",
+            Command::Certs(_) => "certs",
             Command::Down(_) => "down",
         }
     }

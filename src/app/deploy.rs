@@ -60,6 +60,60 @@ fn service_record(
     })
 }
 
+/// `certs` (list) and `certs renew`.
+pub async fn certs(cli: &Cli, renew: bool, ui: Arc<Ui>) -> Result<Report> {
+    let site = if renew {
+        site(cli, ui).await?
+    } else {
+        read_site(cli, ui).await?
+    };
+    let renewed = if renew {
+        site.deployer(Duration::from_secs(300))
+            .renew_certs()
+            .await?
+    } else {
+        Vec::new()
+    };
+    let certs = site.session.ctx.state.snapshot().certs;
+    let rows = deploy::tls::cert_rows(&certs);
+    let mut text = String::new();
+    if renew {
+        text.push_str(&format!(
+            "renewed: {}\n",
+            if renewed.is_empty() {
+                "-".to_string()
+            } else {
+                renewed.join(", ")
+            }
+        ));
+    }
+    text.push_str(&format!(
+        "{:<14} {:<26} {:>9}  {:<6} HOSTS\n",
+        "CERTIFICATE", "EXPIRES", "DAYS LEFT", "SOURCE"
+    ));
+    for r in &rows {
+        text.push_str(&format!(
+            "{:<14} {:<26} {:>9}  {:<6} {}\n",
+            r["name"].as_str().unwrap_or(""),
+            r["not_after"].as_str().unwrap_or(""),
+            r["days_left"],
+            r["source"].as_str().unwrap_or(""),
+            r["hosts"]
+                .as_array()
+                .map(|h| h
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        ));
+    }
+    Ok(Report {
+        json: json!({"certificates": rows, "renewed": renewed}),
+        text,
+    })
+}
+
 /// `logs SERVICE`: the replicas' lines go straight to stdout as they arrive.
 pub async fn logs(cli: &Cli, a: &crate::cli::LogsArgs, ui: Arc<Ui>) -> Result<Report> {
     use std::io::Write;
@@ -228,6 +282,11 @@ pub async fn run(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
         Command::Env(EnvCommand::Gc(a)) => site.deployer(a.timeout).env_gc().await?,
         _ => unreachable!("not a deploy command"),
     };
+    // Every host now routed has its certificate (proxy.https): ordered or installed when
+    // missing or expiring, then put live with the routes.
+    site.deployer(Duration::from_secs(300))
+        .ensure_certs(false)
+        .await?;
     Ok(report(outcome))
 }
 
@@ -260,11 +319,20 @@ pub async fn scale_service(
     Ok(r)
 }
 
-/// `env gc` for the hook's timer.
+/// `env gc` (and certificate renewal) for the hook's timer.
 pub async fn env_gc(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
     let site = site(cli, ui).await?;
     let outcome = site.deployer(HOOK_TIMEOUT).env_gc().await?;
-    Ok(report(outcome))
+    // The timer also renews certificates that come within 30 days of expiry.
+    let renewed = site.deployer(HOOK_TIMEOUT).ensure_certs(false).await?;
+    let mut r = report(outcome);
+    if !renewed.is_empty() {
+        r.json["changed"] = json!(true);
+        r.json["certificates"] = json!(renewed);
+        r.text
+            .push_str(&format!("certificates installed: {}\n", renewed.join(", ")));
+    }
+    Ok(r)
 }
 
 /// `env list` reads the state only: no lock, no SSH.

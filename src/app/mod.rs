@@ -189,6 +189,7 @@ async fn run_command(cli: &Cli) -> Result<Report> {
         Command::Lock(c) => lock::lock(cli, c, ui).await,
         Command::Logs(a) => deploy::logs(cli, a, ui).await,
         Command::Ps(a) => deploy::ps(cli, a, ui).await,
+        Command::Certs(a) => deploy::certs(cli, a.action.is_some(), ui).await,
         Command::State(c) => lock::state(cli, c, ui).await,
         Command::Deploy(_)
         | Command::Switch(_)

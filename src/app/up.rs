@@ -164,6 +164,30 @@ pub async fn up(
     let (mut plan, _) = compute(&s, until, timeout).await?;
     let ctx = &s.ctx;
     let checked = ctx.machines().len();
+    if plan.is_empty()
+        && until.is_none_or(|u| u >= crate::plan::PhaseName::Deploy)
+        && crate::deploy::tls::needs_certs(&ctx.spec, &ctx.state.snapshot())
+    {
+        // Nothing else to do, but a certificate to order, renew or install.
+        let orch = crate::phase::deploy::orchestrator(ctx).await?;
+        let installed = crate::phase::deploy::deployer(ctx, orch.as_ref(), timeout)
+            .ensure_certs(false)
+            .await?;
+        let text = format!(
+            "up: cluster {}: certificate(s) {} in {:.1}s\n",
+            plan.cluster,
+            if installed.is_empty() {
+                "checked".to_string()
+            } else {
+                format!("installed: {}", installed.join(", "))
+            },
+            ui.elapsed().as_secs_f64()
+        );
+        return Ok(Report {
+            json: json!({"cluster": plan.cluster, "changed": !installed.is_empty(), "certificates": installed, "elapsed_seconds": ui.elapsed().as_secs_f64()}),
+            text,
+        });
+    }
     if plan.is_empty() {
         let what = if checked == 0 && ctx.provider.kind() == "gke" {
             "the cluster and its node pools checked".to_string()

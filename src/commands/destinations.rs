@@ -412,6 +412,7 @@ fn nginx_conf(spec: &Spec) -> String {
         domain,
         1,
         &probes,
+        None,
     )
     .unwrap()
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Cmd, Effect, quote};
+use super::{Body, Cmd, Effect, quote};
 
 /// The proxy's conf.d on each manager, bind-mounted read-only into the proxy container.
 pub const PROXY_CONF_DIR: &str = "/etc/cloudflow/proxy";
@@ -331,9 +331,15 @@ pub fn service_logs(name: &str, follow: bool, since: Option<&str>) -> Cmd {
 
 /// The reverse proxy: one task per manager, published in host mode, on the shared edge
 /// network, its conf.d bind-mounted from the host (written from outside, then reloaded).
-pub fn proxy_create(image: &str, port: u16, edge: &str, cluster: &str) -> Cmd {
+pub fn proxy_create(
+    image: &str,
+    port: u16,
+    https_port: Option<u16>,
+    edge: &str,
+    cluster: &str,
+) -> Cmd {
     let label = format!("cloudflow.cluster={cluster}");
-    owned(
+    let mut c = owned(
         "proxy-create",
         Effect::Mutate,
         [
@@ -362,6 +368,32 @@ pub fn proxy_create(image: &str, port: u16, edge: &str, cluster: &str) -> Cmd {
         ]
         .map(String::from)
         .into(),
+    );
+    if let (Some(p), Body::Argv(argv)) = (https_port, &mut c.body) {
+        let at = argv.len() - 1;
+        argv.splice(
+            at..at,
+            [
+                "--publish".to_string(),
+                format!("mode=host,target=443,published={p},protocol=tcp"),
+            ],
+        );
+    }
+    c
+}
+
+/// An existing proxy also listens for HTTPS on `port` (nothing when it already does).
+pub fn proxy_publish_https(port: u16) -> Cmd {
+    Cmd::script(
+        "proxy-publish-https",
+        Effect::Mutate,
+        format!(
+            "# the proxy listens for HTTPS on {port}
+             if ! docker service inspect --format '{{{{range .Endpoint.Spec.Ports}}}}{{{{.TargetPort}}}}/{{{{.PublishedPort}}}} {{{{end}}}}' {PROXY_SERVICE} | grep -qw '443/{port}'; then
+               docker service update --detach=false --quiet --publish-add mode=host,target=443,published={port},protocol=tcp {PROXY_SERVICE}
+             fi
+"
+        ),
     )
 }
 

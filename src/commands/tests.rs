@@ -293,7 +293,7 @@ fn swarm_service_builders_are_exact() {
         "docker service scale --detach 'default-web-blue=0'"
     );
     assert_eq!(
-        proxy_create("reg:5000/proxy:1", 8080, "cloudflow-edge", "demo").command_line(),
+        proxy_create("reg:5000/proxy:1", 8080, None, "cloudflow-edge", "demo").command_line(),
         "docker service create --detach --name cloudflow-proxy --mode global --constraint 'node.role==manager' \
          --publish 'mode=host,target=80,published=8080,protocol=tcp' --network cloudflow-edge \
          --mount 'type=bind,source=/etc/cloudflow/proxy,target=/etc/nginx/conf.d,readonly' \

@@ -292,6 +292,7 @@ impl<'a> Deployer<'a> {
             self.domain(),
             generation,
             probes,
+            self.spec.proxy.https.as_ref().map(|h| h.port),
         )?)
     }
 

@@ -6,6 +6,7 @@ mod bluegreen;
 mod environments;
 pub mod flow;
 pub mod probe;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
@@ -95,6 +96,8 @@ pub fn resolve_replicas(
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Route {
     pub host: String,
+    /// The certificate (by name, under the proxy's `tls/`) that serves this host over HTTPS.
+    pub cert: Option<String>,
     /// The Swarm service (dnsrr name) to send traffic to; `None` answers 503 with `message`.
     pub upstream: Option<String>,
     pub port: u16,
@@ -161,8 +164,17 @@ pub fn routes(
                 continue;
             };
             let live = r.live();
+            let cert = |host: &str| {
+                state
+                    .certs
+                    .iter()
+                    .find(|(_, c)| c.covers(host))
+                    .map(|(n, _)| n.clone())
+            };
+            let host = format!("{svc}-{env}.{domain}");
             out.push(Route {
-                host: format!("{svc}-{env}.{domain}"),
+                cert: cert(&host),
+                host,
                 upstream: live.map(|_| upstream(env, svc, r.live, false)),
                 port,
                 message: format!("{svc} in {env} has no live colour yet"),
@@ -189,8 +201,10 @@ pub fn routes(
                     ),
                 ),
             };
+            let host = format!("{svc}-{env}-preview.{domain}");
             out.push(Route {
-                host: format!("{svc}-{env}-preview.{domain}"),
+                cert: cert(&host),
+                host,
                 upstream,
                 port,
                 message,
@@ -207,7 +221,9 @@ pub fn swarm_upstream(env: &str, service: &str, color: Color, _preview: bool) ->
     color_service(env, service, color)
 }
 
-/// Render the proxy's routes with `template`; `upstream` names where a colour is served.
+/// Render the proxy's routes with `template`; `upstream` names where a colour is served;
+/// `https_port` adds HTTPS for hosts with a certificate.
+#[allow(clippy::too_many_arguments)]
 pub fn proxy_config(
     renderer: &Renderer,
     template: &str,
@@ -216,6 +232,7 @@ pub fn proxy_config(
     domain: &str,
     generation: u64,
     probes: &[Probe],
+    https_port: Option<u16>,
 ) -> Result<String, RenderError> {
     let mut ctx = Context::new();
     ctx.insert("cluster", &state.cluster);
@@ -224,6 +241,7 @@ pub fn proxy_config(
     ctx.insert("routes", &routes(state, domain, upstream));
     ctx.insert("services", &service_routes(state));
     ctx.insert("probes", probes);
+    ctx.insert("https_port", &https_port);
     renderer.render(template, &ctx)
 }
 

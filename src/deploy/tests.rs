@@ -108,6 +108,7 @@ fn proxy_config_has_routes_probes_the_404_and_the_generation() {
         "demo.test",
         42,
         &probes,
+        None,
     )
     .unwrap();
     for want in [
@@ -126,6 +127,65 @@ fn proxy_config_has_routes_probes_the_404_and_the_generation() {
     ] {
         assert!(conf.contains(want), "missing {want:?} in:\n{conf}");
     }
+}
+
+#[test]
+fn with_https_a_host_with_a_certificate_redirects_and_serves_tls_others_stay_plain() {
+    let mut s = state_with_web(Color::Blue, Some(("web:1", 2)), Some(("web:2", 1)));
+    s.certs.insert(
+        "env-default".into(),
+        crate::state::CertRecord {
+            hosts: vec!["web-default.demo.test".into()],
+            not_after: "2031-01-01T00:00:00Z".into(),
+            serial: "01".into(),
+            source: "acme".into(),
+            fingerprint: "x".into(),
+        },
+    );
+    let conf = proxy_config(
+        &Renderer::new(None).unwrap(),
+        "nginx-routes.conf",
+        &super::swarm_upstream,
+        &s,
+        "demo.test",
+        7,
+        &[],
+        Some(8443),
+    )
+    .unwrap();
+    for want in [
+        "ssl_reject_handshake on;",
+        "alias /etc/nginx/conf.d/acme/;",
+        "return 301 https://$host:8443$request_uri;",
+        "listen 443 ssl;",
+        "ssl_certificate /etc/nginx/conf.d/tls/env-default.crt;",
+        "ssl_certificate_key /etc/nginx/conf.d/tls/env-default.key;",
+    ] {
+        assert!(conf.contains(want), "missing {want:?} in:\n{conf}");
+    }
+    // The preview host has no certificate yet: still plain HTTP to its colour.
+    let preview = conf
+        .split("server_name web-default-preview.demo.test;")
+        .nth(1)
+        .unwrap();
+    let preview = &preview[..preview.find("\n}").unwrap()];
+    assert!(
+        preview.contains("proxy_pass") && !preview.contains("301"),
+        "{preview}"
+    );
+    // Without proxy.https nothing of it appears.
+    let plain = proxy_config(
+        &Renderer::new(None).unwrap(),
+        "nginx-routes.conf",
+        &super::swarm_upstream,
+        &s,
+        "demo.test",
+        7,
+        &[],
+        None,
+    )
+    .unwrap();
+    assert!(!plain.contains("443") && !plain.contains("acme"), "{plain}");
 }
 
 #[test]

@@ -30,6 +30,14 @@ pub enum Gate {
     Readiness,
 }
 
+/// A file for [`Orchestrator::write_proxy_files`].
+pub struct ProxyFile {
+    /// Relative to the proxy's directory (`tls/env-default.key`).
+    pub path: String,
+    pub content: secrecy::SecretString,
+    pub private: bool,
+}
+
 #[async_trait::async_trait]
 pub trait Orchestrator: Send + Sync {
     // ---- names -------------------------------------------------------------------------------
@@ -112,6 +120,23 @@ pub trait Orchestrator: Send + Sync {
     async fn remove_proxy(&self) -> Result<()>;
     /// `(name, address)` of every place the proxy listens (probes and reload checks go there).
     fn proxy_endpoints(&self) -> Vec<(String, String)>;
+    /// Write files where the proxy reads them (`tls/NAME.crt|key`, `acme/TOKEN`, relative to
+    /// the proxy's directory) on every place it runs; `private` ones are 0600. Contents go over
+    /// stdin, never argv. HTTPS is built for the Swarm proxy so far.
+    async fn write_proxy_files(&self, _files: &[ProxyFile]) -> Result<()> {
+        Err(crate::error::Error::Usage(
+            "proxy.https is available with the Swarm proxy; the Kubernetes proxy serves plain HTTP so far (terminate TLS at the load balancer)".into(),
+        ))
+    }
+    /// Remove files written by [`Self::write_proxy_files`] (missing ones are fine).
+    async fn remove_proxy_files(&self, _paths: &[String]) -> Result<()> {
+        Ok(())
+    }
+    /// A file cloudflow keeps with the cluster (relative to the proxy's directory), read from
+    /// the first place the proxy runs; `None` when it is not there.
+    async fn read_proxy_file(&self, _path: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// The logs of every replica of `service`, line by line (each naming its replica) to
     /// `sink`; with `follow`, until the command is interrupted. `since`: `10m`, a timestamp.
     async fn logs(

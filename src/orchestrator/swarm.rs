@@ -27,6 +27,8 @@ pub struct Swarm {
     /// Every manager (where the proxy runs).
     pub managers: Vec<Target>,
     pub cluster: String,
+    /// `proxy.https.port`: the proxy also listens for HTTPS there.
+    pub https_port: Option<u16>,
 }
 
 #[async_trait::async_trait]
@@ -221,6 +223,44 @@ impl Orchestrator for Swarm {
         Ok(())
     }
 
+    async fn write_proxy_files(&self, files: &[super::ProxyFile]) -> Result<()> {
+        use secrecy::ExposeSecret;
+        for f in files {
+            let path = format!("{}/{}", cmd::PROXY_CONF_DIR, f.path);
+            let c = commands::write_file_mode(
+                "proxy-file",
+                &path,
+                f.content.expose_secret(),
+                if f.private { 0o600 } else { 0o644 },
+            );
+            self.on_managers(&c).await?;
+        }
+        Ok(())
+    }
+
+    async fn remove_proxy_files(&self, paths: &[String]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let full: Vec<String> = paths
+            .iter()
+            .map(|p| format!("{}/{p}", cmd::PROXY_CONF_DIR))
+            .collect();
+        self.on_managers(&commands::remove_files("proxy-files-rm", &full))
+            .await
+    }
+
+    async fn read_proxy_file(&self, path: &str) -> Result<Option<String>> {
+        let full = format!("{}/{path}", cmd::PROXY_CONF_DIR);
+        let c = crate::commands::Cmd::argv(
+            "proxy-file-read",
+            crate::commands::Effect::Read,
+            &["cat", &full],
+        );
+        let out = self.exec.probe(&self.leader, PHASE, &c).await?;
+        Ok((out.code == 0 && !out.stdout.is_empty()).then_some(out.stdout))
+    }
+
     async fn logs(
         &self,
         service: &str,
@@ -279,6 +319,13 @@ impl Orchestrator for Swarm {
                     &cmd::service_set_image(cmd::PROXY_SERVICE, image),
                 )
                 .await?;
+            if let Some(p) = self.https_port {
+                // A proxy made before `proxy.https` was set: it starts listening on the HTTPS
+                // port (a host-mode port change restarts its tasks, once).
+                self.exec
+                    .run(&self.leader, "proxy", &cmd::proxy_publish_https(p))
+                    .await?;
+            }
             return Ok(false);
         }
         // The bind-mounted configuration must be in place before the first task starts.
@@ -293,7 +340,13 @@ impl Orchestrator for Swarm {
             .run(
                 &self.leader,
                 "proxy",
-                &cmd::proxy_create(image, port, deploy::EDGE_NETWORK, &self.cluster),
+                &cmd::proxy_create(
+                    image,
+                    port,
+                    self.https_port,
+                    deploy::EDGE_NETWORK,
+                    &self.cluster,
+                ),
             )
             .await?;
         Ok(true)

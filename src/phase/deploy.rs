@@ -46,6 +46,7 @@ pub fn swarm(ctx: &Ctx) -> Result<Swarm> {
         leader,
         managers,
         cluster: ctx.spec.name.clone(),
+        https_port: ctx.spec.proxy.https.as_ref().map(|h| h.port),
     })
 }
 
@@ -183,6 +184,7 @@ impl Phase for Deploy {
                 ctx.ui.info(&out.message);
             }
         }
+        d.ensure_certs(false).await?;
         Ok(())
     }
 

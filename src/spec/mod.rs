@@ -7,6 +7,7 @@ mod autoscaling;
 mod error;
 mod gke;
 pub mod grammar;
+mod https;
 mod services;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use serde_saphyr::Spanned;
 pub use autoscaling::AutoscalingSpec;
 pub use error::SpecError;
 pub use gke::{GkeSpec, NodePoolSpec};
+pub use https::{AcmeSpec, CertFiles, CertSource, HttpsSpec};
 pub use services::{
     HealthSpec, SecretSource, ServiceSpec, Strategy, parse_duration, valid_secret_name,
     valid_service_name,
@@ -171,6 +173,8 @@ pub struct ProxySpec {
     pub domain: Option<String>,
     pub image: Option<String>,
     pub port: Option<u16>,
+    /// `proxy.https`: HTTPS on the proxy, with certificates from ACME or files.
+    pub https: Option<HttpsSpec>,
 }
 
 /// A line and column in the spec file (1-based).
@@ -343,6 +347,8 @@ struct RawProxy {
     #[schemars(with = "Option<String>")]
     image: Option<Spanned<String>>,
     port: Option<u16>,
+    #[schemars(with = "Option<https::RawHttps>")]
+    https: Option<Spanned<https::RawHttps>>,
 }
 
 /// A host's role, as the schema shows it (the type itself lives in the provider API).
@@ -627,7 +633,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
 /// Everything after the provider: registry, proxy, services; then the `Spec`.
 #[allow(clippy::too_many_arguments)]
 fn finish(
-    raw: RawSpec,
+    mut raw: RawSpec,
     path: &Path,
     file: &str,
     source: &str,
@@ -740,6 +746,19 @@ fn finish(
         Some(a) => Some(autoscaling::parse(a, &at)?),
         None => None,
     };
+    let https = match raw.proxy.https.take() {
+        Some(h) => {
+            let loc = Location::of(&h);
+            if raw.orchestrator.as_ref().map(|o| o.value) == Some(Orchestrator::Kubernetes) {
+                return Err(at(
+                    loc,
+                    "proxy.https is built for the Swarm proxy so far; on Kubernetes, terminate TLS at the load balancer (the proxy's Service)".into(),
+                ));
+            }
+            Some(https::parse(h.value, loc, base, &at)?)
+        }
+        None => None,
+    };
     Ok(Spec {
         path: path.to_path_buf(),
         name,
@@ -758,6 +777,7 @@ fn finish(
             domain: raw.proxy.domain.map(|d| d.value),
             image: raw.proxy.image.map(|i| i.value),
             port: raw.proxy.port,
+            https,
         },
         templates: raw.templates.map(|t| expand_path(&t, base)),
         services: all_services,

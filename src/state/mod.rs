@@ -23,8 +23,8 @@ pub use etcd::Etcd;
 pub use flat::{Flat, diff, flatten, unflatten};
 pub use lock::{Holder, LockInfo, StateLock};
 pub use record::{
-    ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HookRecord, HostRecord,
-    KnownKey, PoolSize, ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
+    CertRecord, ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HookRecord,
+    HostRecord, KnownKey, PoolSize, ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
 };
 
 use cloudflow_provider_api::{Journal, ProviderError, Resource};

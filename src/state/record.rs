@@ -44,6 +44,42 @@ pub struct ClusterState {
     /// that acted and when each target last changed (the cooldown across processes).
     #[serde(default, skip_serializing_if = "HookRecord::is_empty")]
     pub hook: HookRecord,
+    /// TLS certificates the proxy serves, by name (`env-<env>` from ACME, `file-<n>` from the
+    /// spec's files). Public facts only: the private keys live on the managers, never here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub certs: BTreeMap<String, CertRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CertRecord {
+    /// Host names it serves (`*.example.com` covers one label).
+    pub hosts: Vec<String>,
+    /// RFC 3339.
+    pub not_after: String,
+    /// Hex, as the CA wrote it.
+    pub serial: String,
+    /// `acme` or `file`.
+    pub source: String,
+    /// SHA-256 of the certificate chain as installed (a file that changed is installed again).
+    pub fingerprint: String,
+}
+
+impl CertRecord {
+    pub fn covers(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| match h.strip_prefix("*.") {
+            Some(suffix) => host
+                .split_once('.')
+                .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+            None => h == host,
+        })
+    }
+
+    /// Days until it expires (negative once it has).
+    pub fn days_left(&self) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(&self.not_after)
+            .map(|t| (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_days())
+            .unwrap_or(-1)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -241,6 +277,7 @@ impl ClusterState {
             proxy: None,
             secret_salt: None,
             hook: HookRecord::default(),
+            certs: BTreeMap::new(),
         }
     }
 

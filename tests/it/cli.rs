@@ -17,6 +17,9 @@ fn every_subcommand_has_help_with_an_example() {
         "man",
         "lock",
         "state",
+        "certs",
+        "logs",
+        "ps",
     ] {
         let run = cloudflow(dir.path(), &[sub, "--help"]).ok();
         assert!(

@@ -13,6 +13,7 @@ mod etcd_fixture;
 mod faults;
 mod gke;
 mod http_proxy;
+mod https;
 mod k3s;
 mod kubernetes;
 mod lab;

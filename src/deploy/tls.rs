@@ -1,0 +1,420 @@
+//! HTTPS on the proxy: certificates from an ACME CA (HTTP-01) or from the spec's files,
+//! installed on every manager (keys 0600, never in output or the state) and put live like any
+//! route change (`nginx -t`, then a graceful reload).
+//!
+//! ACME: one certificate per environment holding every host name routed in it (live and
+//! preview). No order while a certificate covering them has more than [`RENEW_DAYS`] left;
+//! `certs renew` orders anyway. The ACME account's credentials are kept on the managers
+//! (`acme/account.json`, 0600), so the account is reused by whoever runs cloudflow next.
+
+use std::collections::BTreeMap;
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use secrecy::SecretString;
+use serde_json::json;
+use sha2::Digest;
+
+use super::flow::Deployer;
+use crate::error::{Error, Result};
+use crate::orchestrator::ProxyFile;
+use crate::spec::{AcmeSpec, CertSource};
+use crate::state::CertRecord;
+
+/// Renew when fewer days than this are left.
+pub const RENEW_DAYS: i64 = 30;
+const ACCOUNT: &str = "acme/account.json";
+
+/// One certificate `certs` shows.
+pub fn cert_rows(certs: &BTreeMap<String, CertRecord>) -> Vec<serde_json::Value> {
+    certs
+        .iter()
+        .map(|(name, c)| {
+            json!({"name": name, "hosts": c.hosts, "not_after": c.not_after, "days_left": c.days_left(),
+                   "serial": c.serial, "source": c.source})
+        })
+        .collect()
+}
+
+/// Expiry (RFC 3339) and serial (hex) of the first certificate of a PEM chain.
+fn inspect(chain_pem: &str) -> std::result::Result<(String, String), String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let not_after = chrono::DateTime::from_timestamp(cert.validity().not_after.timestamp(), 0)
+        .ok_or("an expiry out of range")?
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Ok((not_after, cert.raw_serial_as_string()))
+}
+
+fn fingerprint(pem: &str) -> String {
+    hex(&sha2::Sha256::digest(pem.as_bytes()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Host names that need a certificate, per environment (every routed host).
+fn wanted(state: &crate::state::ClusterState, domain: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (env, e) in &state.environments {
+        for (svc, r) in &e.services {
+            if r.strategy == crate::spec::Strategy::BlueGreen && r.port.is_some() {
+                let hosts = out.entry(env.clone()).or_default();
+                hosts.push(format!("{svc}-{env}.{domain}"));
+                hosts.push(format!("{svc}-{env}-preview.{domain}"));
+            }
+        }
+    }
+    out
+}
+
+/// A recorded certificate nothing needs any more.
+fn is_stale(
+    name: &str,
+    source: &CertSource,
+    state: &crate::state::ClusterState,
+    domain: &str,
+) -> bool {
+    match (source, name.split_once('-')) {
+        (CertSource::Acme(_), Some(("env", env))) => !wanted(state, domain).contains_key(env),
+        (CertSource::Files(files), Some(("file", n))) => n
+            .parse::<usize>()
+            .map_or(true, |n| n == 0 || n > files.len()),
+        _ => true,
+    }
+}
+
+/// Whether [`Deployer::ensure_certs`] has anything to do (pure: the spec, its files and the
+/// record): a routed host without a certificate, one expiring within [`RENEW_DAYS`], a
+/// certificate file that changed, or one of a gone environment.
+pub fn needs_certs(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -> bool {
+    let Some(https) = &spec.proxy.https else {
+        return false;
+    };
+    let domain = spec.proxy.domain.as_deref().unwrap_or_default();
+    if state
+        .certs
+        .keys()
+        .any(|n| is_stale(n, &https.source, state, domain))
+    {
+        return true;
+    }
+    let wanted = wanted(state, domain);
+    match &https.source {
+        CertSource::Files(files) => files.iter().enumerate().any(|(i, f)| {
+            let known = state.certs.get(&format!("file-{}", i + 1));
+            std::fs::read_to_string(&f.cert_file)
+                .map(|c| known.is_none_or(|k| k.fingerprint != fingerprint(&c)))
+                .unwrap_or(true)
+        }),
+        CertSource::Acme(_) => wanted.iter().any(|(env, hosts)| {
+            state
+                .certs
+                .get(&format!("env-{env}"))
+                .is_none_or(|c| !hosts.iter().all(|h| c.covers(h)) || c.days_left() <= RENEW_DAYS)
+        }),
+    }
+}
+
+impl Deployer<'_> {
+    fn wanted_hosts(&self) -> BTreeMap<String, Vec<String>> {
+        wanted(&self.state.snapshot(), self.domain())
+    }
+
+    /// Make sure every routed host has a valid certificate (ordering or installing what is
+    /// missing, renewing what expires within [`RENEW_DAYS`], everything with `force`), then
+    /// put the routes live. Returns the certificates installed. Nothing without `proxy.https`.
+    pub async fn ensure_certs(&self, force: bool) -> Result<Vec<String>> {
+        let Some(https) = &self.spec.proxy.https else {
+            return Ok(Vec::new());
+        };
+        let installed = match &https.source {
+            CertSource::Files(files) => self.install_files(files, force).await?,
+            CertSource::Acme(acme) => self.order_missing(acme, force).await?,
+        };
+        // Certificates nothing needs any more go too: of environments that are gone, of files
+        // no longer listed, or from the source the spec no longer uses.
+        let state = self.state.snapshot();
+        let stale: Vec<String> = state
+            .certs
+            .keys()
+            .filter(|n| is_stale(n, &https.source, &state, self.domain()))
+            .cloned()
+            .collect();
+        if !installed.is_empty() || !stale.is_empty() {
+            self.update(|s| {
+                for n in &stale {
+                    s.certs.remove(n);
+                }
+            })?;
+            self.publish(&[]).await?;
+            let files: Vec<String> = stale
+                .iter()
+                .flat_map(|n| [format!("tls/{n}.crt"), format!("tls/{n}.key")])
+                .collect();
+            self.orch.remove_proxy_files(&files).await?;
+        }
+        Ok(installed)
+    }
+
+    async fn install_files(
+        &self,
+        files: &[crate::spec::CertFiles],
+        force: bool,
+    ) -> Result<Vec<String>> {
+        let mut installed = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let name = format!("file-{}", i + 1);
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| Error::Usage(format!("cannot read {}: {e}", p.display())))
+            };
+            let chain = read(&f.cert_file)?;
+            let key = SecretString::from(read(&f.key_file)?);
+            let fp = fingerprint(&chain);
+            let known = self.state.snapshot().certs.get(&name).cloned();
+            if !force && known.as_ref().is_some_and(|k| k.fingerprint == fp) {
+                continue;
+            }
+            let (not_after, serial) = inspect(&chain)
+                .map_err(|e| Error::Usage(format!("{}: {e}", f.cert_file.display())))?;
+            self.install(&name, &chain, key).await?;
+            self.update(|s| {
+                s.certs.insert(
+                    name.clone(),
+                    CertRecord {
+                        hosts: f.hosts.clone(),
+                        not_after: not_after.clone(),
+                        serial: serial.clone(),
+                        source: "file".into(),
+                        fingerprint: fp.clone(),
+                    },
+                );
+            })?;
+            self.ui.info(&format!(
+                "https: certificate {name} from {} installed ({}; expires {not_after})",
+                f.cert_file.display(),
+                f.hosts.join(", ")
+            ));
+            installed.push(name);
+        }
+        Ok(installed)
+    }
+
+    async fn install(&self, name: &str, chain: &str, key: SecretString) -> Result<()> {
+        self.orch
+            .write_proxy_files(&[
+                ProxyFile {
+                    path: format!("tls/{name}.key"),
+                    content: key,
+                    private: true,
+                },
+                ProxyFile {
+                    path: format!("tls/{name}.crt"),
+                    content: SecretString::from(chain.to_string()),
+                    private: false,
+                },
+            ])
+            .await
+    }
+
+    async fn order_missing(&self, acme: &AcmeSpec, force: bool) -> Result<Vec<String>> {
+        let mut installed = Vec::new();
+        let mut account: Option<Account> = None;
+        for (env, hosts) in self.wanted_hosts() {
+            let name = format!("env-{env}");
+            let current = self.state.snapshot().certs.get(&name).cloned();
+            let fresh = current
+                .as_ref()
+                .is_some_and(|c| hosts.iter().all(|h| c.covers(h)) && c.days_left() > RENEW_DAYS);
+            if fresh && !force {
+                continue;
+            }
+            if account.is_none() {
+                account = Some(self.acme_account(acme).await?);
+            }
+            let acct = account.as_ref().expect("set above");
+            self.ui.info(&format!(
+                "https: ordering a certificate for {} from {}",
+                hosts.join(", "),
+                acme.directory
+            ));
+            let (chain, key) = self.order(acct, acme, &hosts).await?;
+            let (not_after, serial) = inspect(&chain)
+                .map_err(|e| Error::Other(format!("the CA at {} sent {e}", acme.directory)))?;
+            self.install(&name, &chain, key).await?;
+            self.update(|s| {
+                s.certs.insert(
+                    name.clone(),
+                    CertRecord {
+                        hosts: hosts.clone(),
+                        not_after: not_after.clone(),
+                        serial: serial.clone(),
+                        source: "acme".into(),
+                        fingerprint: fingerprint(&chain),
+                    },
+                );
+            })?;
+            self.ui.info(&format!(
+                "https: certificate {name} installed (serial {serial}, expires {not_after})"
+            ));
+            installed.push(name);
+        }
+        Ok(installed)
+    }
+
+    /// The cluster's ACME account: from the managers, or registered now and kept there.
+    async fn acme_account(&self, acme: &AcmeSpec) -> Result<Account> {
+        let problem = |what: &str, e: instant_acme::Error| {
+            Error::Other(format!("ACME: {what} at {} failed: {e}", acme.directory))
+        };
+        let builder = || match &acme.ca_file {
+            Some(ca) => Account::builder_with_root(ca)
+                .map_err(|e| problem(&format!("trusting {}", ca.display()), e)),
+            None => Account::builder().map_err(|e| problem("starting the client", e)),
+        };
+        if let Some(saved) = self.orch.read_proxy_file(ACCOUNT).await? {
+            let creds: AccountCredentials = serde_json::from_str(&saved).map_err(|e| {
+                Error::Other(format!(
+                    "ACME: the saved account on the managers is unreadable: {e}"
+                ))
+            })?;
+            return builder()?
+                .from_credentials(creds)
+                .await
+                .map_err(|e| problem("loading the saved account", e));
+        }
+        let contact: Vec<String> = acme.email.iter().map(|e| format!("mailto:{e}")).collect();
+        let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let (account, creds) = builder()?
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                acme.directory.clone(),
+                None,
+            )
+            .await
+            .map_err(|e| problem("registering an account", e))?;
+        let saved = serde_json::to_string(&creds).expect("credentials serialise");
+        self.orch
+            .write_proxy_files(&[ProxyFile {
+                path: ACCOUNT.into(),
+                content: SecretString::from(saved),
+                private: true,
+            }])
+            .await?;
+        self.ui.info(&format!(
+            "https: ACME account registered at {} (kept on the managers)",
+            acme.directory
+        ));
+        Ok(account)
+    }
+
+    /// One order for `hosts` over HTTP-01: challenge files on every manager, then the chain
+    /// and its new private key.
+    async fn order(
+        &self,
+        account: &Account,
+        acme: &AcmeSpec,
+        hosts: &[String],
+    ) -> Result<(String, SecretString)> {
+        let names = hosts.join(", ");
+        let problem = |what: &str, e: String| {
+            Error::Other(format!(
+                "ACME: {what} for {names} at {} failed: {e}; traffic is served as before",
+                acme.directory
+            ))
+        };
+        let ids: Vec<Identifier> = hosts.iter().map(|h| Identifier::Dns(h.clone())).collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| problem("the order", e.to_string()))?;
+        let mut tokens = Vec::new();
+        {
+            let mut authzs = order.authorizations();
+            while let Some(a) = authzs.next().await {
+                let mut a = a.map_err(|e| problem("an authorization", e.to_string()))?;
+                if a.status == AuthorizationStatus::Valid {
+                    continue;
+                }
+                let mut ch = a.challenge(ChallengeType::Http01).ok_or_else(|| {
+                    problem("HTTP-01", "the CA offers no HTTP-01 challenge".into())
+                })?;
+                let token = ch.token.clone();
+                let key_auth = ch.key_authorization().as_str().to_string();
+                self.orch
+                    .write_proxy_files(&[ProxyFile {
+                        path: format!("acme/{token}"),
+                        content: SecretString::from(key_auth),
+                        private: false,
+                    }])
+                    .await?;
+                tokens.push(format!("acme/{token}"));
+                ch.set_ready()
+                    .await
+                    .map_err(|e| problem("answering the challenge", e.to_string()))?;
+            }
+        }
+        let status = order
+            .poll_ready(&RetryPolicy::default())
+            .await
+            .map_err(|e| problem("waiting for validation", e.to_string()));
+        let result = match status {
+            Ok(OrderStatus::Ready) => {
+                async {
+                    let key = order
+                        .finalize()
+                        .await
+                        .map_err(|e| problem("finalizing", e.to_string()))?;
+                    let chain = order
+                        .poll_certificate(&RetryPolicy::default())
+                        .await
+                        .map_err(|e| problem("fetching the certificate", e.to_string()))?;
+                    Ok((chain, SecretString::from(key)))
+                }
+                .await
+            }
+            Ok(other) => {
+                // The challenges' problem documents say why.
+                let mut why = Vec::new();
+                let mut authzs = order.authorizations();
+                while let Some(Ok(mut a)) = authzs.next().await {
+                    let host = format!("{:?}", a.identifier());
+                    for c in &a.challenges {
+                        if let Some(e) = &c.error {
+                            why.push(format!("{host}: {e}"));
+                        }
+                    }
+                    let _ = a.refresh().await;
+                }
+                Err(problem(
+                    "validation",
+                    format!("the order is {other:?}: {}", why.join("; ")),
+                ))
+            }
+            Err(e) => Err(e),
+        };
+        self.orch.remove_proxy_files(&tokens).await?;
+        result
+    }
+
+    /// `certs renew`: order or install every certificate again.
+    pub async fn renew_certs(&self) -> Result<Vec<String>> {
+        if self.spec.proxy.https.is_none() {
+            return Err(Error::Usage(
+                "the spec has no proxy.https: there are no certificates to renew".into(),
+            ));
+        }
+        self.ensure_certs(true).await
+    }
+}
