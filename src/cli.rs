@@ -579,6 +579,11 @@ pub struct UpArgs {
     /// How long new cloud machines may take to boot (SSH answering, cloud-init done).
     #[arg(long, env = "CLOUDFLOW_TIMEOUT", value_parser = humantime::parse_duration, default_value = "15m")]
     pub timeout: std::time::Duration,
+
+    /// Report where the time went: each phase, each host's total, the slowest steps (with -o
+    /// json: every command with its host, phase, step, start and duration).
+    #[arg(long, env = "CLOUDFLOW_TIMINGS", value_parser = BoolishValueParser::new())]
+    pub timings: bool,
 }
 
 #[derive(Debug, Clone, Args)]

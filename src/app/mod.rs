@@ -180,7 +180,15 @@ async fn run_command(cli: &Cli) -> Result<Report> {
         }
         Command::Validate => validate(cli),
         Command::Plan(a) => up::plan(cli, a.until, a.timeout, ui).await,
-        Command::Up(a) => up::up(cli, a.yes, a.until, a.timeout, ui).await,
+        Command::Up(a) => {
+            let mut r = up::up(cli, a.yes, a.until, a.timeout, ui).await?;
+            if a.timings {
+                up::add_timings(&mut r);
+            } else if let Some(o) = r.json.as_object_mut() {
+                o.remove("timings");
+            }
+            Ok(r)
+        }
         Command::Status => status::status(cli, ui).await,
         Command::Down(a) => down::down(cli, a.yes, ui).await,
         Command::Nodes(crate::cli::NodesCommand::Scale(a)) => nodes::scale(cli, a, ui).await,
@@ -528,11 +536,16 @@ pub async fn open(cli: &Cli, ui: Arc<Ui>, lock: bool, record_host_keys: bool) ->
         command_timeout: Duration::from_secs(20 * 60),
     });
     let spec_name = spec.name.clone();
+    let timings = crate::exec::Timings::default();
     let ctx = Ctx {
         spec,
         state,
         provider,
-        exec: Arc::new(exec),
+        exec: Arc::new(crate::exec::Timed {
+            inner: Arc::new(exec),
+            timings: timings.clone(),
+        }),
+        timings,
         ui,
         renderer,
         password: None,

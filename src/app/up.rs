@@ -200,7 +200,8 @@ pub async fn up(
             ui.elapsed().as_secs_f64()
         );
         return Ok(Report {
-            json: json!({"cluster": plan.cluster, "changed": false, "changes": 0, "message": "no changes", "elapsed_seconds": ui.elapsed().as_secs_f64()}),
+            json: json!({"cluster": plan.cluster, "changed": false, "changes": 0, "message": "no changes", "elapsed_seconds": ui.elapsed().as_secs_f64(),
+                         "timings": {"phases": [], "steps": ctx.timings.steps()}}),
             text,
         });
     }
@@ -218,6 +219,7 @@ pub async fn up(
     )?;
 
     let mut applied = 0;
+    let mut phase_times = Vec::new();
     for phase in PHASES {
         if until.is_some_and(|u| phase.name() > u) {
             break;
@@ -233,7 +235,10 @@ pub async fn up(
                 phase.name(),
                 plan.for_phase(phase.name()).count()
             ));
+            let began = ctx.timings.now();
             phase.run(ctx, &plan).await?;
+            phase_times.push(json!({"phase": phase.name(), "start": began.as_secs_f64(),
+                                    "seconds": (ctx.timings.now() - began).as_secs_f64()}));
             applied += plan.for_phase(phase.name()).count();
         }
     }
@@ -244,9 +249,58 @@ pub async fn up(
         plan.cluster
     );
     Ok(Report {
-        json: json!({"cluster": plan.cluster, "changed": true, "changes": applied, "elapsed_seconds": secs, "plan": plan}),
+        json: json!({"cluster": plan.cluster, "changed": true, "changes": applied, "elapsed_seconds": secs, "plan": plan,
+                     "timings": {"phases": phase_times, "steps": ctx.timings.steps()}}),
         text,
     })
+}
+
+/// `--timings`: the phases, each host's busy time and the slowest steps in the text; every
+/// step stays in the JSON (without the flag, the JSON carries no timings).
+pub fn add_timings(r: &mut Report) {
+    let t = r.json["timings"].take();
+    let phases = t["phases"].as_array().cloned().unwrap_or_default();
+    let mut steps = t["steps"].as_array().cloned().unwrap_or_default();
+    let mut text = String::from("timings:\n");
+    for p in &phases {
+        text.push_str(&format!(
+            "  phase {:<10} {:>7.2}s\n",
+            p["phase"].as_str().unwrap_or(""),
+            p["seconds"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    let mut per_host: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for s in &steps {
+        let e = per_host
+            .entry(s["host"].as_str().unwrap_or("").to_string())
+            .or_default();
+        e.0 += s["seconds"].as_f64().unwrap_or(0.0);
+        e.1 += 1;
+    }
+    for (host, (secs, n)) in &per_host {
+        text.push_str(&format!(
+            "  host {host:<24} {secs:>7.2}s in {n} command(s)\n"
+        ));
+    }
+    steps.sort_by(|a, b| {
+        b["seconds"]
+            .as_f64()
+            .unwrap_or(0.0)
+            .total_cmp(&a["seconds"].as_f64().unwrap_or(0.0))
+    });
+    text.push_str("  slowest steps:\n");
+    for s in steps.iter().take(10) {
+        text.push_str(&format!(
+            "    {:>7.2}s  {:<24} {:<10} {}{}\n",
+            s["seconds"].as_f64().unwrap_or(0.0),
+            s["host"].as_str().unwrap_or(""),
+            s["phase"].as_str().unwrap_or(""),
+            s["step"].as_str().unwrap_or(""),
+            if s["ok"] == false { " (failed)" } else { "" }
+        ));
+    }
+    r.text.push_str(&text);
+    r.json["timings"] = t;
 }
 
 /// Keep the machines and their hostnames (= swarm node names) in the state for `status`/`down`.

@@ -4,12 +4,14 @@
 mod hostkey;
 mod recording;
 mod ssh;
+mod timed;
 
 use std::future::Future;
 
 pub use hostkey::{HostKeyCheck, fingerprint};
 pub use recording::Recording;
 pub use ssh::{SshConfig, SshExecutor};
+pub use timed::{StepTiming, Timed, Timings};
 
 use crate::commands::Cmd;
 

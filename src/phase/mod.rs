@@ -44,6 +44,8 @@ pub struct Ctx {
     /// Where the kubeconfig of a k3s cluster cloudflow installed is kept (0600, beside the
     /// state, like the lab's SSH key).
     pub k3s_kubeconfig: std::path::PathBuf,
+    /// Every command `exec` ran, timed (`up --timings`).
+    pub timings: crate::exec::Timings,
 }
 
 impl Ctx {

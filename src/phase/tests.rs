@@ -77,6 +77,7 @@ fn fixture(spec_text: &str, rec: Recording, password: Option<&str>) -> Fixture {
         machines: Mutex::new(machines),
         facts: Mutex::new(facts),
         k3s_kubeconfig: std::path::PathBuf::from("/nonexistent/k3s.kubeconfig"),
+        timings: Default::default(),
     };
     Fixture {
         _dir: dir,

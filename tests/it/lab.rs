@@ -35,8 +35,57 @@ fn lab_example_forms_a_labelled_swarm_and_down_leaves_nothing() {
     let state = state.to_str().unwrap();
     let d = dir.path();
 
-    let up = cloudflow(d, &["-f", spec, "--state", state, "up", "--yes"]).ok();
+    let up = cloudflow(
+        d,
+        &["-f", spec, "--state", state, "up", "--yes", "--timings"],
+    )
+    .ok();
     assert!(up.stdout.contains("change(s) applied"));
+    // Where the time went: each phase, each host, the slowest steps (the package install).
+    for want in [
+        "phase provision",
+        "phase bootstrap",
+        "phase cluster",
+        "host cf-lab-1",
+        "slowest steps:",
+    ] {
+        assert!(up.stdout.contains(want), "{want}: {}", up.stdout);
+    }
+    assert!(
+        up.stdout.contains("bootstrap  install-docker"),
+        "{}",
+        up.stdout
+    );
+    let noop = cloudflow(
+        d,
+        &[
+            "-f",
+            spec,
+            "--state",
+            state,
+            "-o",
+            "json",
+            "up",
+            "--yes",
+            "--timings",
+        ],
+    )
+    .ok()
+    .json();
+    let steps = noop["timings"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "one facts read per host: {noop}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["step"] == "facts" && s["seconds"].as_f64().unwrap() > 0.0)
+    );
+    let plain = cloudflow(
+        d,
+        &["-f", spec, "--state", state, "-o", "json", "up", "--yes"],
+    )
+    .ok()
+    .json();
+    assert!(plain.get("timings").is_none(), "{plain}");
     let status = cloudflow(d, &["status", "-f", spec, "--state", state, "-o", "json"])
         .ok()
         .json();
