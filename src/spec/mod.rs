@@ -582,6 +582,8 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                 ));
             }
             let mut hosts: Vec<HostSpec> = Vec::new();
+            // Seen (address, port): a fleet of thousands is checked in linear time.
+            let mut seen = std::collections::HashSet::new();
             for h in &bm.hosts.value {
                 let address = h.address.value.trim().to_string();
                 let port = h.port.unwrap_or(bm.port);
@@ -594,7 +596,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Spec, SpecError> {
                         format!("host address {address:?}: {e}"),
                     ));
                 }
-                if hosts.iter().any(|o| o.address == address && o.port == port) {
+                if !seen.insert((address.clone(), port)) {
                     return Err(at(
                         Location::of(&h.address),
                         format!("host {address}:{port} is listed twice"),
