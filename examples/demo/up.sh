@@ -20,7 +20,9 @@ say() { echo "demo: $*" >&2; }
 
 # This machine's address as the lab hosts reach it (not a Docker bridge address: lab hosts run
 # their own dockerd, whose bridges take those ranges inside them).
-addr="$(hostname -I | awk '{print $1}')"
+addr="$( (ip -4 route get 1.1.1.1 2>/dev/null || true) | awk '{for (i = 1; i < NF; i++) if ($i == "src") {print $(i+1); exit}}')"
+[ -n "$addr" ] || addr="$(hostname -I | tr ' ' '\n' | grep -E '^[0-9.]+$' | grep -v '^172\.17\.' | head -n1 || true)"
+[ -n "$addr" ] || { say "cannot tell this machine's address (ip route / hostname -I)"; exit 1; }
 reg="$addr:$port"
 
 # 1. A registry: Debian's docker-registry (the distribution registry), on this machine.
@@ -36,6 +38,7 @@ YAML
   nohup /usr/bin/docker-registry serve "$cache/registry.yml" > "$cache/registry.log" 2>&1 &
   echo $! > "$cache/registry.pid"
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fs "http://127.0.0.1:$port/v2/" >/dev/null || { say "the registry did not start: $(tail -n 5 "$cache/registry.log")"; exit 1; }
 fi
 
 # 2. The spec: the lab, the registry as an insecure one (plain HTTP on the local network).
@@ -83,7 +86,7 @@ EXPOSE 8080
 ENTRYPOINT [\"/webapp\"]" "$ctx"
 done
 build "proxy:1" "FROM $lab_image
-RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light || DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx; rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/* /etc/nginx/conf.d/*; ln -sf /dev/stderr /var/log/nginx/error.log; ln -sf /dev/null /var/log/nginx/access.log
+RUN set -e; apt-get update -q; export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends nginx-light || apt-get install -y -q --no-install-recommends nginx; command -v nginx; rm -rf /var/lib/apt/lists/* /etc/nginx/sites-enabled/* /etc/nginx/conf.d/*; ln -sf /dev/stderr /var/log/nginx/error.log; ln -sf /dev/null /var/log/nginx/access.log
 STOPSIGNAL SIGQUIT
 ENTRYPOINT []
 CMD [\"nginx\", \"-g\", \"daemon off;\"]" "$ctx"

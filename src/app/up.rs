@@ -168,7 +168,14 @@ pub async fn up(
         && until.is_none_or(|u| u >= crate::plan::PhaseName::Deploy)
         && crate::deploy::tls::needs_certs(&ctx.spec, &ctx.state.snapshot())
     {
-        // Nothing else to do, but a certificate to order, renew or install.
+        // Nothing else to do, but a certificate to order, renew or install: asked like any change.
+        confirm(
+            yes,
+            &format!(
+                "Order, renew or install the proxy's certificates for cluster {}?",
+                plan.cluster
+            ),
+        )?;
         let orch = crate::phase::deploy::orchestrator(ctx).await?;
         let installed = crate::phase::deploy::deployer(ctx, orch.as_ref(), timeout)
             .ensure_certs(false)

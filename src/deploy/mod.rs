@@ -169,7 +169,7 @@ pub fn routes(
                     .certs
                     .iter()
                     .find(|(_, c)| c.covers(host))
-                    .map(|(n, _)| n.clone())
+                    .map(|(n, c)| c.file_base(n))
             };
             let host = format!("{svc}-{env}.{domain}");
             out.push(Route {

@@ -158,8 +158,8 @@ fn with_https_a_host_with_a_certificate_redirects_and_serves_tls_others_stay_pla
         "alias /etc/nginx/conf.d/acme/;",
         "return 301 https://$host:8443$request_uri;",
         "listen 443 ssl;",
-        "ssl_certificate /etc/nginx/conf.d/tls/env-default.crt;",
-        "ssl_certificate_key /etc/nginx/conf.d/tls/env-default.key;",
+        "ssl_certificate /etc/nginx/conf.d/tls/env-default-x.crt;",
+        "ssl_certificate_key /etc/nginx/conf.d/tls/env-default-x.key;",
     ] {
         assert!(conf.contains(want), "missing {want:?} in:\n{conf}");
     }

@@ -25,7 +25,13 @@ use crate::state::CertRecord;
 
 /// Renew when fewer days than this are left.
 pub const RENEW_DAYS: i64 = 30;
-const ACCOUNT: &str = "acme/account.json";
+
+/// Where the ACME account's credentials are kept on the managers: per CA directory (a new
+/// directory in the spec means a new account there), beside the configuration — not under
+/// `acme/`, which the proxy serves.
+fn account_file(directory: &str) -> String {
+    format!("acme-account-{}.json", &fingerprint(directory)[..12])
+}
 
 /// One certificate `certs` shows.
 pub fn cert_rows(certs: &BTreeMap<String, CertRecord>) -> Vec<serde_json::Value> {
@@ -53,6 +59,11 @@ fn inspect(chain_pem: &str) -> std::result::Result<(String, String), String> {
 
 fn fingerprint(pem: &str) -> String {
     hex(&sha2::Sha256::digest(pem.as_bytes()))
+}
+
+/// The two files of a certificate under the proxy's directory.
+fn cert_files(base: &str) -> Vec<String> {
+    vec![format!("tls/{base}.crt"), format!("tls/{base}.key")]
 }
 
 fn hex(b: &[u8]) -> String {
@@ -128,12 +139,20 @@ impl Deployer<'_> {
     }
 
     /// Make sure every routed host has a valid certificate (ordering or installing what is
-    /// missing, renewing what expires within [`RENEW_DAYS`], everything with `force`), then
-    /// put the routes live. Returns the certificates installed. Nothing without `proxy.https`.
+    /// missing, renewing what expires within [`RENEW_DAYS`], everything with `force`); each
+    /// goes live with the routes. Returns the certificates installed. Nothing without
+    /// `proxy.https`.
     pub async fn ensure_certs(&self, force: bool) -> Result<Vec<String>> {
         let Some(https) = &self.spec.proxy.https else {
             return Ok(Vec::new());
         };
+        if !force && !needs_certs(self.spec, &self.state.snapshot()) {
+            return Ok(Vec::new());
+        }
+        // The proxy listens on the HTTPS port and answers ACME challenges before anything is
+        // ordered (a proxy made before `proxy.https` was set gets both now).
+        self.orch.ensure_https_port().await?;
+        self.publish(&[]).await?;
         let installed = match &https.source {
             CertSource::Files(files) => self.install_files(files, force).await?,
             CertSource::Acme(acme) => self.order_missing(acme, force).await?,
@@ -141,26 +160,80 @@ impl Deployer<'_> {
         // Certificates nothing needs any more go too: of environments that are gone, of files
         // no longer listed, or from the source the spec no longer uses.
         let state = self.state.snapshot();
-        let stale: Vec<String> = state
+        let stale: Vec<(String, CertRecord)> = state
             .certs
-            .keys()
-            .filter(|n| is_stale(n, &https.source, &state, self.domain()))
-            .cloned()
+            .iter()
+            .filter(|(n, _)| is_stale(n, &https.source, &state, self.domain()))
+            .map(|(n, c)| (n.clone(), c.clone()))
             .collect();
-        if !installed.is_empty() || !stale.is_empty() {
+        if !stale.is_empty() {
             self.update(|s| {
-                for n in &stale {
+                for (n, _) in &stale {
                     s.certs.remove(n);
                 }
             })?;
             self.publish(&[]).await?;
             let files: Vec<String> = stale
                 .iter()
-                .flat_map(|n| [format!("tls/{n}.crt"), format!("tls/{n}.key")])
+                .flat_map(|(n, c)| cert_files(&c.file_base(n)))
                 .collect();
             self.orch.remove_proxy_files(&files).await?;
         }
         Ok(installed)
+    }
+
+    /// Put one certificate live: new files beside the old ones, the record, then the routes
+    /// (tested by nginx, reloaded gracefully). When the proxy refuses, the record and the
+    /// routes go back to the previous certificate and the new files are removed.
+    async fn put_live(
+        &self,
+        name: &str,
+        record: CertRecord,
+        chain: &str,
+        key: SecretString,
+    ) -> Result<()> {
+        let base = record.file_base(name);
+        self.orch
+            .write_proxy_files(&[
+                ProxyFile {
+                    path: format!("tls/{base}.key"),
+                    content: key,
+                    private: true,
+                },
+                ProxyFile {
+                    path: format!("tls/{base}.crt"),
+                    content: SecretString::from(chain.to_string()),
+                    private: false,
+                },
+            ])
+            .await?;
+        let previous = self.state.snapshot().certs.get(name).cloned();
+        self.update(|s| {
+            s.certs.insert(name.to_string(), record.clone());
+        })?;
+        if let Err(e) = self.publish(&[]).await {
+            self.update(|s| match &previous {
+                Some(p) => {
+                    s.certs.insert(name.to_string(), p.clone());
+                }
+                None => {
+                    s.certs.remove(name);
+                }
+            })?;
+            if let Err(again) = self.publish(&[]).await {
+                tracing::warn!("https: republishing the previous routes failed: {again}");
+            }
+            let _ = self.orch.remove_proxy_files(&cert_files(&base)).await;
+            return Err(e);
+        }
+        if let Some(p) = previous
+            && p.file_base(name) != base
+        {
+            self.orch
+                .remove_proxy_files(&cert_files(&p.file_base(name)))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn install_files(
@@ -184,19 +257,14 @@ impl Deployer<'_> {
             }
             let (not_after, serial) = inspect(&chain)
                 .map_err(|e| Error::Usage(format!("{}: {e}", f.cert_file.display())))?;
-            self.install(&name, &chain, key).await?;
-            self.update(|s| {
-                s.certs.insert(
-                    name.clone(),
-                    CertRecord {
-                        hosts: f.hosts.clone(),
-                        not_after: not_after.clone(),
-                        serial: serial.clone(),
-                        source: "file".into(),
-                        fingerprint: fp.clone(),
-                    },
-                );
-            })?;
+            let record = CertRecord {
+                hosts: f.hosts.clone(),
+                not_after: not_after.clone(),
+                serial,
+                source: "file".into(),
+                fingerprint: fp,
+            };
+            self.put_live(&name, record, &chain, key).await?;
             self.ui.info(&format!(
                 "https: certificate {name} from {} installed ({}; expires {not_after})",
                 f.cert_file.display(),
@@ -205,23 +273,6 @@ impl Deployer<'_> {
             installed.push(name);
         }
         Ok(installed)
-    }
-
-    async fn install(&self, name: &str, chain: &str, key: SecretString) -> Result<()> {
-        self.orch
-            .write_proxy_files(&[
-                ProxyFile {
-                    path: format!("tls/{name}.key"),
-                    content: key,
-                    private: true,
-                },
-                ProxyFile {
-                    path: format!("tls/{name}.crt"),
-                    content: SecretString::from(chain.to_string()),
-                    private: false,
-                },
-            ])
-            .await
     }
 
     async fn order_missing(&self, acme: &AcmeSpec, force: bool) -> Result<Vec<String>> {
@@ -248,19 +299,14 @@ impl Deployer<'_> {
             let (chain, key) = self.order(acct, acme, &hosts).await?;
             let (not_after, serial) = inspect(&chain)
                 .map_err(|e| Error::Other(format!("the CA at {} sent {e}", acme.directory)))?;
-            self.install(&name, &chain, key).await?;
-            self.update(|s| {
-                s.certs.insert(
-                    name.clone(),
-                    CertRecord {
-                        hosts: hosts.clone(),
-                        not_after: not_after.clone(),
-                        serial: serial.clone(),
-                        source: "acme".into(),
-                        fingerprint: fingerprint(&chain),
-                    },
-                );
-            })?;
+            let record = CertRecord {
+                hosts: hosts.clone(),
+                not_after: not_after.clone(),
+                serial: serial.clone(),
+                source: "acme".into(),
+                fingerprint: fingerprint(&chain),
+            };
+            self.put_live(&name, record, &chain, key).await?;
             self.ui.info(&format!(
                 "https: certificate {name} installed (serial {serial}, expires {not_after})"
             ));
@@ -279,7 +325,8 @@ impl Deployer<'_> {
                 .map_err(|e| problem(&format!("trusting {}", ca.display()), e)),
             None => Account::builder().map_err(|e| problem("starting the client", e)),
         };
-        if let Some(saved) = self.orch.read_proxy_file(ACCOUNT).await? {
+        let file = account_file(&acme.directory);
+        if let Some(saved) = self.orch.read_proxy_file(&file).await? {
             let creds: AccountCredentials = serde_json::from_str(&saved).map_err(|e| {
                 Error::Other(format!(
                     "ACME: the saved account on the managers is unreadable: {e}"
@@ -307,7 +354,7 @@ impl Deployer<'_> {
         let saved = serde_json::to_string(&creds).expect("credentials serialise");
         self.orch
             .write_proxy_files(&[ProxyFile {
-                path: ACCOUNT.into(),
+                path: file,
                 content: SecretString::from(saved),
                 private: true,
             }])
@@ -340,6 +387,22 @@ impl Deployer<'_> {
             .await
             .map_err(|e| problem("the order", e.to_string()))?;
         let mut tokens = Vec::new();
+        let result = self
+            .validate_and_fetch(&mut order, &mut tokens, &problem)
+            .await;
+        // Challenge files go on every path (a failed removal is only worth a warning).
+        if let Err(e) = self.orch.remove_proxy_files(&tokens).await {
+            tracing::warn!("https: removing ACME challenge files failed: {e}");
+        }
+        result
+    }
+
+    async fn validate_and_fetch(
+        &self,
+        order: &mut instant_acme::Order,
+        tokens: &mut Vec<String>,
+        problem: &(dyn Fn(&str, String) -> Error + Sync),
+    ) -> Result<(String, SecretString)> {
         {
             let mut authzs = order.authorizations();
             while let Some(a) = authzs.next().await {
@@ -352,6 +415,7 @@ impl Deployer<'_> {
                 })?;
                 let token = ch.token.clone();
                 let key_auth = ch.key_authorization().as_str().to_string();
+                tokens.push(format!("acme/{token}"));
                 self.orch
                     .write_proxy_files(&[ProxyFile {
                         path: format!("acme/{token}"),
@@ -359,7 +423,6 @@ impl Deployer<'_> {
                         private: false,
                     }])
                     .await?;
-                tokens.push(format!("acme/{token}"));
                 ch.set_ready()
                     .await
                     .map_err(|e| problem("answering the challenge", e.to_string()))?;
@@ -368,44 +431,33 @@ impl Deployer<'_> {
         let status = order
             .poll_ready(&RetryPolicy::default())
             .await
-            .map_err(|e| problem("waiting for validation", e.to_string()));
-        let result = match status {
-            Ok(OrderStatus::Ready) => {
-                async {
-                    let key = order
-                        .finalize()
-                        .await
-                        .map_err(|e| problem("finalizing", e.to_string()))?;
-                    let chain = order
-                        .poll_certificate(&RetryPolicy::default())
-                        .await
-                        .map_err(|e| problem("fetching the certificate", e.to_string()))?;
-                    Ok((chain, SecretString::from(key)))
-                }
-                .await
-            }
-            Ok(other) => {
-                // The challenges' problem documents say why.
-                let mut why = Vec::new();
-                let mut authzs = order.authorizations();
-                while let Some(Ok(mut a)) = authzs.next().await {
-                    let host = format!("{:?}", a.identifier());
-                    for c in &a.challenges {
-                        if let Some(e) = &c.error {
-                            why.push(format!("{host}: {e}"));
-                        }
+            .map_err(|e| problem("waiting for validation", e.to_string()))?;
+        if status != OrderStatus::Ready {
+            // The challenges' problem documents say why.
+            let mut why = Vec::new();
+            let mut authzs = order.authorizations();
+            while let Some(Ok(a)) = authzs.next().await {
+                let host = format!("{:?}", a.identifier());
+                for c in &a.challenges {
+                    if let Some(e) = &c.error {
+                        why.push(format!("{host}: {e}"));
                     }
-                    let _ = a.refresh().await;
                 }
-                Err(problem(
-                    "validation",
-                    format!("the order is {other:?}: {}", why.join("; ")),
-                ))
             }
-            Err(e) => Err(e),
-        };
-        self.orch.remove_proxy_files(&tokens).await?;
-        result
+            return Err(problem(
+                "validation",
+                format!("the order is {status:?}: {}", why.join("; ")),
+            ));
+        }
+        let key = order
+            .finalize()
+            .await
+            .map_err(|e| problem("finalizing", e.to_string()))?;
+        let chain = order
+            .poll_certificate(&RetryPolicy::default())
+            .await
+            .map_err(|e| problem("fetching the certificate", e.to_string()))?;
+        Ok((chain, SecretString::from(key)))
     }
 
     /// `certs renew`: order or install every certificate again.

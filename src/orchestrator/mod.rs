@@ -128,6 +128,11 @@ pub trait Orchestrator: Send + Sync {
             "proxy.https is available with the Swarm proxy; the Kubernetes proxy serves plain HTTP so far (terminate TLS at the load balancer)".into(),
         ))
     }
+    /// The proxy listens on the HTTPS port (`proxy.https`); a proxy made before it was set
+    /// starts to.
+    async fn ensure_https_port(&self) -> Result<()> {
+        Ok(())
+    }
     /// Remove files written by [`Self::write_proxy_files`] (missing ones are fine).
     async fn remove_proxy_files(&self, _paths: &[String]) -> Result<()> {
         Ok(())

@@ -238,6 +238,15 @@ impl Orchestrator for Swarm {
         Ok(())
     }
 
+    async fn ensure_https_port(&self) -> Result<()> {
+        if let Some(p) = self.https_port {
+            self.exec
+                .run(&self.leader, "proxy", &cmd::proxy_publish_https(p))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn remove_proxy_files(&self, paths: &[String]) -> Result<()> {
         if paths.is_empty() {
             return Ok(());

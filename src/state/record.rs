@@ -65,6 +65,18 @@ pub struct CertRecord {
 }
 
 impl CertRecord {
+    /// The files' name under the proxy's `tls/` (`NAME-<fingerprint prefix>.crt|key`): a new
+    /// certificate gets new files, so the live configuration never points at files nginx has
+    /// not accepted yet.
+    pub fn file_base(&self, name: &str) -> String {
+        format!(
+            "{name}-{}",
+            &self.fingerprint[..self.fingerprint.len().min(12)]
+        )
+    }
+}
+
+impl CertRecord {
     pub fn covers(&self, host: &str) -> bool {
         self.hosts.iter().any(|h| match h.strip_prefix("*.") {
             Some(suffix) => host

@@ -262,9 +262,10 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
             v1 = img.web_v1,
         )
     };
-    // The swarm first: pebble's DNS needs the manager's address.
+    // The cluster first, serving plain HTTP (pebble's DNS needs the manager's address); then
+    // `proxy.https` is added to the running proxy.
     std::fs::write(d.join("cloudflow.yaml"), spec("")).unwrap();
-    cf(&["up", "--yes", "--until", "cluster"]).ok();
+    cf(&["up", "--yes"]).ok();
     let manager = docker_ok(&[
         "inspect",
         "-f",
@@ -281,6 +282,9 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         )),
     )
     .unwrap();
+    // Without --yes and without a terminal, `up` refuses rather than order unasked.
+    assert_eq!(cf(&["up"]).code, 2);
+    assert_eq!(pebble.issued(), 0);
     let t = Instant::now();
     let up = cf(&["up", "--yes"]).ok();
     eprintln!(
@@ -292,6 +296,11 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
             .contains("https: certificate env-default installed"),
         "{}",
         up.stderr
+    );
+    assert!(
+        up.stdout.contains("certificate(s) installed: env-default"),
+        "{}",
+        up.stdout
     );
     assert_eq!(pebble.issued(), 1);
     let root = pebble.issuing_root();
@@ -342,12 +351,16 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     );
 
     // The private keys appear in no output and no state file.
-    let key = docker_ok(&[
+    // One key of env-default on the manager: the renewed one (the old files went).
+    let keys = docker_ok(&[
         "exec",
         &format!("cf-{CLUSTER}-1"),
-        "cat",
-        "/etc/cloudflow/proxy/tls/env-default.key",
+        "sh",
+        "-c",
+        "ls /etc/cloudflow/proxy/tls/env-default-*.key",
     ]);
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+    let key = docker_ok(&["exec", &format!("cf-{CLUSTER}-1"), "cat", keys.trim()]);
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(body.len() > 40);
     assert!(!outputs.borrow().contains(&body[..40]));
@@ -393,10 +406,9 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     let mode = docker_ok(&[
         "exec",
         &format!("cf-{CLUSTER}-1"),
-        "stat",
+        "sh",
         "-c",
-        "%a",
-        "/etc/cloudflow/proxy/tls/file-1.key",
+        "stat -c %a /etc/cloudflow/proxy/tls/file-1-*.key",
     ]);
     assert_eq!(mode, "600");
     cf(&["down", "--yes"]).ok();
