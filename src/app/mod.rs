@@ -8,6 +8,7 @@ mod kubeconfig;
 mod lock;
 mod nodes;
 mod ready;
+pub mod sim;
 mod status;
 mod up;
 

@@ -3,6 +3,7 @@
 
 mod hostkey;
 mod recording;
+mod sim;
 mod ssh;
 mod timed;
 
@@ -10,6 +11,7 @@ use std::future::Future;
 
 pub use hostkey::{HostKeyCheck, fingerprint};
 pub use recording::Recording;
+pub use sim::{SimDelays, Simulated};
 pub use ssh::{SshConfig, SshExecutor};
 pub use timed::{StepTiming, Timed, Timings};
 

@@ -71,6 +71,76 @@ pub fn diff(old: &Flat, new: &Flat) -> (Vec<(String, String)>, Vec<String>) {
     (puts, deletes)
 }
 
+/// [`diff`] of the two records' flattenings, without serialising entries that did not change
+/// (each is compared as a value first): a fleet's host write costs that host's entry and
+/// `meta`, not the whole record.
+pub fn diff_states(
+    old: &ClusterState,
+    new: &mut ClusterState,
+) -> (Vec<(String, String)>, Vec<String>) {
+    fn entries<V: PartialEq + serde::Serialize>(
+        field: &str,
+        old: &std::collections::BTreeMap<String, V>,
+        new: &std::collections::BTreeMap<String, V>,
+        puts: &mut Vec<(String, String)>,
+        deletes: &mut Vec<String>,
+    ) {
+        for (k, v) in new {
+            if old.get(k) != Some(v) {
+                puts.push((
+                    format!("{field}/{k}"),
+                    serde_json::to_string(v).expect("an entry serialises"),
+                ));
+            }
+        }
+        for k in old.keys() {
+            if !new.contains_key(k) {
+                deletes.push(format!("{field}/{k}"));
+            }
+        }
+    }
+    let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+    entries("hosts", &old.hosts, &new.hosts, &mut puts, &mut deletes);
+    entries(
+        "resources",
+        &old.resources,
+        &new.resources,
+        &mut puts,
+        &mut deletes,
+    );
+    entries(
+        "known_hosts",
+        &old.known_hosts,
+        &new.known_hosts,
+        &mut puts,
+        &mut deletes,
+    );
+    entries(
+        "environments",
+        &old.environments,
+        &new.environments,
+        &mut puts,
+        &mut deletes,
+    );
+    entries("pools", &old.pools, &new.pools, &mut puts, &mut deletes);
+    // `meta`: the record without its split maps (moved out for a moment, not copied).
+    let hosts = std::mem::take(&mut new.hosts);
+    let resources = std::mem::take(&mut new.resources);
+    let known_hosts = std::mem::take(&mut new.known_hosts);
+    let environments = std::mem::take(&mut new.environments);
+    let pools = std::mem::take(&mut new.pools);
+    let meta = flatten(new).remove(META).expect("meta");
+    new.hosts = hosts;
+    new.resources = resources;
+    new.known_hosts = known_hosts;
+    new.environments = environments;
+    new.pools = pools;
+    puts.push((META.to_string(), meta));
+    puts.sort();
+    deletes.sort();
+    (puts, deletes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +163,17 @@ mod tests {
         let keys: Vec<_> = puts.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["hosts/h2", "meta"]);
         assert_eq!(deletes, ["hosts/h1"]);
+        // The value-compared diff is the same, key for key and byte for byte.
+        let mut t2 = t.clone();
+        let (p2, d2) = diff_states(&s, &mut t2);
+        assert_eq!(t2, t);
+        let (mut p1, d1) = diff(&flat, &flatten(&t));
+        p1.sort();
+        let values = |p: Vec<(String, String)>| -> Vec<(String, serde_json::Value)> {
+            p.into_iter()
+                .map(|(k, v)| (k, serde_json::from_str(&v).unwrap()))
+                .collect()
+        };
+        assert_eq!((values(p2), d2), (values(p1), d1));
     }
 }

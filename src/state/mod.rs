@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use embedded::Embedded;
 pub use etcd::Etcd;
-pub use flat::{Flat, diff, flatten, unflatten};
+pub use flat::{Flat, diff, diff_states, flatten, unflatten};
 pub use lock::{Holder, LockInfo, StateLock};
 pub use record::{
     CertRecord, ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HookRecord,
@@ -158,7 +158,6 @@ pub fn redact_url(url: &str) -> String {
 
 struct Live {
     state: ClusterState,
-    flat: Flat,
     rev: i64,
 }
 
@@ -189,7 +188,6 @@ impl StateHandle {
             store,
             live: Arc::new(Mutex::new(Live {
                 state,
-                flat: stored.flat,
                 rev: stored.rev,
             })),
         }
@@ -206,16 +204,16 @@ impl StateHandle {
         let mut next = live.state.clone();
         let out = f(&mut next);
         next.touch();
-        let flat = flatten(&next);
-        let (puts, deletes) = diff(&live.flat, &flat);
+        let (puts, deletes) = if live.rev == 0 {
+            // A new record: all of it (and nothing to compare against).
+            (flatten(&next).into_iter().collect(), Vec::new())
+        } else {
+            diff_states(&live.state, &mut next)
+        };
         let rev = self
             .store
             .commit(&next.cluster, live.rev, &puts, &deletes)?;
-        *live = Live {
-            state: next,
-            flat,
-            rev,
-        };
+        *live = Live { state: next, rev };
         Ok(out)
     }
 
@@ -225,7 +223,6 @@ impl StateHandle {
         if live.rev != 0 {
             self.store.delete(&live.state.cluster, live.rev)?;
         }
-        live.flat.clear();
         live.rev = 0;
         Ok(())
     }
