@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 use crate::etcd_fixture::EtcdServer;
 use crate::support::*;
 
-struct LabGuard(&'static str);
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let filter = format!("label=cloudflow.cluster={}", self.0);
-        for id in docker_ok(&["ps", "-aq", "--filter", &filter]).lines() {
-            docker(&["rm", "-f", id]);
-        }
-        docker(&["network", "rm", &format!("cloudflow-{}", self.0)]);
-    }
-}
-
 fn lab_spec(dir: &std::path::Path, cluster: &str) {
     std::fs::write(
         dir.join("cluster.yaml"),
@@ -35,7 +24,7 @@ fn etcd_holds_the_record_and_a_lock_that_names_its_holder_and_moves_to_the_embed
     let dir = workdir();
     let d = dir.path();
     lab_spec(d, "cfetcd");
-    let _guard = LabGuard("cfetcd");
+    let _guard = LabGuard("cfetcd".into());
     let cf = |args: &[&str]| {
         let mut all = vec!["-f", "cluster.yaml", "--state", state.as_str()];
         all.extend_from_slice(args);
@@ -220,7 +209,7 @@ fn etcd_lost_mid_command_fails_clearly_and_the_next_run_completes() {
     let dir = workdir();
     let d = dir.path();
     lab_spec(d, "cfetcdgone");
-    let _guard = LabGuard("cfetcdgone");
+    let _guard = LabGuard("cfetcdgone".into());
     let gone = cloudflow(
         d,
         &[

@@ -4,19 +4,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::free_port;
+
 pub struct EtcdServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub client_port: u16,
     peer_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl EtcdServer {

@@ -15,18 +15,6 @@ use crate::support::*;
 
 const DOMAIN: &str = "crash.test";
 
-/// Removes the cluster's containers and network if the test stops half-way.
-struct LabGuard(String);
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let filter = format!("label=cloudflow.cluster={}", self.0);
-        for id in docker_ok(&["ps", "-aq", "--filter", &filter]).lines() {
-            docker(&["rm", "-f", id]);
-        }
-        docker(&["network", "rm", &format!("cloudflow-{}", self.0)]);
-    }
-}
-
 fn labelled(cluster: &str) -> Vec<String> {
     let filter = format!("label=cloudflow.cluster={cluster}");
     let mut all: Vec<String> =

@@ -15,14 +15,6 @@ use crate::support::*;
 const CLUSTER: &str = "cfhttps";
 const DOMAIN: &str = "tls.test";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn sh(dir: &Path, script: &str) -> String {
     let out = Command::new("bash")
         .args(["-c", script])
@@ -157,17 +149,6 @@ impl Drop for Pebble {
     }
 }
 
-struct LabGuard;
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let filter = format!("label=cloudflow.cluster={CLUSTER}");
-        for id in docker_ok(&["ps", "-aq", "--filter", &filter]).lines() {
-            docker(&["rm", "-f", id]);
-        }
-        docker(&["network", "rm", &format!("cloudflow-{CLUSTER}")]);
-    }
-}
-
 /// One HTTPS request with curl, trusting only `root`: (status, body, serial of the served
 /// certificate).
 fn https_get(root: &Path, manager: &str, host: &str) -> (u16, String) {
@@ -243,7 +224,7 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     let img = build_images(&reg, IMAGE);
     let dir = workdir();
     let d = dir.path();
-    let _guard = LabGuard;
+    let _guard = LabGuard(CLUSTER.into());
     let outputs = std::cell::RefCell::new(String::new());
     let cf = |args: &[&str]| {
         let run = cloudflow(d, args);

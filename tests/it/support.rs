@@ -254,3 +254,25 @@ pub fn start_registry(hosts: &mut Hosts, user: &str, password: &str, public_key:
 pub fn workdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// A free TCP port on loopback (bound, then released for the peer to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Removes a lab cluster's containers and network if a test stops half-way.
+pub struct LabGuard(pub String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let filter = format!("label=cloudflow.cluster={}", self.0);
+        for id in docker_ok(&["ps", "-aq", "--filter", &filter]).lines() {
+            docker(&["rm", "-f", id]);
+        }
+        docker(&["network", "rm", &format!("cloudflow-{}", self.0)]);
+    }
+}
