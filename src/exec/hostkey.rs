@@ -93,15 +93,13 @@ impl HostKeyCheck {
             return Ok(Verdict::Recorded);
         }
         self.state
-            .update(|s| {
-                s.known_hosts.insert(
-                    id,
-                    KnownKey {
-                        key_type: key_type.to_string(),
-                        key: b64,
-                    },
-                )
-            })
+            .put_known_host(
+                &id,
+                KnownKey {
+                    key_type: key_type.to_string(),
+                    key: b64,
+                },
+            )
             .map_err(|e| ExecError::Local(format!("cannot record the host key of {host}: {e}")))?;
         Ok(Verdict::Recorded)
     }

@@ -61,7 +61,7 @@ fn record(
     f: impl FnOnce(&mut crate::state::HostRecord),
 ) -> Result<(), ExecError> {
     ctx.state
-        .update(|s| f(s.host(host)))
+        .update_host(host, f)
         .map_err(|e| ExecError::Local(format!("host {host}: cannot record in the state: {e}")))
 }
 

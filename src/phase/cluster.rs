@@ -15,7 +15,7 @@ pub struct Cluster;
 
 fn record(ctx: &Ctx, host: &str, role: Option<Role>) -> Result<(), ExecError> {
     ctx.state
-        .update(|s| s.host(host).swarm = role)
+        .update_host(host, |h| h.swarm = role)
         .map_err(|e| ExecError::Local(format!("host {host}: cannot record in the state: {e}")))
 }
 

@@ -1,6 +1,7 @@
-//! The record as the stores keep it: one key per host, resource, environment, pool and known
-//! host key, plus `meta` for the rest. A save writes only the keys that changed (a host's
-//! bootstrap step rewrites that host's key, not the whole fleet's record).
+//! The record as the stores keep it: one key per host, resource, environment, pool, known host
+//! key and machine, plus `meta` for the rest. A save writes only the keys that changed (a
+//! host's bootstrap step rewrites that host's key and `meta`, not the whole fleet's record), so
+//! `meta` holds nothing that grows with the fleet.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +17,29 @@ const SPLIT: &[&str] = &["hosts", "resources", "known_hosts", "environments", "p
 
 pub const META: &str = "meta";
 
+/// `machines` is a list (its order is the provider's): entry `i` is stored at `machines/<i>`,
+/// zero-padded so that the keys sort in the list's order.
+const MACHINES: &str = "machines";
+
+pub fn machine_key(i: usize) -> String {
+    format!("{MACHINES}/{i:06}")
+}
+
+/// Whether a stored `meta` still carries the machine list (written before machines had keys
+/// of their own): the next save must then write every machine key.
+pub fn meta_holds_machines(flat: &Flat) -> bool {
+    flat.get(META).is_some_and(|m| {
+        serde_json::from_str::<Value>(m)
+            .ok()
+            .and_then(|v| {
+                v.get(MACHINES)
+                    .and_then(|a| a.as_array())
+                    .map(|a| !a.is_empty())
+            })
+            .unwrap_or(false)
+    })
+}
+
 pub fn flatten(state: &ClusterState) -> Flat {
     let Value::Object(mut obj) = serde_json::to_value(state).expect("the record serialises") else {
         unreachable!("a record is an object")
@@ -26,6 +50,11 @@ pub fn flatten(state: &ClusterState) -> Flat {
             for (k, v) in entries {
                 flat.insert(format!("{field}/{k}"), v.to_string());
             }
+        }
+    }
+    if let Some(Value::Array(machines)) = obj.remove(MACHINES) {
+        for (i, m) in machines.into_iter().enumerate() {
+            flat.insert(machine_key(i), m.to_string());
         }
     }
     flat.insert(META.into(), Value::Object(obj).to_string());
@@ -42,15 +71,24 @@ pub fn unflatten(flat: &Flat) -> Result<ClusterState, String> {
     for field in SPLIT {
         obj.insert((*field).into(), Value::Object(Map::new()));
     }
+    let mut machines = Vec::new();
     for (key, text) in flat {
         let Some((field, entry)) = key.split_once('/') else {
             continue;
         };
+        if field == MACHINES {
+            // The keys sort in the list's order.
+            machines.push(serde_json::from_str::<Value>(text).map_err(|e| format!("{key}: {e}"))?);
+            continue;
+        }
         let Some(Value::Object(map)) = obj.get_mut(field) else {
             return Err(format!("unexpected key {key}"));
         };
         let v: Value = serde_json::from_str(text).map_err(|e| format!("{key}: {e}"))?;
         map.insert(entry.to_string(), v);
+    }
+    if !machines.is_empty() {
+        obj.insert(MACHINES.into(), Value::Array(machines));
     }
     serde_json::from_value(Value::Object(obj)).map_err(|e| e.to_string())
 }
@@ -72,11 +110,12 @@ pub fn diff(old: &Flat, new: &Flat) -> (Vec<(String, String)>, Vec<String>) {
 }
 
 /// [`diff`] of the two records' flattenings, without serialising entries that did not change
-/// (each is compared as a value first): a fleet's host write costs that host's entry and
-/// `meta`, not the whole record.
+/// (each is compared as a value first). `all_machines`: write every machine key (the stored
+/// `meta` still holds the list, see [`meta_holds_machines`]).
 pub fn diff_states(
     old: &ClusterState,
     new: &mut ClusterState,
+    all_machines: bool,
 ) -> (Vec<(String, String)>, Vec<String>) {
     fn entries<V: PartialEq + serde::Serialize>(
         field: &str,
@@ -123,13 +162,26 @@ pub fn diff_states(
         &mut deletes,
     );
     entries("pools", &old.pools, &new.pools, &mut puts, &mut deletes);
+    for (i, m) in new.machines.iter().enumerate() {
+        if all_machines || old.machines.get(i) != Some(m) {
+            puts.push((
+                machine_key(i),
+                serde_json::to_string(m).expect("a machine serialises"),
+            ));
+        }
+    }
+    for i in new.machines.len()..old.machines.len() {
+        deletes.push(machine_key(i));
+    }
     // `meta`: the record without its split maps (moved out for a moment, not copied).
     let hosts = std::mem::take(&mut new.hosts);
     let resources = std::mem::take(&mut new.resources);
     let known_hosts = std::mem::take(&mut new.known_hosts);
     let environments = std::mem::take(&mut new.environments);
     let pools = std::mem::take(&mut new.pools);
-    let meta = flatten(new).remove(META).expect("meta");
+    let machines = std::mem::take(&mut new.machines);
+    let meta = meta_json(new);
+    new.machines = machines;
     new.hosts = hosts;
     new.resources = resources;
     new.known_hosts = known_hosts;
@@ -139,6 +191,13 @@ pub fn diff_states(
     puts.sort();
     deletes.sort();
     (puts, deletes)
+}
+
+/// `meta` of a record whose split maps and machine list are empty (moved out by the caller):
+/// small, whatever the fleet's size.
+pub fn meta_json(state: &ClusterState) -> String {
+    debug_assert!(state.hosts.is_empty() && state.machines.is_empty());
+    flatten(state).remove(META).expect("meta")
 }
 
 #[cfg(test)]
@@ -165,7 +224,7 @@ mod tests {
         assert_eq!(deletes, ["hosts/h1"]);
         // The value-compared diff is the same, key for key and byte for byte.
         let mut t2 = t.clone();
-        let (p2, d2) = diff_states(&s, &mut t2);
+        let (p2, d2) = diff_states(&s, &mut t2, false);
         assert_eq!(t2, t);
         let (mut p1, d1) = diff(&flat, &flatten(&t));
         p1.sort();

@@ -21,6 +21,7 @@ use std::time::Duration;
 pub use embedded::Embedded;
 pub use etcd::Etcd;
 pub use flat::{Flat, diff, diff_states, flatten, unflatten};
+use flat::{meta_holds_machines, meta_json};
 pub use lock::{Holder, LockInfo, StateLock};
 pub use record::{
     CertRecord, ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HookRecord,
@@ -159,6 +160,9 @@ pub fn redact_url(url: &str) -> String {
 struct Live {
     state: ClusterState,
     rev: i64,
+    /// The stored `meta` still holds the machine list (an older record): the next save
+    /// writes every machine key.
+    machines_in_meta: bool,
 }
 
 /// The live cluster record plus its store: every mutation is saved at once, as one
@@ -189,6 +193,7 @@ impl StateHandle {
             live: Arc::new(Mutex::new(Live {
                 state,
                 rev: stored.rev,
+                machines_in_meta: meta_holds_machines(&stored.flat),
             })),
         }
     }
@@ -208,13 +213,113 @@ impl StateHandle {
             // A new record: all of it (and nothing to compare against).
             (flatten(&next).into_iter().collect(), Vec::new())
         } else {
-            diff_states(&live.state, &mut next)
+            diff_states(&live.state, &mut next, live.machines_in_meta)
         };
         let rev = self
             .store
             .commit(&next.cluster, live.rev, &puts, &deletes)?;
-        *live = Live { state: next, rev };
+        *live = Live {
+            state: next,
+            rev,
+            machines_in_meta: false,
+        };
         Ok(out)
+    }
+
+    /// Change one host's record. Unlike [`update`](Self::update) nothing else of the record is
+    /// copied or compared: the write is that host's key and `meta`, whatever the fleet's size
+    /// (a bootstrap of N hosts costs O(N) in all, not O(N²)). Nothing is written when `f`
+    /// changes nothing.
+    pub fn update_host<R>(
+        &self,
+        host: &str,
+        f: impl FnOnce(&mut HostRecord) -> R,
+    ) -> Result<R, StateError> {
+        let key = format!("hosts/{host}");
+        self.update_entry(
+            key,
+            |s| s.hosts.get(host).cloned(),
+            f,
+            |s, v| {
+                s.hosts.insert(host.to_string(), v);
+            },
+        )
+    }
+
+    /// Record a host key accepted under `accept-new` (its own key and `meta`, like
+    /// [`update_host`](Self::update_host)).
+    pub fn put_known_host(&self, id: &str, key: KnownKey) -> Result<(), StateError> {
+        self.update_entry(
+            format!("known_hosts/{id}"),
+            |s| s.known_hosts.get(id).cloned(),
+            |k| *k = key,
+            |s, v| {
+                s.known_hosts.insert(id.to_string(), v);
+            },
+        )
+    }
+
+    fn update_entry<V: Clone + Default + PartialEq + serde::Serialize, R>(
+        &self,
+        key: String,
+        get: impl Fn(&ClusterState) -> Option<V>,
+        f: impl FnOnce(&mut V) -> R,
+        put: impl FnOnce(&mut ClusterState, V),
+    ) -> Result<R, StateError> {
+        let mut live = self.live.lock().expect("state mutex");
+        if live.rev == 0 || live.machines_in_meta {
+            // A record not stored yet, or stored the old way: the general path writes it all.
+            drop(live);
+            let mut f = Some(f);
+            let mut put = Some(put);
+            return self.update(|s| {
+                let mut v = get(s).unwrap_or_default();
+                let out = (f.take().expect("once"))(&mut v);
+                (put.take().expect("once"))(s, v);
+                out
+            });
+        }
+        let old = get(&live.state);
+        let mut v = old.clone().unwrap_or_default();
+        let out = f(&mut v);
+        if old.as_ref() == Some(&v) {
+            return Ok(out);
+        }
+        let entry = serde_json::to_string(&v).expect("an entry serialises");
+        // `meta` of the record as it will be: the split maps and machines moved out for a
+        // moment (not copied), the new `updated` in.
+        let state = &mut live.state;
+        let previous = std::mem::replace(&mut state.updated, record::now());
+        let maps = (
+            std::mem::take(&mut state.hosts),
+            std::mem::take(&mut state.resources),
+            std::mem::take(&mut state.known_hosts),
+            std::mem::take(&mut state.environments),
+            std::mem::take(&mut state.pools),
+            std::mem::take(&mut state.machines),
+        );
+        let meta = meta_json(state);
+        (
+            state.hosts,
+            state.resources,
+            state.known_hosts,
+            state.environments,
+            state.pools,
+            state.machines,
+        ) = maps;
+        let puts = [(key, entry), (flat::META.to_string(), meta)];
+        let rev = live.rev;
+        match self.store.commit(&live.state.cluster, rev, &puts, &[]) {
+            Ok(rev) => {
+                live.rev = rev;
+                put(&mut live.state, v);
+                Ok(out)
+            }
+            Err(e) => {
+                live.state.updated = previous;
+                Err(e)
+            }
+        }
     }
 
     /// Remove the record from the store (conditional on it being the one this command read).
@@ -367,6 +472,117 @@ mod tests {
             .unwrap();
         let now = store.load("old").unwrap().unwrap();
         assert!(now.hosts["h1"].installed_docker && now.hosts["h2"].installed_docker);
+    }
+
+    fn machine(name: &str) -> cloudflow_provider_api::Machine {
+        use cloudflow_provider_api::{Machine, Role, SshEndpoint};
+        Machine {
+            name: name.into(),
+            id: name.into(),
+            role: Role::Worker,
+            ssh: SshEndpoint {
+                address: format!("10.0.0.{}", name.len()),
+                port: 22,
+                user: "root".into(),
+            },
+            running: true,
+            private_address: None,
+        }
+    }
+
+    #[test]
+    fn a_host_write_stores_that_host_and_a_meta_that_does_not_grow_with_the_fleet() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(None, dir.path()).unwrap();
+        let handle = StateHandle::new(store.clone(), ClusterState::new("f", "lab"));
+        let meta_len = |store: &Arc<dyn StateStore>| {
+            store.load_flat("f").unwrap().unwrap().flat[flat::META].len()
+        };
+        handle.update(|s| s.machines = vec![machine("m1")]).unwrap();
+        let small = meta_len(&store);
+        let names: Vec<String> = (0..300).map(|i| format!("host-{i}")).collect();
+        handle
+            .update(|s| s.machines = names.iter().map(|n| machine(n)).collect())
+            .unwrap();
+        for n in &names {
+            handle
+                .update_host(n, |h| h.installed_docker = true)
+                .unwrap();
+        }
+        assert_eq!(meta_len(&store), small, "meta holds nothing per host");
+        let stored = store.load_flat("f").unwrap().unwrap();
+        assert_eq!(
+            stored
+                .flat
+                .keys()
+                .filter(|k| k.starts_with("machines/"))
+                .count(),
+            300
+        );
+        let (loaded, _) = load(store.as_ref(), "f").unwrap().unwrap();
+        assert_eq!(loaded, handle.snapshot());
+        assert_eq!(loaded.machines[299].name, "host-299", "machine order kept");
+        assert!(loaded.hosts.values().all(|h| h.installed_docker));
+        // A change that changes nothing writes nothing.
+        let rev = stored.rev;
+        handle
+            .update_host("host-7", |h| h.installed_docker = true)
+            .unwrap();
+        assert_eq!(store.load_flat("f").unwrap().unwrap().rev, rev);
+        // Fewer machines: the keys past the end go.
+        handle.update(|s| s.machines.truncate(2)).unwrap();
+        let (loaded, stored) = load(store.as_ref(), "f").unwrap().unwrap();
+        assert_eq!(loaded.machines.len(), 2);
+        assert_eq!(
+            stored
+                .flat
+                .keys()
+                .filter(|k| k.starts_with("machines/"))
+                .count(),
+            2
+        );
+        // A stale handle's host write is refused and leaves its memory as it was.
+        let stale = StateHandle::at(
+            store.clone(),
+            loaded.clone(),
+            Stored {
+                flat: stored.flat,
+                rev: stored.rev - 1,
+            },
+        );
+        assert!(matches!(
+            stale.update_host("host-1", |h| h.installed_docker = false),
+            Err(StateError::Conflict { .. })
+        ));
+        assert!(stale.snapshot().hosts["host-1"].installed_docker);
+    }
+
+    #[test]
+    fn a_record_whose_meta_holds_the_machines_gets_machine_keys_on_its_next_host_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(None, dir.path()).unwrap();
+        let mut old = ClusterState::new("m", "lab");
+        old.machines = vec![machine("a"), machine("b")];
+        old.host("a");
+        // As an older cloudflow stored it: the machine list inside `meta`.
+        let mut flat = flatten(&old);
+        flat.retain(|k, _| !k.starts_with("machines/"));
+        let mut meta: serde_json::Value = serde_json::from_str(&flat[flat::META]).unwrap();
+        meta["machines"] = serde_json::to_value(&old.machines).unwrap();
+        flat.insert(flat::META.into(), meta.to_string());
+        let puts: Vec<(String, String)> = flat.into_iter().collect();
+        store.commit("m", 0, &puts, &[]).unwrap();
+        let (state, stored) = load(store.as_ref(), "m").unwrap().unwrap();
+        assert_eq!(state.machines, old.machines);
+        let handle = StateHandle::at(store.clone(), state, stored);
+        handle
+            .update_host("a", |h| h.installed_docker = true)
+            .unwrap();
+        let stored = store.load_flat("m").unwrap().unwrap();
+        assert!(!flat::meta_holds_machines(&stored.flat));
+        let (now, _) = load(store.as_ref(), "m").unwrap().unwrap();
+        assert_eq!(now.machines, old.machines);
+        assert!(now.hosts["a"].installed_docker);
     }
 
     #[test]

@@ -260,14 +260,14 @@ pub struct DaemonJsonRecord {
     pub added_mirrors: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct KnownKey {
     pub key_type: String,
     /// The key in base64, as in known_hosts.
     pub key: String,
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
