@@ -10,6 +10,9 @@
 #[path = "../tests/it/deploy_fixture.rs"]
 mod fixture;
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -47,6 +50,94 @@ fn env_num(name: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// A fresh `bash examples/demo/up.sh` (the README's first command: lab swarm, registry, images,
+/// proxy, web) until the first request through the proxy is answered. Its own registry port
+/// and cache, so nothing of an earlier demo is reused but the lab host image and the demo's
+/// local images (whether they were already built is reported).
+fn demo_first_request() -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let cached = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "cloudflow-demo/web:1",
+            "cloudflow-demo/proxy:1",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let bin = Path::new(env!("CARGO_BIN_EXE_cloudflow"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/up.sh");
+    let envs = [
+        ("CLOUDFLOW", bin.as_os_str().to_owned()),
+        ("XDG_CACHE_HOME", d.join("cache").into_os_string()),
+        ("DEMO_REGISTRY_PORT", port.clone().into()),
+    ];
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(&script)
+        .current_dir(d)
+        .envs(envs.iter().cloned())
+        .output()
+        .expect("bash examples/demo/up.sh");
+    let up_secs = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "demo up.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let env = std::fs::read_to_string(d.join("demo.env")).unwrap();
+    let proxy = env
+        .lines()
+        .find_map(|l| l.strip_prefix("DEMO_PROXY="))
+        .expect("DEMO_PROXY in demo.env")
+        .to_string();
+    let answered = loop {
+        let ok = Command::new("curl")
+            .args([
+                "-fs",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Host: web-default.demo.test",
+            ])
+            .arg(format!("http://{proxy}/"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            break started.elapsed().as_secs_f64();
+        }
+        assert!(started.elapsed().as_secs() < 600, "the demo never answered");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let down = Command::new(bin)
+        .current_dir(d)
+        .args(["-f", "demo.yaml", "down", "--yes"])
+        .output()
+        .expect("down");
+    assert!(down.status.success(), "demo down failed");
+    let _ = Command::new("bash")
+        .arg(script.with_file_name("stop-registry.sh"))
+        .envs(envs.iter().cloned())
+        .output();
+    println!(
+        "fresh demo (examples/demo/up.sh, 3 lab hosts, images {}): up.sh {up_secs:.1}s, first request answered at {answered:.1}s",
+        if cached {
+            "already built"
+        } else {
+            "built in the run"
+        }
+    );
+    serde_json::json!({"up_sh_seconds": up_secs, "first_request_seconds": answered,
+        "images_cached": cached})
+}
+
 fn main() {
     let rounds = env_num("CLOUDFLOW_BENCH_ROUNDS", 4);
     let replicas = env_num("CLOUDFLOW_BENCH_REPLICAS", 2);
@@ -57,6 +148,11 @@ fn main() {
             &Quiet,
         ))
         .expect("lab host image");
+    let demo = if std::env::var("CLOUDFLOW_BENCH_DEMO").as_deref() == Ok("0") {
+        serde_json::Value::Null
+    } else {
+        demo_first_request()
+    };
     let reg = Registry::start();
     let img = build_images(&reg, cloudflow_provider_lab::DEFAULT_IMAGE);
     let dir = tempfile::tempdir().unwrap();
@@ -96,6 +192,7 @@ fn main() {
         "round", "image", "deploy (s)", "healthy (s)", "switch (ms)"
     );
     let mut switches = Vec::new();
+    let mut deploys = Vec::new();
     for round in 1..=rounds {
         let image = if round % 2 == 1 {
             &img.web_v2
@@ -105,6 +202,8 @@ fn main() {
         let (wall, j) = cloudflow(d, &["deploy", "web", "--image", image, "-o", "json"]);
         let switch_ms = j["switch_seconds"].as_f64().unwrap_or(f64::NAN) * 1000.0;
         switches.push(switch_ms);
+        deploys.push(serde_json::json!({"image": image, "seconds": wall,
+            "healthy_seconds": j["healthy_seconds"], "switch_ms": switch_ms}));
         println!(
             "{round:>5}  {:<28}  {wall:>10.2}  {:>13.2}  {switch_ms:>12.0}",
             image.rsplit('/').next().unwrap_or(image),
@@ -132,5 +231,18 @@ fn main() {
     if r.failed > 0 {
         println!("failures: {:?}", r.failures);
     }
+    report::write(
+        "deploy",
+        &serde_json::json!({
+            "hosts": 3, "replicas": replicas, "first_up_seconds": up,
+            "requests": r.sent, "failed": r.failed,
+            "p50_ms": r.percentile(50.0), "p99_ms": r.percentile(99.0),
+            "switch_median_ms": switches[switches.len() / 2],
+            "deploys": deploys,
+            "stop_old_seconds": stop_old, "scale_up_seconds": scale_up,
+            "scale_down_seconds": scale_down, "rollback_seconds": rollback,
+            "demo": demo,
+        }),
+    );
     cloudflow(d, &["down", "--yes"]);
 }

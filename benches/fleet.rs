@@ -8,6 +8,9 @@
 //!
 //!     cargo bench --profile dev --bench fleet          # CLOUDFLOW_BENCH_SIZES=1000,10000
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::process::Command;
 
 use cloudflow::app::sim::Fleet;
@@ -92,9 +95,5 @@ fn main() {
         }
         all.push(v);
     }
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let _ = std::fs::write(
-        std::path::Path::new(&target).join("bench-fleet.json"),
-        serde_json::to_string_pretty(&all).unwrap(),
-    );
+    report::write("fleet", &serde_json::Value::Array(all));
 }

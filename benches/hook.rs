@@ -10,6 +10,9 @@
 #[path = "../tests/it/deploy_fixture.rs"]
 mod fixture;
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -219,7 +222,5 @@ fn main() {
         "clients": clients,
         "requests": lat.len(),
     });
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-hook.json");
-    let _ = std::fs::create_dir_all(out.parent().unwrap());
-    let _ = std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap());
+    report::write("hook", &json);
 }

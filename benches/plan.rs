@@ -5,6 +5,9 @@
 //!
 //!     cargo bench --profile dev --bench plan          # sizes 1000, 10000 (CLOUDFLOW_BENCH_SIZES)
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -140,9 +143,5 @@ fn main() {
             "peak_mb": peak}),
         );
     }
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
-    let _ = std::fs::write(
-        Path::new(&target).join("bench-plan.json"),
-        serde_json::to_string_pretty(&rows).unwrap(),
-    );
+    report::write("plan", &serde_json::Value::Array(rows));
 }

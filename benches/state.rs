@@ -4,6 +4,9 @@
 //!
 //!     cargo bench --profile dev --bench state     # needs dockerd, debootstrap, etcd
 
+#[path = "common/report.rs"]
+mod report;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,6 +164,7 @@ fn main() {
     let (el, ew, eload) = parts(None, parts_dir.path(), 50);
     let (xl, xw, xload) = parts(Some(&url), parts_dir.path(), 50);
 
+    let (emb_med, etcd_med) = (median(embedded.clone()), median(shared.clone()));
     println!("no-op `up` of a 3-host lab, median of {rounds} (s); the parts, median of 50 (ms)");
     println!(
         "{:<10} {:>12} {:>18} {:>16} {:>16} {:>14}",
@@ -188,6 +192,16 @@ fn main() {
         "etcd adds {:.0} ms to a no-op up ({:+.0}%)",
         (median(shared.clone()) - median(embedded.clone())) * 1000.0,
         (median(shared) / median(embedded) - 1.0) * 100.0
+    );
+    report::write(
+        "state",
+        &serde_json::json!({
+            "hosts": 3,
+            "embedded": {"noop_up_seconds": emb_med, "lock_unlock_ms": el,
+                "host_write_ms": ew, "load_20_hosts_ms": eload},
+            "etcd": {"noop_up_seconds": etcd_med, "lock_unlock_ms": xl,
+                "host_write_ms": xw, "load_20_hosts_ms": xload},
+        }),
     );
     run(d, &["down", "--yes"]);
     let _ = etcd.kill();

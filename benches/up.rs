@@ -4,6 +4,11 @@
 //!
 //!     cargo bench --bench up            # prints a table; needs dockerd and debootstrap
 //!     CLOUDFLOW_BENCH_SIZES=3 cargo bench --bench up
+//!
+//! Writes target/bench-up.json.
+
+#[path = "common/report.rs"]
+mod report;
 
 use std::path::Path;
 use std::process::Command;
@@ -49,6 +54,7 @@ fn main() {
         "{:>5}  {:>12}  {:>16}  {:>8}",
         "hosts", "first up (s)", "no-op up (s, med)", "down (s)"
     );
+    let mut rows = Vec::new();
     for n in sizes {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -62,5 +68,8 @@ fn main() {
         noop.sort_by(f64::total_cmp);
         let down = run(d, &["down", "--yes"]);
         println!("{n:>5}  {first:>12.1}  {:>16.2}  {down:>8.1}", noop[2]);
+        rows.push(serde_json::json!({"hosts": n, "first_up_seconds": first,
+            "noop_up_seconds": noop[2], "down_seconds": down}));
     }
+    report::write("up", &serde_json::Value::Array(rows));
 }

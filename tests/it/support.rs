@@ -129,6 +129,8 @@ pub struct Hosts {
     pub names: Vec<String>,
     pub addresses: Vec<String>,
     pub network: String,
+    /// The image every host of the set runs (the lab host image unless told).
+    pub image: String,
 }
 
 const ENTRY: &str = r#"mkdir -p /run/sshd /root/.ssh && printf '%s\n' "$AUTHORIZED_KEY" > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys && rm -f /etc/ssh/ssh_host_* && ssh-keygen -A >/dev/null && exec /usr/sbin/sshd -D -e"#;
@@ -136,6 +138,11 @@ const ENTRY: &str = r#"mkdir -p /run/sshd /root/.ssh && printf '%s\n' "$AUTHORIZ
 impl Hosts {
     pub fn start(prefix: &str, count: usize, public_key: &str) -> Hosts {
         host_image();
+        Hosts::start_on(prefix, count, public_key, IMAGE)
+    }
+
+    /// [`start`](Self::start) with hosts from `image` (an image with sshd, made from the lab's).
+    pub fn start_on(prefix: &str, count: usize, public_key: &str, image: &str) -> Hosts {
         let network = format!("{prefix}-net");
         Hosts::cleanup(prefix);
         docker_ok(&[
@@ -150,6 +157,7 @@ impl Hosts {
             names: vec![],
             addresses: vec![],
             network,
+            image: image.to_string(),
         };
         for i in 1..=count {
             let name = format!("{prefix}-{i}");
@@ -177,7 +185,7 @@ impl Hosts {
             &key_env,
         ];
         args.extend_from_slice(HOST_FLAGS);
-        args.extend_from_slice(&[IMAGE, "/bin/sh", "-c", ENTRY]);
+        args.extend_from_slice(&[&self.image, "/bin/sh", "-c", ENTRY]);
         docker_ok(&args);
         let ip = docker_ok(&[
             "inspect",

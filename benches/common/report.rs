@@ -1,0 +1,18 @@
+//! Where every benchmark writes its figures: `bench-<name>.json` in `$CLOUDFLOW_BENCH_OUT`
+//! (set by `benches/run`), else in the target directory. `benches/report.py` gathers them
+//! into one table and one JSON document.
+
+use std::path::PathBuf;
+
+pub fn write(name: &str, value: &serde_json::Value) {
+    let dir = std::env::var_os("CLOUDFLOW_BENCH_OUT")
+        .or_else(|| std::env::var_os("CARGO_TARGET_DIR"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let path = dir.join(format!("bench-{name}.json"));
+    let _ = std::fs::create_dir_all(&dir);
+    match std::fs::write(&path, serde_json::to_string_pretty(value).unwrap()) {
+        Ok(()) => eprintln!("bench: figures written to {}", path.display()),
+        Err(e) => eprintln!("bench: cannot write {}: {e}", path.display()),
+    }
+}
