@@ -261,6 +261,9 @@ impl<'a> Deployer<'a> {
         })?;
         let conf = self.config(generation, &[])?;
         self.ui.info(&format!("proxy: {image} on port {port}"));
+        // A manager added since gets the live routes and the certificates they name first:
+        // its proxy task starts from them.
+        self.sync_proxy_files().await?;
         let created = self.orch.ensure_proxy(&image, port, &conf).await?;
         self.wait_service(
             &self.orch.proxy_workload(),

@@ -182,6 +182,29 @@ impl Deployer<'_> {
         Ok(installed)
     }
 
+    /// Every place the proxy runs has its live routes, the installed certificates' files
+    /// and the ACME account: a manager added since gets copies from one that has them, so
+    /// its proxy task starts with the routes the others serve.
+    pub async fn sync_proxy_files(&self) -> Result<()> {
+        let state = self.state.snapshot();
+        let mut paths: Vec<String> = state
+            .certs
+            .iter()
+            .flat_map(|(n, c)| cert_files(&c.file_base(n)))
+            .collect();
+        if let Some(https) = &self.spec.proxy.https
+            && let CertSource::Acme(acme) = &https.source
+        {
+            paths.push(account_file(&acme.directory));
+        }
+        for (host, path) in self.orch.sync_proxy_files(&paths).await? {
+            self.ui.info(&format!(
+                "proxy: {path} copied to {host} (a manager without it)"
+            ));
+        }
+        Ok(())
+    }
+
     /// Put one certificate live: new files beside the old ones, the record, then the routes
     /// (tested by nginx, reloaded gracefully). When the proxy refuses, the record and the
     /// routes go back to the previous certificate and the new files are removed.

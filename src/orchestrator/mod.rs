@@ -137,6 +137,13 @@ pub trait Orchestrator: Send + Sync {
     async fn remove_proxy_files(&self, _paths: &[String]) -> Result<()> {
         Ok(())
     }
+    /// Copy `paths` (relative to the proxy's directory), and the live routes, to every place
+    /// the proxy runs that lacks them, from one that has them (a manager added after they
+    /// were written). Contents pass through this process only (never argv, output or logs);
+    /// keys and account files stay 0600. Returns `(place, path)` of every copy made.
+    async fn sync_proxy_files(&self, _paths: &[String]) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
     /// A file cloudflow keeps with the cluster (relative to the proxy's directory), read from
     /// the first place the proxy runs; `None` when it is not there.
     async fn read_proxy_file(&self, _path: &str) -> Result<Option<String>> {

@@ -259,6 +259,90 @@ impl Orchestrator for Swarm {
             .await
     }
 
+    async fn sync_proxy_files(&self, paths: &[String]) -> Result<Vec<(String, String)>> {
+        use crate::commands::{Cmd, Effect, quote};
+        if self.managers.len() < 2 {
+            return Ok(Vec::new());
+        }
+        // The routes last: the files they name are in place before a task could read them.
+        let routes = cmd::PROXY_CONF
+            .strip_prefix(&format!("{}/", cmd::PROXY_CONF_DIR))
+            .expect("the routes live in the proxy's directory");
+        let paths: Vec<String> = paths.iter().cloned().chain([routes.to_string()]).collect();
+        let paths = &paths;
+        let full = |p: &str| format!("{}/{p}", cmd::PROXY_CONF_DIR);
+        let list: Vec<String> = paths.iter().map(|p| quote(&full(p))).collect();
+        let check = Cmd::script(
+            "proxy-files-check",
+            Effect::Read,
+            format!(
+                "for f in {}; do [ -f \"$f\" ] || echo \"$f\"; done",
+                list.join(" ")
+            ),
+        );
+        // What each manager lacks (one round trip each).
+        let results = for_each_host(&self.managers, 16, |t| {
+            let check = &check;
+            async move {
+                let out = self.exec.probe(t, PHASE, check).await?;
+                Ok::<_, crate::exec::ExecError>(
+                    out.stdout
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_string)
+                        .collect::<std::collections::BTreeSet<String>>(),
+                )
+            }
+        })
+        .await;
+        let missing: Vec<(&Target, std::collections::BTreeSet<String>)> =
+            self.managers.iter().zip(collect_hosts(results)?).collect();
+        let mut copied = Vec::new();
+        for p in paths {
+            let path = full(p);
+            let lacking: Vec<&Target> = missing
+                .iter()
+                .filter(|(_, m)| m.contains(&path))
+                .map(|(t, _)| *t)
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            let Some((source, _)) = missing.iter().find(|(_, m)| !m.contains(&path)) else {
+                // No manager has it: the next order or install writes it everywhere.
+                continue;
+            };
+            let read = Cmd::argv("proxy-file-read", Effect::Read, &["cat", &path]);
+            let out = self.exec.probe(source, PHASE, &read).await?;
+            if out.code != 0 {
+                return Err(Error::Other(format!(
+                    "host {}: reading {path} to copy it to {} failed: {}",
+                    source.name,
+                    lacking
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    out.stderr.trim()
+                )));
+            }
+            let content = secrecy::SecretString::from(out.stdout);
+            let private = p.ends_with(".key") || p.starts_with("acme-account-");
+            for t in lacking {
+                use secrecy::ExposeSecret;
+                let w = commands::write_file_mode(
+                    "proxy-file-copy",
+                    &path,
+                    content.expose_secret(),
+                    if private { 0o600 } else { 0o644 },
+                );
+                self.exec.run(t, "proxy", &w).await?;
+                copied.push((t.name.clone(), p.clone()));
+            }
+        }
+        Ok(copied)
+    }
+
     async fn read_proxy_file(&self, path: &str) -> Result<Option<String>> {
         let full = format!("{}/{path}", cmd::PROXY_CONF_DIR);
         let c = crate::commands::Cmd::argv(

@@ -370,7 +370,18 @@ fn deploy_steps(i: &Inputs, hosts: &[PlannedHost], plan: &mut Plan) {
             i.spec.proxy.port.unwrap_or(80)
         ));
     }
-    if !proxy_ready || image_changed {
+    // A manager joining now will run a proxy task too: it needs the routes (and the
+    // certificates they name) that the running ones have.
+    let manager_joins = plan.actions.iter().any(|a| {
+        matches!(
+            a.step,
+            Step::SwarmJoin {
+                role: Role::Manager,
+                ..
+            }
+        )
+    });
+    if !proxy_ready || image_changed || (manager_joins && i.state.proxy.is_some()) {
         plan.actions.push(Action {
             phase: PhaseName::Proxy,
             host: host.clone(),

@@ -589,3 +589,60 @@ fn a_proxy_file_with_the_right_content_but_open_permissions_is_written_again() {
         lines(&closed).join("\n")
     );
 }
+
+#[test]
+fn a_manager_joining_a_cluster_with_a_proxy_plans_the_proxy_for_its_routes() {
+    let mut state = ClusterState::new("demo", "bare-metal");
+    state.proxy = Some(crate::state::ProxyRecord {
+        image: "reg:5000/nginx:1".into(),
+        port: 8080,
+        generation: 3,
+    });
+    let mut facts = all_done();
+    facts
+        .get_mut("m1")
+        .unwrap()
+        .swarm_services
+        .insert("cloudflow-proxy".into(), (1, 1));
+    let plan_for = |facts: &BTreeMap<String, HostFacts>, machines: &[Machine]| {
+        let spec = services_spec();
+        let r = Renderer::new(None).unwrap();
+        compute(&Inputs {
+            spec: &spec,
+            state: &state,
+            machines,
+            provider_actions: &[],
+            facts,
+            renderer: &r,
+            cluster_view: None,
+            k3s: None,
+        })
+        .unwrap()
+    };
+    let proxy_planned = |p: &Plan| {
+        p.actions
+            .iter()
+            .any(|a| matches!(a.step, Step::StartProxy { .. }))
+    };
+    // The proxy serves on every manager: nothing to do.
+    assert!(!proxy_planned(&plan_for(&facts, &machines())));
+    // A second manager joins: its proxy task needs the routes the first one has.
+    let mut grown = machines();
+    grown.push(machine("m2", Role::Manager));
+    facts.insert("m2".to_string(), fresh());
+    let plan = plan_for(&facts, &grown);
+    assert!(plan.actions.iter().any(|a| matches!(
+        a.step,
+        Step::SwarmJoin {
+            role: Role::Manager,
+            ..
+        }
+    )));
+    assert!(proxy_planned(&plan), "{:?}", lines(&plan));
+    // A worker joining runs no proxy: nothing planned for it.
+    let mut more = machines();
+    more.push(machine("w3", Role::Worker));
+    facts.remove("m2");
+    facts.insert("w3".to_string(), fresh());
+    assert!(!proxy_planned(&plan_for(&facts, &more)));
+}

@@ -392,5 +392,35 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         "stat -c %a /etc/cloudflow/proxy/tls/file-1-*.key",
     ]);
     assert_eq!(mode, "600");
+
+    // A second manager joins: it gets the live routes and the certificate from the first
+    // (the key 0600, never through output), and its proxy serves HTTPS too.
+    let files_spec = spec("  https:\n    certificates: [{ hosts: [\"*.tls.test\"], cert_file: ./wild.pem, key_file: ./wild.key }]\n")
+        .replace("lab: { hosts: 1 }", "lab: { hosts: 2, managers: 2 }");
+    std::fs::write(d.join("cloudflow.yaml"), files_spec).unwrap();
+    let grown = cf(&["up", "--yes"]).ok();
+    assert!(
+        grown.stderr.contains("copied to") && grown.stderr.contains("cloudflow.conf"),
+        "{}",
+        grown.stderr
+    );
+    let second = docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"cloudflow-{CLUSTER}\").IPAddress}}}}"),
+        &format!("cf-{CLUSTER}-2"),
+    ]);
+    let (code, body) = https_get(&d.join("wild.pem"), &second, &live);
+    assert_eq!((code, body.starts_with("version=2")), (200, true), "{body}");
+    let mode = docker_ok(&[
+        "exec",
+        &format!("cf-{CLUSTER}-2"),
+        "sh",
+        "-c",
+        "stat -c %a /etc/cloudflow/proxy/tls/file-1-*.key",
+    ]);
+    assert_eq!(mode, "600");
+    assert!(!outputs.borrow().contains(&wild_key[..40]));
+    assert!(cf(&["up", "--yes"]).ok().stdout.contains("no changes"));
     cf(&["down", "--yes"]).ok();
 }
