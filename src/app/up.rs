@@ -78,6 +78,11 @@ async fn compute(
         k3s: k3s.as_ref(),
     })?;
     plan.notes.extend(ctx.provider.plan_notes().await?);
+    // Certificate work is done after the deploy phase (or alone by a no-op `up`): shown here.
+    if until.is_none_or(|u| u >= PhaseName::Deploy) {
+        plan.notes
+            .extend(crate::deploy::tls::cert_work(&ctx.spec, &state));
+    }
     let plan = plan.until(until);
     Ok((plan, actions))
 }
@@ -168,11 +173,15 @@ pub async fn up(
         && until.is_none_or(|u| u >= crate::plan::PhaseName::Deploy)
         && crate::deploy::tls::needs_certs(&ctx.spec, &ctx.state.snapshot())
     {
-        // Nothing else to do, but a certificate to order, renew or install: asked like any change.
+        // Nothing else to do, but certificates to order, renew, install or remove: shown, and
+        // asked like any change.
+        for line in crate::deploy::tls::cert_work(&ctx.spec, &ctx.state.snapshot()) {
+            ui.info(&line);
+        }
         confirm(
             yes,
             &format!(
-                "Order, renew or install the proxy's certificates for cluster {}?",
+                "Change the proxy's certificates for cluster {}?",
                 plan.cluster
             ),
         )?;

@@ -101,36 +101,77 @@ fn is_stale(
     }
 }
 
-/// Whether [`Deployer::ensure_certs`] has anything to do (pure: the spec, its files and the
+/// What [`Deployer::ensure_certs`] would do, one line each (pure: the spec, its files and the
 /// record): a routed host without a certificate, one expiring within [`RENEW_DAYS`], a
-/// certificate file that changed, or one of a gone environment.
-pub fn needs_certs(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -> bool {
+/// certificate file that changed, one of a gone environment, or every one once `proxy.https`
+/// is gone from the spec. `plan` shows these lines.
+pub fn cert_work(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -> Vec<String> {
     let Some(https) = &spec.proxy.https else {
-        return false;
+        return state
+            .certs
+            .keys()
+            .map(|n| format!("https: remove certificate {n} (the spec has no proxy.https)"))
+            .collect();
     };
     let domain = spec.proxy.domain.as_deref().unwrap_or_default();
-    if state
+    let mut work: Vec<String> = state
         .certs
         .keys()
-        .any(|n| is_stale(n, &https.source, state, domain))
-    {
-        return true;
-    }
-    let wanted = wanted(state, domain);
+        .filter(|n| is_stale(n, &https.source, state, domain))
+        .map(|n| format!("https: remove certificate {n} (nothing routed needs it)"))
+        .collect();
     match &https.source {
-        CertSource::Files(files) => files.iter().enumerate().any(|(i, f)| {
-            let known = state.certs.get(&format!("file-{}", i + 1));
-            std::fs::read_to_string(&f.cert_file)
-                .map(|c| known.is_none_or(|k| k.fingerprint != fingerprint(&c)))
-                .unwrap_or(true)
-        }),
-        CertSource::Acme(_) => wanted.iter().any(|(env, hosts)| {
-            state
-                .certs
-                .get(&format!("env-{env}"))
-                .is_none_or(|c| !hosts.iter().all(|h| c.covers(h)) || c.days_left() <= RENEW_DAYS)
-        }),
+        CertSource::Files(files) => {
+            for (i, f) in files.iter().enumerate() {
+                let name = format!("file-{}", i + 1);
+                let known = state.certs.get(&name);
+                let changed = std::fs::read_to_string(&f.cert_file)
+                    .map(|c| known.is_none_or(|k| k.fingerprint != fingerprint(&c)))
+                    .unwrap_or(true);
+                if changed {
+                    let what = if known.is_some() { "changed" } else { "new" };
+                    work.push(format!(
+                        "https: install certificate {name} from {} ({what})",
+                        f.cert_file.display()
+                    ));
+                }
+            }
+        }
+        CertSource::Acme(acme) => {
+            for (env, hosts) in wanted(state, domain) {
+                let name = format!("env-{env}");
+                match state.certs.get(&name) {
+                    Some(c) if !hosts.iter().all(|h| c.covers(h)) => work.push(format!(
+                        "https: order certificate {name} from {} (new names: {})",
+                        acme.directory,
+                        hosts
+                            .iter()
+                            .filter(|h| !c.covers(h))
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    Some(c) if c.days_left() <= RENEW_DAYS => work.push(format!(
+                        "https: renew certificate {name} from {} ({} days left)",
+                        acme.directory,
+                        c.days_left()
+                    )),
+                    Some(_) => {}
+                    None => work.push(format!(
+                        "https: order certificate {name} from {} for {}",
+                        acme.directory,
+                        hosts.join(", ")
+                    )),
+                }
+            }
+        }
     }
+    work
+}
+
+/// Whether [`Deployer::ensure_certs`] has anything to do (see [`cert_work`]).
+pub fn needs_certs(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -> bool {
+    !cert_work(spec, state).is_empty()
 }
 
 impl Deployer<'_> {
@@ -144,6 +185,7 @@ impl Deployer<'_> {
     /// `proxy.https`.
     pub async fn ensure_certs(&self, force: bool) -> Result<Vec<String>> {
         let Some(https) = &self.spec.proxy.https else {
+            self.remove_all_certs().await?;
             return Ok(Vec::new());
         };
         if !force && !needs_certs(self.spec, &self.state.snapshot()) {
@@ -180,6 +222,32 @@ impl Deployer<'_> {
             self.orch.remove_proxy_files(&files).await?;
         }
         Ok(installed)
+    }
+
+    /// `proxy.https` is gone from the spec: the records go, the routes stop naming the
+    /// certificates (plain HTTP again, no 301), then their files go. The proxy's HTTPS port
+    /// stays published (moving a running proxy's ports restarts it); nginx no longer listens
+    /// there.
+    async fn remove_all_certs(&self) -> Result<()> {
+        let gone: Vec<(String, CertRecord)> = self.state.snapshot().certs.into_iter().collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.update(|s| s.certs.clear())?;
+        self.publish(&[]).await?;
+        let files: Vec<String> = gone
+            .iter()
+            .flat_map(|(n, c)| cert_files(&c.file_base(n)))
+            .collect();
+        self.orch.remove_proxy_files(&files).await?;
+        self.ui.info(&format!(
+            "https: certificate(s) {} removed (the spec has no proxy.https)",
+            gone.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        Ok(())
     }
 
     /// Every place the proxy runs has its live routes, the installed certificates' files
@@ -300,6 +368,7 @@ impl Deployer<'_> {
 
     async fn order_missing(&self, acme: &AcmeSpec, force: bool) -> Result<Vec<String>> {
         let mut installed = Vec::new();
+        let mut failed: Vec<String> = Vec::new();
         let mut account: Option<Account> = None;
         for (env, hosts) in self.wanted_hosts() {
             let name = format!("env-{env}");
@@ -319,7 +388,15 @@ impl Deployer<'_> {
                 hosts.join(", "),
                 acme.directory
             ));
-            let (chain, key) = self.order(acct, acme, &hosts).await?;
+            let (chain, key) = match self.order(acct, acme, &hosts).await {
+                Ok(got) => got,
+                Err(e) => {
+                    // The other environments still get theirs; the failures are reported
+                    // together at the end.
+                    failed.push(e.to_string());
+                    continue;
+                }
+            };
             let (not_after, serial) = inspect(&chain)
                 .map_err(|e| Error::Other(format!("the CA at {} sent {e}", acme.directory)))?;
             let record = CertRecord {
@@ -335,7 +412,19 @@ impl Deployer<'_> {
             ));
             installed.push(name);
         }
-        Ok(installed)
+        match failed.len() {
+            0 => Ok(installed),
+            1 => Err(Error::Other(failed.remove(0))),
+            n => Err(Error::Other(format!(
+                "{n} certificate orders failed{}:\n  - {}",
+                if installed.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} installed)", installed.join(", "))
+                },
+                failed.join("\n  - ")
+            ))),
+        }
     }
 
     /// The cluster's ACME account: from the managers, or registered now and kept there.

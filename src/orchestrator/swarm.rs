@@ -285,6 +285,13 @@ impl Orchestrator for Swarm {
             let check = &check;
             async move {
                 let out = self.exec.probe(t, PHASE, check).await?;
+                if out.code != 0 {
+                    return Err(crate::exec::ExecError::Local(format!(
+                        "host {}: checking the proxy's files failed: {}",
+                        t.name,
+                        out.stderr.trim()
+                    )));
+                }
                 Ok::<_, crate::exec::ExecError>(
                     out.stdout
                         .lines()

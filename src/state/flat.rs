@@ -87,7 +87,13 @@ pub fn unflatten(flat: &Flat) -> Result<ClusterState, String> {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("{key}: {e}"))?;
         map.insert(entry.to_string(), v);
     }
-    if !machines.is_empty() {
+    // A `meta` that still holds the list (an older record, or one whose first write with
+    // machine keys did not finish) is the whole truth: keys beside it may be partial.
+    let meta_has_list = obj
+        .get(MACHINES)
+        .and_then(|m| m.as_array())
+        .is_some_and(|a| !a.is_empty());
+    if !machines.is_empty() && !meta_has_list {
         obj.insert(MACHINES.into(), Value::Array(machines));
     }
     serde_json::from_value(Value::Object(obj)).map_err(|e| e.to_string())
@@ -234,5 +240,55 @@ mod tests {
                 .collect()
         };
         assert_eq!((values(p2), d2), (values(p1), d1));
+    }
+}
+
+#[cfg(test)]
+mod machine_tests {
+    use super::*;
+
+    fn m(name: &str) -> cloudflow_provider_api::Machine {
+        cloudflow_provider_api::Machine {
+            name: name.into(),
+            id: name.into(),
+            role: cloudflow_provider_api::Role::Worker,
+            ssh: cloudflow_provider_api::SshEndpoint {
+                address: "10.0.0.9".into(),
+                port: 22,
+                user: "root".into(),
+            },
+            running: true,
+            private_address: None,
+        }
+    }
+
+    #[test]
+    fn machines_have_keys_in_list_order_and_diffs_agree_with_the_flat_diff() {
+        let mut s = ClusterState::new("c", "lab");
+        s.machines = (0..12).map(|i| m(&format!("h{i}"))).collect();
+        let flat = flatten(&s);
+        assert!(!flat[META].contains("machines"), "{}", flat[META]);
+        assert_eq!(unflatten(&flat).unwrap(), s, "h10 stays after h9");
+        let mut t = s.clone();
+        t.machines[3].running = false;
+        t.machines.truncate(10);
+        let mut t2 = t.clone();
+        let (p2, d2) = diff_states(&s, &mut t2, false);
+        let (mut p1, d1) = diff(&flat, &flatten(&t));
+        p1.sort();
+        let keys = |p: &[(String, String)]| p.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&p2), keys(&p1));
+        assert_eq!(keys(&p2), ["machines/000003", "meta"]);
+        assert_eq!(d2, d1);
+        assert_eq!(d2, ["machines/000010", "machines/000011"]);
+        // A meta that still holds the list wins over keys beside it (an unfinished first
+        // write with keys).
+        let mut partial = flatten(&s);
+        partial.retain(|k, _| !k.starts_with("machines/") || k == "machines/000000");
+        let mut meta: Value = serde_json::from_str(&partial[META]).unwrap();
+        meta["machines"] = serde_json::to_value(&s.machines).unwrap();
+        partial.insert(META.into(), meta.to_string());
+        assert_eq!(unflatten(&partial).unwrap().machines.len(), 12);
+        assert!(meta_holds_machines(&partial));
     }
 }

@@ -34,6 +34,7 @@ struct Pebble {
     dir: tempfile::TempDir,
     acme_port: u16,
     mgmt_port: u16,
+    dns_mgmt: u16,
 }
 
 impl Pebble {
@@ -100,6 +101,7 @@ impl Pebble {
             dir,
             acme_port,
             mgmt_port,
+            dns_mgmt,
         };
         eventually("pebble answers", Duration::from_secs(20), || {
             Command::new("curl")
@@ -109,6 +111,17 @@ impl Pebble {
                 .is_ok_and(|o| o.status.success())
         });
         p
+    }
+
+    /// Point `host` at `address` in pebble's DNS (instead of the lab manager).
+    fn point(&self, host: &str, address: &str) {
+        sh(
+            self.dir.path(),
+            &format!(
+                "curl -sf -d '{{\"host\":\"{host}\",\"addresses\":[\"{address}\"]}}' http://127.0.0.1:{}/add-a",
+                self.dns_mgmt
+            ),
+        );
     }
 
     fn directory(&self) -> String {
@@ -331,6 +344,41 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         "serial {before} → {after}"
     );
 
+    // An environment whose names do not lead to the proxy (pebble's DNS sends them to a
+    // loopback address nothing listens on): its order fails with the CA's problem, clearly,
+    // and does not stop the other environments' renewals; traffic is served as before.
+    for h in ["web-pr-8", "web-pr-8-preview"] {
+        pebble.point(&format!("{h}.{DOMAIN}"), "127.0.0.2");
+    }
+    cf(&["env", "create", "pr-8"]).ok();
+    let failed = cf(&["deploy", "web", "--env", "pr-8", "--image", &img.web_v2]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("ACME") && failed.stderr.contains(&format!("web-pr-8.{DOMAIN}")),
+        "{}",
+        failed.stderr
+    );
+    let issued = pebble.issued();
+    let partial = cf(&["certs", "renew"]);
+    assert_eq!(partial.code, 1, "{}", partial.stderr);
+    assert!(
+        partial.stderr.contains("certificate env-default installed")
+            && partial.stderr.contains("certificate env-pr-7 installed")
+            && partial.stderr.contains("web-pr-8"),
+        "{}",
+        partial.stderr
+    );
+    assert_eq!(pebble.issued(), issued + 2);
+    let (code, _) = https_get(&root, &manager, &live);
+    assert_eq!(code, 200);
+    let plan = cf(&["plan"]).ok();
+    let shown = plan.stdout + &plan.stderr;
+    assert!(
+        shown.contains("https: order certificate env-pr-8"),
+        "{shown}"
+    );
+    cf(&["env", "destroy", "pr-8"]).ok();
+
     // The private keys appear in no output and no state file.
     // One key of env-default on the manager: the renewed one (the old files went).
     let keys = docker_ok(&[
@@ -421,6 +469,41 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     ]);
     assert_eq!(mode, "600");
     assert!(!outputs.borrow().contains(&wild_key[..40]));
+    assert!(cf(&["up", "--yes"]).ok().stdout.contains("no changes"));
+
+    // `proxy.https` removed: `plan` says so, `up` removes the certificates (records, routes,
+    // files) and plain HTTP answers again.
+    std::fs::write(
+        d.join("cloudflow.yaml"),
+        spec("").replace("lab: { hosts: 1 }", "lab: { hosts: 2, managers: 2 }"),
+    )
+    .unwrap();
+    let plan = cf(&["plan"]).ok();
+    let shown = plan.stdout + &plan.stderr;
+    assert!(
+        shown.contains("https: remove certificate file-1"),
+        "{shown}"
+    );
+    let removed = cf(&["up", "--yes"]).ok();
+    assert!(removed.stderr.contains("removed"), "{}", removed.stderr);
+    assert!(
+        cf(&["certs", "-o", "json"]).ok().json()["certificates"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (code, body) = get(&format!("{second}:80"), &live, "/").unwrap();
+    assert_eq!((code, body.starts_with("version=2")), (200, true), "{body}");
+    for host in 1..=2 {
+        let left = docker_ok(&[
+            "exec",
+            &format!("cf-{CLUSTER}-{host}"),
+            "sh",
+            "-c",
+            "ls /etc/cloudflow/proxy/tls/ | wc -l",
+        ]);
+        assert_eq!(left, "0", "cf-{CLUSTER}-{host}");
+    }
     assert!(cf(&["up", "--yes"]).ok().stdout.contains("no changes"));
     cf(&["down", "--yes"]).ok();
 }
