@@ -46,6 +46,8 @@ pub struct HostFacts {
     pub init: Init,
     pub dockerd: bool,
     pub docker_cli: bool,
+    /// The Docker packages' install was cut short (unpacked, not configured).
+    pub docker_pkg_incomplete: bool,
     pub docker_running: bool,
     pub swarm: SwarmFacts,
     /// Current /etc/docker/daemon.json, when the file exists.
@@ -65,7 +67,7 @@ pub struct HostFacts {
 
 impl HostFacts {
     pub fn docker_installed(&self) -> bool {
-        self.dockerd && self.docker_cli
+        self.dockerd && self.docker_cli && !self.docker_pkg_incomplete
     }
 }
 
@@ -134,6 +136,7 @@ pub fn parse(text: &str) -> Result<HostFacts, FactsError> {
         },
         dockerd: get("dockerd") == "yes",
         docker_cli: get("docker_cli") == "yes",
+        docker_pkg_incomplete: get("docker_pkg_incomplete") == "yes",
         docker_running: get("docker_running") == "yes",
         swarm,
         daemon_json,

@@ -108,8 +108,27 @@ pub async fn certs(cli: &Cli, renew: bool, ui: Arc<Ui>) -> Result<Report> {
                 .unwrap_or_default()
         ));
     }
+    // Orders that failed and wait before the next attempt.
+    let failures: Vec<serde_json::Value> = site
+        .session
+        .ctx
+        .state
+        .snapshot()
+        .cert_failures
+        .iter()
+        .map(|(name, f)| {
+            let retry = f
+                .retry_at()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            text.push_str(&format!(
+                "order of {name} failed {} time(s), the last at {}; next order after {retry}: {}\n",
+                f.attempts, f.at, f.error
+            ));
+            json!({"name": name, "attempts": f.attempts, "last_failure": f.at, "retry_after": retry, "error": f.error})
+        })
+        .collect();
     Ok(Report {
-        json: json!({"certificates": rows, "renewed": renewed}),
+        json: json!({"certificates": rows, "renewed": renewed, "failed_orders": failures}),
         text,
     })
 }

@@ -80,8 +80,11 @@ async fn compute(
     plan.notes.extend(ctx.provider.plan_notes().await?);
     // Certificate work is done after the deploy phase (or alone by a no-op `up`): shown here.
     if until.is_none_or(|u| u >= PhaseName::Deploy) {
-        plan.notes
-            .extend(crate::deploy::tls::cert_work(&ctx.spec, &state));
+        plan.notes.extend(
+            crate::deploy::tls::cert_work(&ctx.spec, &state)
+                .into_iter()
+                .map(|w| w.line),
+        );
     }
     let plan = plan.until(until);
     Ok((plan, actions))
@@ -175,8 +178,8 @@ pub async fn up(
     {
         // Nothing else to do, but certificates to order, renew, install or remove: shown, and
         // asked like any change.
-        for line in crate::deploy::tls::cert_work(&ctx.spec, &ctx.state.snapshot()) {
-            ui.info(&line);
+        for w in crate::deploy::tls::cert_work(&ctx.spec, &ctx.state.snapshot()) {
+            ui.info(&w.line);
         }
         confirm(
             yes,

@@ -101,24 +101,40 @@ fn is_stale(
     }
 }
 
+/// One thing [`Deployer::ensure_certs`] would do, as `plan` shows it.
+pub struct CertWork {
+    pub line: String,
+    /// False for an order that waits after a failed one (shown, not done until it is due).
+    pub due: bool,
+}
+
 /// What [`Deployer::ensure_certs`] would do, one line each (pure: the spec, its files and the
 /// record): a routed host without a certificate, one expiring within [`RENEW_DAYS`], a
 /// certificate file that changed, one of a gone environment, or every one once `proxy.https`
-/// is gone from the spec. `plan` shows these lines.
-pub fn cert_work(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -> Vec<String> {
+/// is gone from the spec; an order that waits after a failed one says until when.
+pub fn cert_work(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -> Vec<CertWork> {
+    let due = |line: String| CertWork { line, due: true };
     let Some(https) = &spec.proxy.https else {
         return state
             .certs
             .keys()
-            .map(|n| format!("https: remove certificate {n} (the spec has no proxy.https)"))
+            .map(|n| {
+                due(format!(
+                    "https: remove certificate {n} (the spec has no proxy.https)"
+                ))
+            })
             .collect();
     };
     let domain = spec.proxy.domain.as_deref().unwrap_or_default();
-    let mut work: Vec<String> = state
+    let mut work: Vec<CertWork> = state
         .certs
         .keys()
         .filter(|n| is_stale(n, &https.source, state, domain))
-        .map(|n| format!("https: remove certificate {n} (nothing routed needs it)"))
+        .map(|n| {
+            due(format!(
+                "https: remove certificate {n} (nothing routed needs it)"
+            ))
+        })
         .collect();
     match &https.source {
         CertSource::Files(files) => {
@@ -130,18 +146,19 @@ pub fn cert_work(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -
                     .unwrap_or(true);
                 if changed {
                     let what = if known.is_some() { "changed" } else { "new" };
-                    work.push(format!(
+                    work.push(due(format!(
                         "https: install certificate {name} from {} ({what})",
                         f.cert_file.display()
-                    ));
+                    )));
                 }
             }
         }
         CertSource::Acme(acme) => {
             for (env, hosts) in wanted(state, domain) {
                 let name = format!("env-{env}");
+                let before = work.len();
                 match state.certs.get(&name) {
-                    Some(c) if !hosts.iter().all(|h| c.covers(h)) => work.push(format!(
+                    Some(c) if !hosts.iter().all(|h| c.covers(h)) => work.push(due(format!(
                         "https: order certificate {name} from {} (new names: {})",
                         acme.directory,
                         hosts
@@ -150,18 +167,27 @@ pub fn cert_work(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -
                             .cloned()
                             .collect::<Vec<_>>()
                             .join(", ")
-                    )),
-                    Some(c) if c.days_left() <= RENEW_DAYS => work.push(format!(
+                    ))),
+                    Some(c) if c.days_left() <= RENEW_DAYS => work.push(due(format!(
                         "https: renew certificate {name} from {} ({} days left)",
                         acme.directory,
                         c.days_left()
-                    )),
+                    ))),
                     Some(_) => {}
-                    None => work.push(format!(
+                    None => work.push(due(format!(
                         "https: order certificate {name} from {} for {}",
                         acme.directory,
                         hosts.join(", ")
-                    )),
+                    ))),
+                }
+                if work.len() > before
+                    && let Some(wait) = waiting(state, &name)
+                {
+                    work.pop();
+                    work.push(CertWork {
+                        line: wait,
+                        due: false,
+                    });
                 }
             }
         }
@@ -169,9 +195,24 @@ pub fn cert_work(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -
     work
 }
 
-/// Whether [`Deployer::ensure_certs`] has anything to do (see [`cert_work`]).
+/// Whether [`Deployer::ensure_certs`] has anything to do now (see [`cert_work`]).
 pub fn needs_certs(spec: &crate::spec::Spec, state: &crate::state::ClusterState) -> bool {
-    !cert_work(spec, state).is_empty()
+    cert_work(spec, state).iter().any(|w| w.due)
+}
+
+/// When the order of `name` waits after a failed one: the line that says until when.
+fn waiting(state: &crate::state::ClusterState, name: &str) -> Option<String> {
+    let f = state.cert_failures.get(name)?;
+    let retry = f.retry_at();
+    (chrono::Utc::now() < retry).then(|| {
+        format!(
+            "https: certificate {name}: {} failed order(s), the last at {}; the next order waits until {} (`certs renew` orders now): {}",
+            f.attempts,
+            f.at,
+            retry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            f.error
+        )
+    })
 }
 
 impl Deployer<'_> {
@@ -188,7 +229,11 @@ impl Deployer<'_> {
             self.remove_all_certs().await?;
             return Ok(Vec::new());
         };
-        if !force && !needs_certs(self.spec, &self.state.snapshot()) {
+        let work = cert_work(self.spec, &self.state.snapshot());
+        for w in work.iter().filter(|w| !w.due && !force) {
+            self.ui.info(&w.line);
+        }
+        if !force && !work.iter().any(|w| w.due) {
             return Ok(Vec::new());
         }
         // The proxy listens on the HTTPS port and answers ACME challenges before anything is
@@ -208,6 +253,18 @@ impl Deployer<'_> {
             .filter(|(n, _)| is_stale(n, &https.source, &state, self.domain()))
             .map(|(n, c)| (n.clone(), c.clone()))
             .collect();
+        let wanted = self.wanted_hosts();
+        if state.cert_failures.keys().any(|n| {
+            n.strip_prefix("env-")
+                .is_none_or(|e| !wanted.contains_key(e))
+        }) {
+            self.update(|s| {
+                s.cert_failures.retain(|n, _| {
+                    n.strip_prefix("env-")
+                        .is_some_and(|e| wanted.contains_key(e))
+                })
+            })?;
+        }
         if !stale.is_empty() {
             self.update(|s| {
                 for (n, _) in &stale {
@@ -229,7 +286,11 @@ impl Deployer<'_> {
     /// stays published (moving a running proxy's ports restarts it); nginx no longer listens
     /// there.
     async fn remove_all_certs(&self) -> Result<()> {
-        let gone: Vec<(String, CertRecord)> = self.state.snapshot().certs.into_iter().collect();
+        let state = self.state.snapshot();
+        if !state.cert_failures.is_empty() {
+            self.update(|s| s.cert_failures.clear())?;
+        }
+        let gone: Vec<(String, CertRecord)> = state.certs.into_iter().collect();
         if gone.is_empty() {
             return Ok(());
         }
@@ -379,6 +440,9 @@ impl Deployer<'_> {
             if fresh && !force {
                 continue;
             }
+            if !force && waiting(&self.state.snapshot(), &name).is_some() {
+                continue; // said above
+            }
             if account.is_none() {
                 account = Some(self.acme_account(acme).await?);
             }
@@ -391,8 +455,21 @@ impl Deployer<'_> {
             let (chain, key) = match self.order(acct, acme, &hosts).await {
                 Ok(got) => got,
                 Err(e) => {
-                    // The other environments still get theirs; the failures are reported
-                    // together at the end.
+                    // Recorded, so that the next order waits; the other environments still
+                    // get theirs; the failures are reported together at the end.
+                    let error: String = e.to_string().chars().take(400).collect();
+                    self.update(|s| {
+                        let attempts = s.cert_failures.get(&name).map_or(0, |f| f.attempts) + 1;
+                        s.cert_failures.insert(
+                            name.clone(),
+                            crate::state::CertFailure {
+                                at: chrono::Utc::now()
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                                attempts,
+                                error,
+                            },
+                        );
+                    })?;
                     failed.push(e.to_string());
                     continue;
                 }
@@ -407,6 +484,9 @@ impl Deployer<'_> {
                 fingerprint: fingerprint(&chain),
             };
             self.put_live(&name, record, &chain, key).await?;
+            if self.state.snapshot().cert_failures.contains_key(&name) {
+                self.update(|s| s.cert_failures.remove(&name))?;
+            }
             self.ui.info(&format!(
                 "https: certificate {name} installed (serial {serial}, expires {not_after})"
             ));

@@ -646,3 +646,26 @@ fn a_manager_joining_a_cluster_with_a_proxy_plans_the_proxy_for_its_routes() {
     facts.insert("w3".to_string(), fresh());
     assert!(!proxy_planned(&plan_for(&facts, &more)));
 }
+
+#[test]
+fn a_docker_install_cut_short_is_installed_again() {
+    let mut facts = all_done();
+    let w1 = facts.get_mut("w1").unwrap();
+    // docker.io unpacked (its binaries there) but not configured: dpkg --audit names it.
+    w1.docker_pkg_incomplete = true;
+    w1.docker_running = false;
+    let plan = plan_with(&facts);
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| a.host.as_deref() == Some("w1") && a.step == Step::InstallDocker),
+        "{:?}",
+        lines(&plan)
+    );
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| a.host.as_deref() != Some("w1") && a.step == Step::InstallDocker)
+    );
+}

@@ -24,8 +24,9 @@ pub use flat::{Flat, diff, diff_states, flatten, unflatten};
 use flat::{meta_holds_machines, meta_json};
 pub use lock::{Holder, LockInfo, StateLock};
 pub use record::{
-    CertRecord, ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord, HookRecord,
-    HostRecord, KnownKey, PoolSize, ProxyRecord, ResourceRecord, ResourceStatus, ServiceRecord,
+    CertFailure, CertRecord, ClusterState, Color, ColorRecord, DaemonJsonRecord, EnvRecord,
+    HookRecord, HostRecord, KnownKey, PoolSize, ProxyRecord, ResourceRecord, ResourceStatus,
+    ServiceRecord,
 };
 
 use cloudflow_provider_api::{Journal, ProviderError, Resource};

@@ -48,6 +48,31 @@ pub struct ClusterState {
     /// spec's files). Public facts only: the private keys live on the managers, never here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub certs: BTreeMap<String, CertRecord>,
+    /// ACME orders that failed, by certificate name: the next order waits (a CA limits failed
+    /// validations per name), longer after every failure. Gone once an order succeeds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cert_failures: BTreeMap<String, CertFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CertFailure {
+    /// RFC 3339: the last failed order.
+    pub at: String,
+    /// Failed orders in a row.
+    pub attempts: u32,
+    /// The CA's problem, shortened (no secret is in it: names, the CA, the problem document).
+    pub error: String,
+}
+
+impl CertFailure {
+    /// When the next order may go: 15 minutes after the first failure, doubling, at most a day.
+    pub fn retry_at(&self) -> chrono::DateTime<chrono::Utc> {
+        let at = chrono::DateTime::parse_from_rfc3339(&self.at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_default();
+        let minutes = (15u64 << self.attempts.saturating_sub(1).min(7)).min(24 * 60);
+        at + chrono::Duration::minutes(minutes as i64)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -290,6 +315,7 @@ impl ClusterState {
             secret_salt: None,
             hook: HookRecord::default(),
             certs: BTreeMap::new(),
+            cert_failures: BTreeMap::new(),
         }
     }
 

@@ -371,12 +371,25 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     assert_eq!(pebble.issued(), issued + 2);
     let (code, _) = https_get(&root, &manager, &live);
     assert_eq!(code, 200);
+    // The failed orders are recorded: the next one waits (a CA limits failed validations per
+    // name), `plan` and `certs` say until when, and a deploy there does not order again.
     let plan = cf(&["plan"]).ok();
     let shown = plan.stdout + &plan.stderr;
     assert!(
-        shown.contains("https: order certificate env-pr-8"),
+        shown.contains("certificate env-pr-8: 2 failed order(s)")
+            && shown.contains("the next order waits until"),
         "{shown}"
     );
+    let again = cf(&["deploy", "web", "--env", "pr-8", "--image", &img.web_v1]).ok();
+    assert!(
+        again.stderr.contains("the next order waits until")
+            && !again.stderr.contains("ordering a certificate"),
+        "{}",
+        again.stderr
+    );
+    let listed = cf(&["certs", "-o", "json"]).ok().json();
+    assert_eq!(listed["failed_orders"][0]["name"], "env-pr-8", "{listed}");
+    assert_eq!(listed["failed_orders"][0]["attempts"], 2, "{listed}");
     cf(&["env", "destroy", "pr-8"]).ok();
 
     // The private keys appear in no output and no state file.
@@ -425,6 +438,7 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         "{certs}"
     );
     assert_eq!(certs["certificates"][0]["source"], "file", "{certs}");
+    assert_eq!(certs["failed_orders"], serde_json::json!([]), "{certs}");
     let wild_key: String = std::fs::read_to_string(d.join("wild.key"))
         .unwrap()
         .lines()
