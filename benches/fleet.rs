@@ -16,16 +16,6 @@ use std::process::Command;
 use cloudflow::app::sim::Fleet;
 use cloudflow::exec::SimDelays;
 
-fn peak_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn child(n: usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -39,7 +29,7 @@ fn child(n: usize) {
         let noop = fleet.up().await.unwrap();
         println!(
             "{}",
-            serde_json::json!({"full": full, "noop": noop, "peak_mb": peak_mb()})
+            serde_json::json!({"full": full, "noop": noop, "peak_mb": report::peak_mb()})
         );
     });
 }

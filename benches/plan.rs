@@ -18,19 +18,8 @@ use cloudflow::render::Renderer;
 use cloudflow::state::ClusterState;
 use cloudflow_provider_api::{Machine, Role, SshEndpoint};
 
-/// Peak resident memory of this process, in MB (Linux: VmHWM).
-fn peak_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn child(n: usize) {
-    let base_mb = peak_mb();
+    let base_mb = report::peak_mb();
     let mut spec = String::from(
         "name: fleet\nprovider:\n  bare_metal:\n    ssh_key: /nonexistent/key\n    hosts:\n",
     );
@@ -93,7 +82,7 @@ fn child(n: usize) {
     println!(
         "{n} {parse_ms:.1} {plan_ms:.1} {} {:.1} {:.1}",
         plan.actions.len(),
-        peak_mb(),
+        report::peak_mb(),
         base_mb
     );
 }

@@ -16,3 +16,15 @@ pub fn write(name: &str, value: &serde_json::Value) {
         Err(e) => eprintln!("bench: cannot write {}: {e}", path.display()),
     }
 }
+
+/// Peak resident memory of this process, in MB (Linux: VmHWM).
+#[allow(dead_code)] // not every benchmark measures memory
+pub fn peak_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
