@@ -39,11 +39,7 @@ fn main() {
         child(n.parse().unwrap());
         return;
     }
-    let sizes: Vec<usize> = std::env::var("CLOUDFLOW_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = report::sizes("1000,10000");
     println!(
         "{:>6} {:>6}  {:>12} {:>12} {:>6}  {:>9}  {:>8}  {:>9} {:>12}",
         "hosts",

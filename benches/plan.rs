@@ -92,11 +92,7 @@ fn main() {
         child(n.parse().unwrap());
         return;
     }
-    let sizes: Vec<usize> = std::env::var("CLOUDFLOW_BENCH_SIZES")
-        .unwrap_or_else(|_| "1000,10000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = report::sizes("1000,10000");
     println!(
         "{:>7}  {:>10}  {:>9}  {:>8}  {:>13}",
         "hosts", "parse (ms)", "plan (ms)", "actions", "peak MB (Δ)"

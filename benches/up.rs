@@ -38,11 +38,7 @@ fn run(dir: &Path, args: &[&str]) -> f64 {
 }
 
 fn main() {
-    let sizes: Vec<u32> = std::env::var("CLOUDFLOW_BENCH_SIZES")
-        .unwrap_or_else(|_| "3,5".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = report::sizes("3,5");
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(cloudflow_provider_lab::ensure_host_image(

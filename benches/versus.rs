@@ -210,11 +210,7 @@ fn ansible_run(n: usize, playbook: &Path) -> Run {
 }
 
 fn main() {
-    let sizes: Vec<usize> = std::env::var("CLOUDFLOW_BENCH_SIZES")
-        .unwrap_or_else(|_| "3,10".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
+    let sizes = report::sizes("3,10");
     let playbook = playbook_bin();
     let version = Command::new(&playbook)
         .arg("--version")

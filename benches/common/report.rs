@@ -28,3 +28,13 @@ pub fn peak_mb() -> f64 {
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
+
+/// The fleet sizes to measure: `CLOUDFLOW_BENCH_SIZES` (comma-separated), else `default`.
+#[allow(dead_code)] // not every benchmark has sizes
+pub fn sizes(default: &str) -> Vec<usize> {
+    std::env::var("CLOUDFLOW_BENCH_SIZES")
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}

@@ -40,13 +40,18 @@ pub struct CertFiles {
 
 impl CertFiles {
     pub fn covers(&self, host: &str) -> bool {
-        self.hosts.iter().any(|h| match h.strip_prefix("*.") {
-            Some(suffix) => host
-                .split_once('.')
-                .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
-            None => h == host,
-        })
+        covers(&self.hosts, host)
     }
+}
+
+/// Whether a certificate for `names` serves `host` (`*.example.com` covers one label).
+pub fn covers(names: &[String], host: &str) -> bool {
+    names.iter().any(|h| match h.strip_prefix("*.") {
+        Some(suffix) => host
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+        None => h == host,
+    })
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

@@ -18,7 +18,7 @@ use serde_saphyr::Spanned;
 pub use autoscaling::AutoscalingSpec;
 pub use error::SpecError;
 pub use gke::{GkeSpec, NodePoolSpec};
-pub use https::{AcmeSpec, CertFiles, CertSource, HttpsSpec};
+pub use https::{AcmeSpec, CertFiles, CertSource, HttpsSpec, covers as cert_covers};
 pub use services::{
     HealthSpec, SecretSource, ServiceSpec, Strategy, parse_duration, valid_secret_name,
     valid_service_name,

@@ -103,12 +103,7 @@ impl CertRecord {
 
 impl CertRecord {
     pub fn covers(&self, host: &str) -> bool {
-        self.hosts.iter().any(|h| match h.strip_prefix("*.") {
-            Some(suffix) => host
-                .split_once('.')
-                .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
-            None => h == host,
-        })
+        crate::spec::cert_covers(&self.hosts, host)
     }
 
     /// Days until it expires (negative once it has).
