@@ -101,8 +101,11 @@ pub struct Route {
     /// The Swarm service (dnsrr name) to send traffic to; `None` answers 503 with `message`.
     pub upstream: Option<String>,
     pub port: u16,
+    /// Why it answers 503 (no upstream; for a preview, also when its upstream has no replica).
     pub message: String,
     pub comment: String,
+    /// The `-preview` host of a service (the colour that is not live).
+    pub preview: bool,
 }
 
 /// A per-task route for the health gate: only these addresses are reachable through it.
@@ -178,6 +181,7 @@ pub fn routes(
                 upstream: live.map(|_| upstream(env, svc, r.live, false)),
                 port,
                 message: format!("{svc} in {env} has no live colour yet"),
+                preview: false,
                 comment: format!(
                     "{svc} in {env}: live colour {} ({})",
                     r.live,
@@ -186,7 +190,12 @@ pub fn routes(
             });
             let other = r.live.other();
             let (upstream, message) = match r.color(other) {
-                Some(c) if c.replicas > 0 => (Some(upstream(env, svc, other, true)), String::new()),
+                Some(c) if c.replicas > 0 => (
+                    Some(upstream(env, svc, other, true)),
+                    format!(
+                        "no preview for {svc} in {env}: nothing runs in the other colour (stopped by stop-old, or never deployed); `cloudflow rollback {svc}` brings the old one back"
+                    ),
+                ),
                 Some(_) => (
                     None,
                     format!(
@@ -209,6 +218,7 @@ pub fn routes(
                 port,
                 message,
                 comment: format!("{svc} in {env}: preview ({other})"),
+                preview: true,
             });
         }
     }

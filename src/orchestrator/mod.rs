@@ -122,12 +122,9 @@ pub trait Orchestrator: Send + Sync {
     fn proxy_endpoints(&self) -> Vec<(String, String)>;
     /// Write files where the proxy reads them (`tls/NAME.crt|key`, `acme/TOKEN`, relative to
     /// the proxy's directory) on every place it runs; `private` ones are 0600. Contents go over
-    /// stdin, never argv. HTTPS is built for the Swarm proxy so far.
-    async fn write_proxy_files(&self, _files: &[ProxyFile]) -> Result<()> {
-        Err(crate::error::Error::Usage(
-            "proxy.https is available with the Swarm proxy; the Kubernetes proxy serves plain HTTP so far (terminate TLS at the load balancer)".into(),
-        ))
-    }
+    /// stdin, never argv. Kubernetes keeps them in a Secret (certificates, the account) and
+    /// the proxy's ConfigMap (challenges, rolled out before this returns).
+    async fn write_proxy_files(&self, files: &[ProxyFile]) -> Result<()>;
     /// The proxy listens on the HTTPS port (`proxy.https`); a proxy made before it was set
     /// starts to.
     async fn ensure_https_port(&self) -> Result<()> {

@@ -61,6 +61,12 @@ pub async fn orchestrator(ctx: &Ctx) -> Result<Box<dyn Orchestrator>> {
 }
 
 pub async fn kubernetes(ctx: &Ctx) -> Result<Kubernetes> {
+    let mut k = connect_kubernetes(ctx).await?;
+    k.https_port = ctx.spec.proxy.https.as_ref().map(|h| h.port);
+    Ok(k)
+}
+
+async fn connect_kubernetes(ctx: &Ctx) -> Result<Kubernetes> {
     if let Some(path) = &ctx.spec.kubernetes.kubeconfig {
         return Kubernetes::connect(
             &ctx.spec.name,

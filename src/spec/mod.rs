@@ -751,12 +751,6 @@ fn finish(
     let https = match raw.proxy.https.take() {
         Some(h) => {
             let loc = Location::of(&h);
-            if raw.orchestrator.as_ref().map(|o| o.value) == Some(Orchestrator::Kubernetes) {
-                return Err(at(
-                    loc,
-                    "proxy.https is built for the Swarm proxy so far; on Kubernetes, terminate TLS at the load balancer (the proxy's Service)".into(),
-                ));
-            }
             Some(https::parse(h.value, loc, base, &at)?)
         }
         None => None,

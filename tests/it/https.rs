@@ -521,3 +521,234 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     assert!(cf(&["up", "--yes"]).ok().stdout.contains("no changes"));
     cf(&["down", "--yes"]).ok();
 }
+
+/// A node for the fake Kubernetes API (which runs no pods): the proxy image's real nginx in a
+/// container on a network of this test's own, run by `kube_node.py` as a kubelet would run the
+/// proxy's pods (their ConfigMap and Secret volumes written into its bind mounts, `nginx -t`,
+/// reload; a pod is Ready only once that nginx serves its configuration).
+struct KubeNode {
+    net: String,
+    container: String,
+    agent: Child,
+    address: String,
+    log: PathBuf,
+}
+
+impl KubeNode {
+    fn start(dir: &Path, image: &str, kubeconfig: &Path, ready: &Path) -> KubeNode {
+        let net = format!("cfk8stls-{}", std::process::id());
+        let container = format!("{net}-node");
+        let _ = docker(&["rm", "-f", &container]);
+        let _ = docker(&["network", "rm", &net]);
+        docker_ok(&["network", "create", &net]);
+        let (conf, tls) = (dir.join("node/conf.d"), dir.join("node/tls"));
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::create_dir_all(&tls).unwrap();
+        // Until the first pod: a server that answers nothing routed.
+        std::fs::write(
+            conf.join("placeholder.conf"),
+            "server { listen 80 default_server; return 503; }\n",
+        )
+        .unwrap();
+        docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--network",
+            &net,
+            // The routes' resolver is the cluster's DNS: a name nginx can resolve at load.
+            "--add-host",
+            "kube-dns.kube-system.svc.cluster.local:127.0.0.1",
+            "-v",
+            &format!("{}:/etc/nginx/conf.d:ro", conf.display()),
+            "-v",
+            &format!("{}:/etc/nginx/tls:ro", tls.display()),
+            image,
+        ]);
+        let address = docker_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            &container,
+        ]);
+        let log = dir.join("node.log");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/peers/kube_node.py");
+        let agent = Command::new("python3")
+            .arg(script)
+            .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
+            .args(["--namespace", "cloudflow-system"])
+            .args(["--selector", "cloudflow.proxy=nginx"])
+            .args(["--container", &container])
+            .args(["--mount", &format!("/etc/nginx/conf.d={}", conf.display())])
+            .args(["--mount", &format!("/etc/nginx/tls={}", tls.display())])
+            .args(["--readiness-dir", ready.to_str().unwrap()])
+            .args(["--log", log.to_str().unwrap()])
+            .spawn()
+            .expect("python3 (kube_node.py)");
+        KubeNode {
+            net,
+            container,
+            agent,
+            address,
+            log,
+        }
+    }
+}
+
+impl Drop for KubeNode {
+    fn drop(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+        let _ = docker(&["rm", "-f", &self.container]);
+        let _ = docker(&["network", "rm", &self.net]);
+    }
+}
+
+#[test]
+fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_them() {
+    use crate::kubernetes::{KubeFake, refused};
+    host_image();
+    let reg = Registry::start();
+    let img = build_images(&reg, IMAGE);
+    let dir = workdir();
+    let d = dir.path();
+    let ready = d.join("ready");
+    std::fs::create_dir_all(&ready).unwrap();
+    let k = KubeFake::start(&[
+        "--external-readiness",
+        "cloudflow.proxy=nginx",
+        "--readiness-dir",
+        ready.to_str().unwrap(),
+    ]);
+    std::fs::copy(&k.kubeconfig, d.join("kubeconfig")).unwrap();
+    let local_proxy = format!("{}/cf-test-proxy:1", reg.push);
+    let node = KubeNode::start(d, &local_proxy, &k.kubeconfig, &ready);
+    let pebble = Pebble::start(&node.address);
+    let outputs = std::cell::RefCell::new(String::new());
+    let cf = |args: &[&str]| {
+        let run = cloudflow(d, args);
+        outputs
+            .borrow_mut()
+            .push_str(&format!("{}\n{}\n", run.stdout, run.stderr));
+        run
+    };
+    std::fs::write(
+        d.join("cloudflow.yaml"),
+        format!(
+            "name: k8stls\nkubernetes: {{ kubeconfig: ./kubeconfig }}\n\
+             proxy:\n  domain: {DOMAIN}\n  image: \"{proxy}\"\n  port: 80\n  https:\n    port: 443\n    acme:\n      directory: {dir}\n      email: ops@{DOMAIN}\n      ca_file: {ca}\n\
+             services:\n  web: {{ image: \"{v1}\", port: 8080, replicas: 2, health: {{ path: /healthz }} }}\n",
+            proxy = img.proxy,
+            v1 = img.web_v1,
+            dir = pebble.directory(),
+            ca = pebble.ca_file().display(),
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let up = cf(&["up", "--yes"]);
+    let node_log = || std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert_eq!(up.code, 0, "{}\n{}\nnode:\n{}", up.stdout, up.stderr, node_log());
+    eprintln!(
+        "https on kubernetes: up with a certificate from pebble in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        up.stderr.contains("https: certificate env-default installed"),
+        "{}",
+        up.stderr
+    );
+    assert_eq!(pebble.issued(), 1);
+
+    // What the API holds, read with kubectl: the key pair in the Secret the proxy mounts 0600
+    // (optional: the proxy started before it existed), port 443 on the pods and the load
+    // balancer, no challenge left in the ConfigMap.
+    let secret = k.json(&["get", "secret", "cloudflow-proxy-tls", "-n", "cloudflow-system"]);
+    let keys: Vec<String> = secret["data"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("env-default-")), "{keys:?}");
+    let proxy = k.json(&["get", "deployment", "cloudflow-proxy", "-n", "cloudflow-system"]);
+    let pod = &proxy["spec"]["template"]["spec"];
+    let tls_volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "tls")
+        .unwrap_or_else(|| panic!("{pod}"));
+    assert_eq!(tls_volume["secret"]["secretName"], "cloudflow-proxy-tls");
+    assert_eq!(tls_volume["secret"]["defaultMode"], 0o600);
+    assert_eq!(tls_volume["secret"]["optional"], true);
+    let ports = pod["containers"][0]["ports"].to_string();
+    assert!(ports.contains("443"), "{ports}");
+    let lb = k.json(&["get", "service", "cloudflow-proxy", "-n", "cloudflow-system"]);
+    let https_port = lb["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "https")
+        .unwrap_or_else(|| panic!("{lb}"))
+        .clone();
+    assert_eq!((https_port["port"].as_i64(), https_port["targetPort"].as_i64()), (Some(443), Some(443)));
+    let cm = k.json(&["get", "configmap", "cloudflow-proxy", "-n", "cloudflow-system"]);
+    let challenges = cm["data"]["acme-challenges.inc"].as_str().unwrap();
+    assert!(!challenges.contains("location"), "{challenges}");
+    assert!(refused(&k.calls()).is_empty(), "{:?}", refused(&k.calls()));
+
+    // The node's nginx, started from those objects, serves the certificate pebble issued for
+    // both names (curl trusts only pebble's root). The fake runs no web pods, so behind TLS
+    // nginx answers 502 (the Service's name does not resolve here); plain HTTP answers 301.
+    let root = pebble.issuing_root();
+    let live = format!("web-default.{DOMAIN}");
+    for host in [live.clone(), format!("web-default-preview.{DOMAIN}")] {
+        let (code, body) = https_get(&root, &node.address, &host);
+        assert_eq!(code, 502, "{host}: {body}");
+    }
+    let (code, _) = get(&format!("{}:80", node.address), &live, "/").unwrap();
+    assert_eq!(code, 301);
+    // A name without a certificate is refused in the handshake.
+    let (code, _) = https_get(&root, &node.address, &format!("other.{DOMAIN}"));
+    assert_eq!(code, 0);
+
+    // A second `up` orders nothing.
+    let again = cf(&["up", "--yes"]).ok();
+    assert!(again.stdout.contains("no changes"), "{}", again.stdout);
+    assert_eq!(pebble.issued(), 1);
+
+    // A forced renewal: a new serial served, the old key pair gone from the Secret.
+    let before = served_serial(&node.address, &live);
+    let renew = cf(&["certs", "renew"]);
+    assert_eq!(renew.code, 0, "{}\n{}\nnode:\n{}", renew.stdout, renew.stderr, node_log());
+    assert_eq!(pebble.issued(), 2);
+    let after = served_serial(&node.address, &live);
+    assert!(!before.is_empty() && before != after, "{before} -> {after}");
+    let secret = k.json(&["get", "secret", "cloudflow-proxy-tls", "-n", "cloudflow-system"]);
+    let data = secret["data"].as_object().unwrap();
+    assert_eq!(data.len(), 2, "{secret}");
+
+    // The private key (from the Secret) appears in no output and no state file.
+    let (_, key_b64) = data.iter().find(|(k, _)| k.ends_with(".key")).unwrap();
+    let key = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key_b64.as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(body.len() > 40);
+    assert!(!outputs.borrow().contains(&body[..40]));
+    for entry in std::fs::read_dir(d.join(".cloudflow")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&body[..40]));
+    }
+
+    // `down` leaves neither the certificates nor the ACME account behind.
+    cf(&["down", "--yes"]).ok();
+    let left = k.kubectl(&["get", "secrets", "-A", "-o", "name"]);
+    assert!(!left.contains("cloudflow-"), "{left}");
+    assert!(refused(&k.calls()).is_empty(), "{:?}", refused(&k.calls()));
+}

@@ -123,7 +123,7 @@ impl Drop for KubeFake {
 }
 
 /// Mutating calls the fake refused (4xx/5xx): the real API would have refused them too.
-fn refused(calls: &[Value]) -> Vec<String> {
+pub(crate) fn refused(calls: &[Value]) -> Vec<String> {
     calls
         .iter()
         .filter(|c| !["GET"].contains(&c["method"].as_str().unwrap()))

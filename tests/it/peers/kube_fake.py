@@ -24,6 +24,7 @@ Usage:
                [--ready-seconds 1.0] [--terminate-seconds 1.0] [--node NAME ...]
                [--kubeconfig-out PATH] [--state-file PATH]
                [--history 5000] [--bookmark-seconds 1.0] [--tick 0.1]
+               [--external-readiness SELECTOR --readiness-dir DIR]
 
 Prints `listening PORT` once ready. Every request is appended to --log as one JSON line
 {"method","path","query","content_type","body","status"}. --tls-auto writes ca.crt, tls.crt and
@@ -33,7 +34,8 @@ from an older resourceVersion gets a 410 Expired ERROR event. --state-file keeps
 across restarts (written after each change).
 
 Main simplifications: readiness probes are not run (readiness comes from --ready-seconds and
-the image name) and pods never restart; rolling updates surge the new ReplicaSet to full size
+the image name, or, for pods matching --external-readiness, from kube_node.py really running
+them) and pods never restart; rolling updates surge the new ReplicaSet to full size
 at once and scale old ones down as new pods become available; an unknown field with no
 fieldValidation parameter is refused (422 Invalid) where a 1.30 server would drop it with a
 warning (fieldValidation=Strict/Warn/Ignore behave as on the real server); server-side apply
@@ -2959,6 +2961,9 @@ def kubelet(t):
             emit_event(p, "Normal", "Created", "Created container %s" % c["name"], "kubelet", host, fp)
             emit_event(p, "Normal", "Started", "Started container %s" % c["name"], "kubelet", host, fp)
             ok = elapsed >= ARGS.ready_seconds and "unready" not in img
+            if ok and ARGS.external_readiness and labels_match(m.get("labels"), ARGS.external_readiness):
+                # Run by something real (kube_node.py): Ready once it says its container serves.
+                ok = os.path.exists(os.path.join(ARGS.readiness_dir, "%s_%s" % (m["namespace"], m["name"])))
             if "unready" in img and elapsed >= ARGS.ready_seconds:
                 emit_event(p, "Warning", "Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 500",
                            "kubelet", host, fp)
@@ -3906,7 +3911,15 @@ def main():
     ap.add_argument("--history", type=int, default=5000, help="watch events kept (older resourceVersions get 410)")
     ap.add_argument("--bookmark-seconds", type=float, default=1.0)
     ap.add_argument("--tick", type=float, default=0.1)
+    ap.add_argument("--external-readiness", metavar="SELECTOR",
+                    help="pods matching this label selector are Ready only once a file <namespace>_<pod> exists "
+                         "in --readiness-dir (written by what really runs them: kube_node.py)")
+    ap.add_argument("--readiness-dir")
     ARGS = ap.parse_args()
+    if ARGS.external_readiness:
+        if not ARGS.readiness_dir:
+            sys.exit("--external-readiness needs --readiness-dir")
+        ARGS.external_readiness = parse_label_selector(ARGS.external_readiness)
     if ARGS.tls_auto:
         paths = generate_tls(ARGS.tls_auto, ARGS.host)
         ARGS.tls_cert, ARGS.tls_key = paths["tls.crt"], paths["tls.key"]
