@@ -1,11 +1,13 @@
 //! HTTPS on the proxy: certificates from an ACME CA (HTTP-01) or from the spec's files,
-//! installed on every manager (keys 0600, never in output or the state) and put live like any
-//! route change (`nginx -t`, then a graceful reload).
+//! installed where the proxy reads them (Swarm: every manager, keys 0600; Kubernetes: the
+//! Secret its pods mount; never in output or the state) and put live like any route change
+//! (Swarm: `nginx -t`, then a graceful reload; Kubernetes: a readiness-gated rollout).
 //!
 //! ACME: one certificate per environment holding every host name routed in it (live and
 //! preview). No order while a certificate covering them has more than [`RENEW_DAYS`] left;
-//! `certs renew` orders anyway. The ACME account's credentials are kept on the managers
-//! (`acme/account.json`, 0600), so the account is reused by whoever runs cloudflow next.
+//! `certs renew` orders anyway. The ACME account's credentials are kept with the proxy
+//! (`acme-account-<hash>.json`: 0600 on the managers, or a Kubernetes Secret), so the
+//! account is reused by whoever runs cloudflow next.
 
 use std::collections::BTreeMap;
 
@@ -552,7 +554,7 @@ impl Deployer<'_> {
             }])
             .await?;
         self.ui.info(&format!(
-            "https: ACME account registered at {} (kept on the managers)",
+            "https: ACME account registered at {} (kept with the cluster's proxy)",
             acme.directory
         ));
         Ok(account)

@@ -974,44 +974,43 @@ impl Kubernetes {
             field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
-        for _ in 0..2 {
-            match api
-                .patch(name, &params, &Patch::Merge(json!({ "data": data })))
+        let patch = || async {
+            api.patch(name, &params, &Patch::Merge(json!({ "data": data })))
                 .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(kerr(&format!("patch Secret {SYSTEM_NAMESPACE}/{name}"), e)),
-            }
-            let values: BTreeMap<String, ByteString> = entries
-                .iter()
-                .filter_map(|(k, v)| v.clone().map(|b| (k.clone(), ByteString(b))))
-                .collect();
-            if values.is_empty() {
-                return Ok(()); // nothing to remove from a Secret that is not there
-            }
-            let secret = Secret {
-                metadata: meta(name, Some(SYSTEM_NAMESPACE), &self.proxy_labels()),
-                data: Some(values),
-                type_: Some("Opaque".into()),
-                ..Default::default()
-            };
-            let post = kube::api::PostParams {
-                field_manager: Some(MANAGER.into()),
-                ..Default::default()
-            };
-            match api.create(&post, &secret).await {
-                Ok(_) => return Ok(()),
-                // Made meanwhile (another command): patch it.
-                Err(kube::Error::Api(r)) if r.code == 409 => {}
-                Err(e) => {
-                    return Err(kerr(&format!("create Secret {SYSTEM_NAMESPACE}/{name}"), e));
-                }
-            }
+                .map(|_| ())
+                .map_err(|e| kerr(&format!("patch Secret {SYSTEM_NAMESPACE}/{name}"), e))
+        };
+        if api
+            .get_metadata_opt(name)
+            .await
+            .map_err(|e| kerr(&format!("get Secret {SYSTEM_NAMESPACE}/{name}"), e))?
+            .is_some()
+        {
+            return patch().await;
         }
-        Err(Error::Other(format!(
-            "Secret {SYSTEM_NAMESPACE}/{name} kept changing under this command"
-        )))
+        let values: BTreeMap<String, ByteString> = entries
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|b| (k.clone(), ByteString(b))))
+            .collect();
+        if values.is_empty() {
+            return Ok(()); // nothing to remove from a Secret that is not there
+        }
+        let secret = Secret {
+            metadata: meta(name, Some(SYSTEM_NAMESPACE), &self.proxy_labels()),
+            data: Some(values),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let post = kube::api::PostParams {
+            field_manager: Some(MANAGER.into()),
+            ..Default::default()
+        };
+        match api.create(&post, &secret).await {
+            Ok(_) => Ok(()),
+            // Made meanwhile (by another command): patch it.
+            Err(kube::Error::Api(r)) if r.code == 409 => patch().await,
+            Err(e) => Err(kerr(&format!("create Secret {SYSTEM_NAMESPACE}/{name}"), e)),
+        }
     }
 
     /// The proxy's objects: its configuration, the Deployment (a checksum of the
