@@ -101,11 +101,8 @@ pub struct Route {
     /// The Swarm service (dnsrr name) to send traffic to; `None` answers 503 with `message`.
     pub upstream: Option<String>,
     pub port: u16,
-    /// Why it answers 503 (no upstream; for a preview, also when its upstream has no replica).
     pub message: String,
     pub comment: String,
-    /// The `-preview` host of a service (the colour that is not live).
-    pub preview: bool,
 }
 
 /// A per-task route for the health gate: only these addresses are reachable through it.
@@ -181,7 +178,6 @@ pub fn routes(
                 upstream: live.map(|_| upstream(env, svc, r.live, false)),
                 port,
                 message: format!("{svc} in {env} has no live colour yet"),
-                preview: false,
                 comment: format!(
                     "{svc} in {env}: live colour {} ({})",
                     r.live,
@@ -190,12 +186,7 @@ pub fn routes(
             });
             let other = r.live.other();
             let (upstream, message) = match r.color(other) {
-                Some(c) if c.replicas > 0 => (
-                    Some(upstream(env, svc, other, true)),
-                    format!(
-                        "no preview for {svc} in {env}: nothing runs in the other colour (stopped by stop-old, or never deployed); `cloudflow rollback {svc}` brings the old one back"
-                    ),
-                ),
+                Some(c) if c.replicas > 0 => (Some(upstream(env, svc, other, true)), String::new()),
                 Some(_) => (
                     None,
                     format!(
@@ -218,11 +209,62 @@ pub fn routes(
                 port,
                 message,
                 comment: format!("{svc} in {env}: preview ({other})"),
-                preview: true,
             });
         }
     }
     out
+}
+
+/// A routed host as an orchestrator that routes to the live colour by itself (Kubernetes:
+/// Services) names it. Nothing in it depends on which colour is live, so a switch changes no
+/// proxy configuration; a certificate does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceHost {
+    pub host: String,
+    pub service: String,
+    pub env: String,
+    pub upstream: String,
+    pub port: u16,
+    /// The certificate (by file name base) that serves this host over HTTPS.
+    pub cert: Option<String>,
+    /// The `-preview` host (the colour that is not live).
+    pub preview: bool,
+}
+
+/// The live and preview hosts of every routed service with a live colour.
+pub fn service_hosts(
+    state: &ClusterState,
+    domain: &str,
+    upstream: &dyn Fn(&str, &str, Color, bool) -> String,
+) -> Vec<ServiceHost> {
+    let cert = |host: &str| {
+        state
+            .certs
+            .iter()
+            .find(|(_, c)| c.covers(host))
+            .map(|(n, c)| c.file_base(n))
+    };
+    service_routes(state)
+        .into_iter()
+        .flat_map(|r| {
+            [false, true].map(|preview| {
+                let host = if preview {
+                    format!("{}-{}-preview.{domain}", r.service, r.env)
+                } else {
+                    format!("{}-{}.{domain}", r.service, r.env)
+                };
+                ServiceHost {
+                    cert: cert(&host),
+                    upstream: upstream(&r.env, &r.service, r.live, preview),
+                    host,
+                    service: r.service.clone(),
+                    env: r.env.clone(),
+                    port: r.port,
+                    preview,
+                }
+            })
+        })
+        .collect()
 }
 
 /// Render the proxy's conf.d file.
@@ -249,7 +291,7 @@ pub fn proxy_config(
     ctx.insert("domain", domain);
     ctx.insert("generation", &generation);
     ctx.insert("routes", &routes(state, domain, upstream));
-    ctx.insert("services", &service_routes(state));
+    ctx.insert("hosts", &service_hosts(state, domain, upstream));
     ctx.insert("probes", probes);
     ctx.insert("https_port", &https_port);
     renderer.render(template, &ctx)
