@@ -208,6 +208,10 @@ pub async fn up(
         });
     }
     if plan.is_empty() {
+        // An order that waits after a failed one: said, not done.
+        for w in crate::deploy::tls::cert_work(&ctx.spec, &ctx.state.snapshot()) {
+            ui.info(&w.line);
+        }
         let what = if checked == 0 && ctx.provider.kind() == "gke" {
             "the cluster and its node pools checked".to_string()
         } else {

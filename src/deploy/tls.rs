@@ -35,6 +35,22 @@ fn account_file(directory: &str) -> String {
     format!("acme-account-{}.json", &fingerprint(directory)[..12])
 }
 
+/// One call to the CA, bounded by `proxy.https.acme.timeout`: instant-acme's HTTP client has
+/// no timeout of its own, and a CA that takes the connection and never answers would hold the
+/// command (and the cluster's lock) forever.
+async fn bounded<T, E: std::fmt::Display>(
+    timeout: std::time::Duration,
+    call: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> std::result::Result<T, String> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the CA did not answer within {} (proxy.https.acme.timeout)",
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
 /// One certificate `certs` shows.
 pub fn cert_rows(certs: &BTreeMap<String, CertRecord>) -> Vec<serde_json::Value> {
     certs
@@ -429,26 +445,59 @@ impl Deployer<'_> {
         Ok(installed)
     }
 
+    /// A failed order of `name` is recorded, so that the next one waits.
+    fn record_failure(&self, name: &str, error: &str) -> Result<()> {
+        let error: String = error.chars().take(400).collect();
+        self.update(|s| {
+            let attempts = s.cert_failures.get(name).map_or(0, |f| f.attempts) + 1;
+            s.cert_failures.insert(
+                name.to_string(),
+                crate::state::CertFailure {
+                    at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    attempts,
+                    error,
+                },
+            );
+        })
+    }
+
     async fn order_missing(&self, acme: &AcmeSpec, force: bool) -> Result<Vec<String>> {
         let mut installed = Vec::new();
         let mut failed: Vec<String> = Vec::new();
-        let mut account: Option<Account> = None;
-        for (env, hosts) in self.wanted_hosts() {
-            let name = format!("env-{env}");
-            let current = self.state.snapshot().certs.get(&name).cloned();
-            let fresh = current
-                .as_ref()
-                .is_some_and(|c| hosts.iter().all(|h| c.covers(h)) && c.days_left() > RENEW_DAYS);
-            if fresh && !force {
-                continue;
+        let due: Vec<(String, String, Vec<String>)> = self
+            .wanted_hosts()
+            .into_iter()
+            .filter_map(|(env, hosts)| {
+                let name = format!("env-{env}");
+                let state = self.state.snapshot();
+                let fresh = state.certs.get(&name).is_some_and(|c| {
+                    hosts.iter().all(|h| c.covers(h)) && c.days_left() > RENEW_DAYS
+                });
+                // A waiting order was said above.
+                (force || (!fresh && waiting(&state, &name).is_none()))
+                    .then_some((env, name, hosts))
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(installed);
+        }
+        // No account (the CA unreachable, or refusing): every order that was due failed.
+        let account = match self.acme_account(acme).await {
+            Ok(a) => a,
+            Err(e) => {
+                let names: Vec<&str> = due.iter().flat_map(|(_, _, h)| h).map(String::as_str).collect();
+                let e = format!(
+                    "{e}: no certificate for {}; traffic is served as before",
+                    names.join(", ")
+                );
+                for (_, name, _) in &due {
+                    self.record_failure(name, &e)?;
+                }
+                return Err(Error::Other(e));
             }
-            if !force && waiting(&self.state.snapshot(), &name).is_some() {
-                continue; // said above
-            }
-            if account.is_none() {
-                account = Some(self.acme_account(acme).await?);
-            }
-            let acct = account.as_ref().expect("set above");
+        };
+        for (_env, name, hosts) in due {
+            let acct = &account;
             self.ui.info(&format!(
                 "https: ordering a certificate for {} from {}",
                 hosts.join(", "),
@@ -459,19 +508,7 @@ impl Deployer<'_> {
                 Err(e) => {
                     // Recorded, so that the next order waits; the other environments still
                     // get theirs; the failures are reported together at the end.
-                    let error: String = e.to_string().chars().take(400).collect();
-                    self.update(|s| {
-                        let attempts = s.cert_failures.get(&name).map_or(0, |f| f.attempts) + 1;
-                        s.cert_failures.insert(
-                            name.clone(),
-                            crate::state::CertFailure {
-                                at: chrono::Utc::now()
-                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                                attempts,
-                                error,
-                            },
-                        );
-                    })?;
+                    self.record_failure(&name, &e.to_string())?;
                     failed.push(e.to_string());
                     continue;
                 }
@@ -511,13 +548,13 @@ impl Deployer<'_> {
 
     /// The cluster's ACME account: from the managers, or registered now and kept there.
     async fn acme_account(&self, acme: &AcmeSpec) -> Result<Account> {
-        let problem = |what: &str, e: instant_acme::Error| {
+        let problem = |what: &str, e: String| {
             Error::Other(format!("ACME: {what} at {} failed: {e}", acme.directory))
         };
         let builder = || match &acme.ca_file {
             Some(ca) => Account::builder_with_root(ca)
-                .map_err(|e| problem(&format!("trusting {}", ca.display()), e)),
-            None => Account::builder().map_err(|e| problem("starting the client", e)),
+                .map_err(|e| problem(&format!("trusting {}", ca.display()), e.to_string())),
+            None => Account::builder().map_err(|e| problem("starting the client", e.to_string())),
         };
         let file = account_file(&acme.directory);
         if let Some(saved) = self.orch.read_proxy_file(&file).await? {
@@ -526,15 +563,15 @@ impl Deployer<'_> {
                     "ACME: the saved account on the managers is unreadable: {e}"
                 ))
             })?;
-            return builder()?
-                .from_credentials(creds)
+            return bounded(acme.timeout, builder()?.from_credentials(creds))
                 .await
                 .map_err(|e| problem("loading the saved account", e));
         }
         let contact: Vec<String> = acme.email.iter().map(|e| format!("mailto:{e}")).collect();
         let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
-        let (account, creds) = builder()?
-            .create(
+        let (account, creds) = bounded(
+            acme.timeout,
+            builder()?.create(
                 &NewAccount {
                     contact: &contact,
                     terms_of_service_agreed: true,
@@ -542,9 +579,10 @@ impl Deployer<'_> {
                 },
                 acme.directory.clone(),
                 None,
-            )
-            .await
-            .map_err(|e| problem("registering an account", e))?;
+            ),
+        )
+        .await
+        .map_err(|e| problem("registering an account", e))?;
         let saved = serde_json::to_string(&creds).expect("credentials serialise");
         self.orch
             .write_proxy_files(&[ProxyFile {
@@ -576,13 +614,12 @@ impl Deployer<'_> {
             ))
         };
         let ids: Vec<Identifier> = hosts.iter().map(|h| Identifier::Dns(h.clone())).collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&ids))
+        let mut order = bounded(acme.timeout, account.new_order(&NewOrder::new(&ids)))
             .await
-            .map_err(|e| problem("the order", e.to_string()))?;
+            .map_err(|e| problem("the order", e))?;
         let mut tokens = Vec::new();
         let result = self
-            .validate_and_fetch(&mut order, &mut tokens, &problem)
+            .validate_and_fetch(&mut order, &mut tokens, acme.timeout, &problem)
             .await;
         // Challenge files go on every path (a failed removal is only worth a warning).
         if let Err(e) = self.orch.remove_proxy_files(&tokens).await {
@@ -595,11 +632,17 @@ impl Deployer<'_> {
         &self,
         order: &mut instant_acme::Order,
         tokens: &mut Vec<String>,
+        timeout: std::time::Duration,
         problem: &(dyn Fn(&str, String) -> Error + Sync),
     ) -> Result<(String, SecretString)> {
+        // Polls retry for up to 30 s (RetryPolicy's default) on top of one request's bound.
+        let polling = timeout + std::time::Duration::from_secs(30);
         {
             let mut authzs = order.authorizations();
-            while let Some(a) = authzs.next().await {
+            while let Some(a) = bounded(timeout, async { Ok::<_, String>(authzs.next().await) })
+                .await
+                .map_err(|e| problem("an authorization", e))?
+            {
                 let mut a = a.map_err(|e| problem("an authorization", e.to_string()))?;
                 if a.status == AuthorizationStatus::Valid {
                     continue;
@@ -617,20 +660,21 @@ impl Deployer<'_> {
                         private: false,
                     }])
                     .await?;
-                ch.set_ready()
+                bounded(timeout, ch.set_ready())
                     .await
-                    .map_err(|e| problem("answering the challenge", e.to_string()))?;
+                    .map_err(|e| problem("answering the challenge", e))?;
             }
         }
-        let status = order
-            .poll_ready(&RetryPolicy::default())
+        let status = bounded(polling, order.poll_ready(&RetryPolicy::default()))
             .await
-            .map_err(|e| problem("waiting for validation", e.to_string()))?;
+            .map_err(|e| problem("waiting for validation", e))?;
         if status != OrderStatus::Ready {
             // The challenges' problem documents say why.
             let mut why = Vec::new();
             let mut authzs = order.authorizations();
-            while let Some(Ok(a)) = authzs.next().await {
+            while let Ok(Some(Ok(a))) =
+                bounded(timeout, async { Ok::<_, String>(authzs.next().await) }).await
+            {
                 let host = format!("{:?}", a.identifier());
                 for c in &a.challenges {
                     if let Some(e) = &c.error {
@@ -643,14 +687,12 @@ impl Deployer<'_> {
                 format!("the order is {status:?}: {}", why.join("; ")),
             ));
         }
-        let key = order
-            .finalize()
+        let key = bounded(timeout, order.finalize())
             .await
-            .map_err(|e| problem("finalizing", e.to_string()))?;
-        let chain = order
-            .poll_certificate(&RetryPolicy::default())
+            .map_err(|e| problem("finalizing", e))?;
+        let chain = bounded(polling, order.poll_certificate(&RetryPolicy::default()))
             .await
-            .map_err(|e| problem("fetching the certificate", e.to_string()))?;
+            .map_err(|e| problem("fetching the certificate", e))?;
         Ok((chain, SecretString::from(key)))
     }
 

@@ -27,6 +27,8 @@ pub struct AcmeSpec {
     pub email: Option<String>,
     /// Trust for a private ACME server's own TLS (its directory's certificate).
     pub ca_file: Option<PathBuf>,
+    /// How long one request to the CA may take (`timeout: 60s`).
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +74,9 @@ struct RawAcme {
     email: Option<String>,
     #[schemars(with = "Option<String>")]
     ca_file: Option<Spanned<String>>,
+    /// How long one request to the CA may take before the order fails (default 60s).
+    #[schemars(with = "Option<String>")]
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -118,10 +123,26 @@ pub(super) fn parse(
                 }
                 None => None,
             };
+            let timeout = match &a.value.timeout {
+                Some(t) => super::services::parse_duration(&t.value)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        at(
+                            Location::of(t),
+                            format!(
+                                "proxy.https.acme.timeout: expected a duration (30s, 2m), not {:?}",
+                                t.value
+                            ),
+                        )
+                    })?,
+                None => std::time::Duration::from_secs(60),
+            };
             CertSource::Acme(AcmeSpec {
                 directory: d.value.clone(),
                 email: a.value.email.clone(),
                 ca_file,
+                timeout,
             })
         }
         (None, Some(list)) => {

@@ -393,3 +393,29 @@ fn an_error_next_to_a_proxy_url_never_shows_its_password() {
         "{shown}"
     );
 }
+
+#[test]
+fn https_on_kubernetes_is_accepted_and_the_acme_timeout_is_a_duration() {
+    let base = "name: k\nkubernetes: { kubeconfig: ./kc }\nproxy:\n  domain: example.com\n  image: nginx\n  https:\n    acme:\n      directory: https://ca.example/dir\n";
+    let spec = parse_str(base).unwrap();
+    let https = spec.proxy.https.expect("https");
+    assert_eq!(https.port, 443);
+    let crate::spec::CertSource::Acme(acme) = https.source else {
+        panic!("not acme")
+    };
+    assert_eq!(acme.timeout, std::time::Duration::from_secs(60));
+    let spec = parse_str(&format!("{base}      timeout: 5s\n")).unwrap();
+    let Some(crate::spec::HttpsSpec {
+        source: crate::spec::CertSource::Acme(acme),
+        ..
+    }) = spec.proxy.https
+    else {
+        panic!("not acme")
+    };
+    assert_eq!(acme.timeout, std::time::Duration::from_secs(5));
+    let bad = err(&format!("{base}      timeout: soon\n"));
+    assert!(
+        bad.starts_with("cluster.yaml:9:16: proxy.https.acme.timeout: expected a duration"),
+        "{bad}"
+    );
+}

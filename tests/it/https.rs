@@ -753,3 +753,69 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     assert!(!left.contains("cloudflow-"), "{left}");
     assert!(refused(&k.calls()).is_empty(), "{:?}", refused(&k.calls()));
 }
+
+/// A CA that takes the connection and never answers (a listener nobody reads): the order fails
+/// within `acme.timeout` with one clear error, the deploy itself stands, the failure is
+/// recorded, and the next `up` waits instead of ordering again. On the fake Kubernetes API:
+/// nothing here needs a proxy that really serves.
+#[test]
+fn a_ca_that_never_answers_fails_within_the_timeout_and_the_next_order_waits() {
+    use crate::kubernetes::KubeFake;
+    let k = KubeFake::start(&[]);
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::copy(&k.kubeconfig, d.join("kubeconfig")).unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::fs::write(
+        d.join("cloudflow.yaml"),
+        format!(
+            "name: k8sstall\nkubernetes: {{ kubeconfig: ./kubeconfig }}\n\
+             proxy:\n  domain: {DOMAIN}\n  image: reg:5000/nginx:stable\n  port: 80\n  https:\n    acme:\n      directory: https://127.0.0.1:{port}/dir\n      timeout: 2s\n\
+             services:\n  web: {{ image: reg:5000/web:1, port: 8080, replicas: 1 }}\n"
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let up = cloudflow(d, &["up", "--yes"]);
+    let took = t.elapsed();
+    assert_eq!(up.code, 1, "{}\n{}", up.stdout, up.stderr);
+    assert!(
+        up.stderr.contains(&format!(
+            "ACME: registering an account at https://127.0.0.1:{port}/dir failed: the CA did not answer within 2s (proxy.https.acme.timeout)"
+        )),
+        "{}",
+        up.stderr
+    );
+    assert!(
+        up.stderr.contains(&format!(
+            "no certificate for web-default.{DOMAIN}, web-default-preview.{DOMAIN}; traffic is served as before"
+        )),
+        "{}",
+        up.stderr
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    // The deploy stands: web is live behind the proxy.
+    assert_eq!(
+        k.json(&["get", "service", "web", "-n", "default"])["spec"]["selector"]["cloudflow.color"],
+        "blue"
+    );
+    let certs = cloudflow(d, &["certs", "-o", "json"]).ok().json();
+    assert_eq!(certs["failed_orders"][0]["name"], "env-default", "{certs}");
+    assert_eq!(certs["failed_orders"][0]["attempts"], 1, "{certs}");
+    // The next `up` waits (and says until when) instead of asking the CA again.
+    let t = Instant::now();
+    let again = cloudflow(d, &["up", "--yes"]).ok();
+    assert!(
+        again.stderr.contains("the next order waits until")
+            || again.stdout.contains("the next order waits until"),
+        "{}\n{}",
+        again.stdout,
+        again.stderr
+    );
+    assert!(t.elapsed() < Duration::from_secs(2 * 60));
+    let certs = cloudflow(d, &["certs", "-o", "json"]).ok().json();
+    assert_eq!(certs["failed_orders"][0]["attempts"], 1, "{certs}");
+    cloudflow(d, &["down", "--yes"]).ok();
+    drop(silent);
+}
