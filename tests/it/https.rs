@@ -525,22 +525,33 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
 /// A node for the fake Kubernetes API (which runs no pods): the proxy image's real nginx in a
 /// container on a network of this test's own, run by `kube_node.py` as a kubelet would run the
 /// proxy's pods (their ConfigMap and Secret volumes written into its bind mounts, `nginx -t`,
-/// reload; a pod is Ready only once that nginx serves its configuration).
+/// reload; a pod is Ready only once that nginx serves its configuration). The cluster's DNS,
+/// which the routes resolve Services through, is `pebble-challtestsrv` inside the node,
+/// answering every name with the address of one real web container (`version=1`).
 struct KubeNode {
     net: String,
     container: String,
+    web: String,
     agent: Child,
     address: String,
     log: PathBuf,
 }
 
 impl KubeNode {
-    fn start(dir: &Path, image: &str, kubeconfig: &Path, ready: &Path) -> KubeNode {
+    fn start(dir: &Path, image: &str, web_image: &str, kubeconfig: &Path, ready: &Path) -> KubeNode {
         let net = format!("cfk8stls-{}", std::process::id());
         let container = format!("{net}-node");
-        let _ = docker(&["rm", "-f", &container]);
+        let web = format!("{net}-web");
+        let _ = docker(&["rm", "-f", &container, &web]);
         let _ = docker(&["network", "rm", &net]);
         docker_ok(&["network", "create", &net]);
+        docker_ok(&["run", "-d", "--name", &web, "--network", &net, web_image]);
+        let web_address = docker_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            &web,
+        ]);
         let (conf, tls) = (dir.join("node/conf.d"), dir.join("node/tls"));
         std::fs::create_dir_all(&conf).unwrap();
         std::fs::create_dir_all(&tls).unwrap();
@@ -564,7 +575,29 @@ impl KubeNode {
             &format!("{}:/etc/nginx/conf.d:ro", conf.display()),
             "-v",
             &format!("{}:/etc/nginx/tls:ro", tls.display()),
+            "-v",
+            "/usr/bin/pebble-challtestsrv:/usr/local/bin/cluster-dns:ro",
             image,
+        ]);
+        docker_ok(&[
+            "exec",
+            "-d",
+            &container,
+            "cluster-dns",
+            "-defaultIPv4",
+            &web_address,
+            "-defaultIPv6",
+            "",
+            "-dns01",
+            "127.0.0.1:53",
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-management",
+            "127.0.0.1:8055",
         ]);
         let address = docker_ok(&[
             "inspect",
@@ -589,6 +622,7 @@ impl KubeNode {
         KubeNode {
             net,
             container,
+            web,
             agent,
             address,
             log,
@@ -600,7 +634,7 @@ impl Drop for KubeNode {
     fn drop(&mut self) {
         let _ = self.agent.kill();
         let _ = self.agent.wait();
-        let _ = docker(&["rm", "-f", &self.container]);
+        let _ = docker(&["rm", "-f", &self.container, &self.web]);
         let _ = docker(&["network", "rm", &self.net]);
     }
 }
@@ -623,7 +657,8 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     ]);
     std::fs::copy(&k.kubeconfig, d.join("kubeconfig")).unwrap();
     let local_proxy = format!("{}/cf-test-proxy:1", reg.push);
-    let node = KubeNode::start(d, &local_proxy, &k.kubeconfig, &ready);
+    let local_web = format!("{}/cf-test-web:1", reg.push);
+    let node = KubeNode::start(d, &local_proxy, &local_web, &k.kubeconfig, &ready);
     let pebble = Pebble::start(&node.address);
     let outputs = std::cell::RefCell::new(String::new());
     let cf = |args: &[&str]| {
@@ -701,15 +736,15 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     assert!(refused(&k.calls()).is_empty(), "{:?}", refused(&k.calls()));
 
     // The node's nginx, started from those objects, serves the certificate pebble issued for
-    // both names (curl trusts only pebble's root). The fake runs no web pods, so behind TLS
-    // nginx answers 502 (the Service's name does not resolve here); plain HTTP answers 301.
+    // both names (curl trusts only pebble's root), through to the web app the Service names
+    // resolve to; plain HTTP answers 301.
     let root = pebble.issuing_root();
     let live = format!("web-default.{DOMAIN}");
-    let (code, body) = https_get(&root, &node.address, &live);
-    assert_eq!(code, 502, "{body}");
-    let (code, body) = https_get(&root, &node.address, &format!("web-default-preview.{DOMAIN}"));
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("no preview for web in default"), "{body}");
+    for host in [live.clone(), format!("web-default-preview.{DOMAIN}")] {
+        let (code, body) = https_get(&root, &node.address, &host);
+        assert_eq!(code, 200, "{host}: {body}");
+        assert!(body.starts_with("version=1"), "{host}: {body}");
+    }
     let (code, _) = get(&format!("{}:80", node.address), &live, "/").unwrap();
     assert_eq!(code, 301);
     // A name without a certificate is refused in the handshake.
@@ -721,10 +756,27 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     assert!(again.stdout.contains("no changes"), "{}", again.stdout);
     assert_eq!(pebble.issued(), 1);
 
-    // A forced renewal: a new serial served, the old key pair gone from the Secret.
+    // Under an HTTPS loop: a blue-green deploy (the switch flips the Service's selector and
+    // leaves the proxy's pods alone: same ConfigMap, same pod template), then a forced
+    // renewal (a new serial served, the old key pair gone from the Secret).
+    let template = |k: &KubeFake| {
+        k.json(&["get", "deployment", "cloudflow-proxy", "-n", "cloudflow-system"])["spec"]["template"]
+            .to_string()
+    };
+    let before_deploy = template(&k);
     let before = served_serial(&node.address, &live);
+    let (stop, load) = https_load(root.clone(), node.address.clone(), live.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    cf(&["deploy", "web", "--image", &img.web_v2]).ok();
+    assert_eq!(template(&k), before_deploy, "a switch rolled the proxy");
     let renew = cf(&["certs", "renew"]);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed, failures) = load.join().unwrap();
+    eprintln!("https on kubernetes: {sent} HTTPS requests across deploy and renewal, {failed} failed");
     assert_eq!(renew.code, 0, "{}\n{}\nnode:\n{}", renew.stdout, renew.stderr, node_log());
+    assert_eq!(failed, 0, "{failures:?}");
+    assert!(sent > 10, "{sent}");
     assert_eq!(pebble.issued(), 2);
     let after = served_serial(&node.address, &live);
     assert!(!before.is_empty() && before != after, "{before} -> {after}");
