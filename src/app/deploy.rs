@@ -343,7 +343,7 @@ pub async fn env_gc(cli: &Cli, ui: Arc<Ui>) -> Result<Report> {
     let site = site(cli, ui).await?;
     let outcome = site.deployer(HOOK_TIMEOUT).env_gc().await?;
     // The timer also renews certificates that come within 30 days of expiry.
-    let renewed = site.deployer(HOOK_TIMEOUT).ensure_certs(false).await?;
+    let renewed = site.deployer(HOOK_TIMEOUT).ensure_certs_quietly().await?;
     let mut r = report(outcome);
     if !renewed.is_empty() {
         r.json["changed"] = json!(true);

@@ -243,13 +243,27 @@ impl Deployer<'_> {
     /// goes live with the routes. Returns the certificates installed. Nothing without
     /// `proxy.https`.
     pub async fn ensure_certs(&self, force: bool) -> Result<Vec<String>> {
+        self.ensure_certs_saying(force, true).await
+    }
+
+    /// [`Self::ensure_certs`] for `serve`'s timer: an order that waits after a failed one is
+    /// not said at every tick (the failure was said when it happened).
+    pub async fn ensure_certs_quietly(&self) -> Result<Vec<String>> {
+        self.ensure_certs_saying(false, false).await
+    }
+
+    async fn ensure_certs_saying(&self, force: bool, say_waits: bool) -> Result<Vec<String>> {
         let Some(https) = &self.spec.proxy.https else {
             self.remove_all_certs().await?;
             return Ok(Vec::new());
         };
         let work = cert_work(self.spec, &self.state.snapshot());
         for w in work.iter().filter(|w| !w.due && !force) {
-            self.ui.info(&w.line);
+            if say_waits {
+                self.ui.info(&w.line);
+            } else {
+                tracing::debug!("{}", w.line);
+            }
         }
         if !force && !work.iter().any(|w| w.due) {
             return Ok(Vec::new());
