@@ -267,15 +267,12 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         &format!("cf-{CLUSTER}-1"),
     ]);
     let pebble = Pebble::start(&manager);
-    std::fs::write(
-        d.join("cloudflow.yaml"),
-        spec(&format!(
-            "  https:\n    port: 443\n    acme:\n      directory: {}\n      email: ops@{DOMAIN}\n      ca_file: {}\n",
-            pebble.directory(),
-            pebble.ca_file().display()
-        )),
-    )
-    .unwrap();
+    let acme = format!(
+        "  https:\n    port: 443\n    acme:\n      directory: {}\n      email: ops@{DOMAIN}\n      ca_file: {}\n",
+        pebble.directory(),
+        pebble.ca_file().display()
+    );
+    std::fs::write(d.join("cloudflow.yaml"), spec(&acme)).unwrap();
     // Without --yes and without a terminal, `up` refuses rather than order unasked.
     assert_eq!(cf(&["up"]).code, 2);
     assert_eq!(pebble.issued(), 0);
@@ -410,6 +407,50 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains(&body[..40]));
     }
+    // A second manager joins: before its proxy task starts it gets the live routes, the
+    // certificates and the ACME account from the first (keys and account 0600, never through
+    // output), and it serves HTTPS too.
+    let grow = |text: String| text.replace("lab: { hosts: 1 }", "lab: { hosts: 2, managers: 2 }");
+    std::fs::write(d.join("cloudflow.yaml"), grow(spec(&acme))).unwrap();
+    let grown = cf(&["up", "--yes"]).ok();
+    for copied in ["cloudflow.conf", "tls/env-default-", "acme-account-"] {
+        assert!(
+            grown.stderr.contains(&format!("proxy: {copied}")) && grown.stderr.contains("copied to"),
+            "{copied}: {}",
+            grown.stderr
+        );
+    }
+    let second = docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"cloudflow-{CLUSTER}\").IPAddress}}}}"),
+        &format!("cf-{CLUSTER}-2"),
+    ]);
+    let (code, body) = https_get(&root, &second, &live);
+    assert_eq!((code, body.starts_with("version=2")), (200, true), "{body}");
+    let modes = docker_ok(&[
+        "exec",
+        &format!("cf-{CLUSTER}-2"),
+        "sh",
+        "-c",
+        "stat -c %a /etc/cloudflow/proxy/tls/env-default-*.key /etc/cloudflow/proxy/acme-account-*.json",
+    ]);
+    assert_eq!(modes.lines().collect::<Vec<_>>(), ["600", "600"], "{modes}");
+    let account = docker_ok(&[
+        "exec",
+        &format!("cf-{CLUSTER}-2"),
+        "sh",
+        "-c",
+        "cat /etc/cloudflow/proxy/acme-account-*.json",
+    ]);
+    let account_key = serde_json::from_str::<serde_json::Value>(&account).unwrap()["key_pkcs8"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(account_key.len() > 40);
+    assert!(!outputs.borrow().contains(&account_key[..40]));
+    assert!(cf(&["up", "--yes"]).ok().stdout.contains("no changes"));
+
     // Certificates from files instead (a wildcard): installed, and the ACME ones go.
     sh(
         d,
@@ -420,7 +461,7 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     );
     std::fs::write(
         d.join("cloudflow.yaml"),
-        spec("  https:\n    certificates: [{ hosts: [\"*.tls.test\"], cert_file: ./wild.pem, key_file: ./wild.key }]\n"),
+        grow(spec("  https:\n    certificates: [{ hosts: [\"*.tls.test\"], cert_file: ./wild.pem, key_file: ./wild.key }]\n")),
     )
     .unwrap();
     let files = cf(&["up", "--yes"]).ok();
@@ -455,23 +496,7 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     ]);
     assert_eq!(mode, "600");
 
-    // A second manager joins: it gets the live routes and the certificate from the first
-    // (the key 0600, never through output), and its proxy serves HTTPS too.
-    let files_spec = spec("  https:\n    certificates: [{ hosts: [\"*.tls.test\"], cert_file: ./wild.pem, key_file: ./wild.key }]\n")
-        .replace("lab: { hosts: 1 }", "lab: { hosts: 2, managers: 2 }");
-    std::fs::write(d.join("cloudflow.yaml"), files_spec).unwrap();
-    let grown = cf(&["up", "--yes"]).ok();
-    assert!(
-        grown.stderr.contains("copied to") && grown.stderr.contains("cloudflow.conf"),
-        "{}",
-        grown.stderr
-    );
-    let second = docker_ok(&[
-        "inspect",
-        "-f",
-        &format!("{{{{(index .NetworkSettings.Networks \"cloudflow-{CLUSTER}\").IPAddress}}}}"),
-        &format!("cf-{CLUSTER}-2"),
-    ]);
+    // The second manager serves the wildcard too, its key 0600.
     let (code, body) = https_get(&d.join("wild.pem"), &second, &live);
     assert_eq!((code, body.starts_with("version=2")), (200, true), "{body}");
     let mode = docker_ok(&[
