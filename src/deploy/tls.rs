@@ -499,7 +499,11 @@ impl Deployer<'_> {
         let account = match self.acme_account(acme).await {
             Ok(a) => a,
             Err(e) => {
-                let names: Vec<&str> = due.iter().flat_map(|(_, _, h)| h).map(String::as_str).collect();
+                let names: Vec<&str> = due
+                    .iter()
+                    .flat_map(|(_, _, h)| h)
+                    .map(String::as_str)
+                    .collect();
                 let e = format!(
                     "{e}: no certificate for {}; traffic is served as before",
                     names.join(", ")

@@ -90,8 +90,7 @@ enum ProxyPlace {
 fn proxy_place(path: &str) -> Result<ProxyPlace> {
     let key_ok = |k: &str| {
         !k.is_empty()
-            && k
-                .chars()
+            && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     let place = if let Some(f) = path.strip_prefix("tls/") {
@@ -357,6 +356,166 @@ pub struct KubeStatus {
     pub namespaces: Vec<String>,
     /// Every Deployment cloudflow made: env, service, colour, image, ready/wanted replicas.
     pub workloads: Vec<serde_json::Value>,
+}
+
+/// What the proxy's objects depend on besides their content.
+#[derive(Debug, Clone, Copy)]
+struct ProxyShape {
+    expose: Expose,
+    replicas: u32,
+    https_port: Option<u16>,
+}
+
+/// The proxy's Deployment: nginx with the routes' ConfigMap (and, with HTTPS, the
+/// certificates' Secret) mounted; `checksum` (of the ConfigMap) on the pod template rolls it
+/// when they change.
+fn proxy_deployment(
+    shape: ProxyShape,
+    labels: &BTreeMap<String, String>,
+    image: &str,
+    port: u16,
+    checksum: String,
+) -> Deployment {
+    let select = BTreeMap::from([("cloudflow.proxy".to_string(), "nginx".to_string())]);
+    Deployment {
+        metadata: meta(PROXY, Some(SYSTEM_NAMESPACE), labels),
+        spec: Some(DeploymentSpec {
+            replicas: Some(shape.replicas as i32),
+            selector: LabelSelector {
+                match_labels: Some(select),
+                ..Default::default()
+            },
+            // On a host port, a surge pod could not bind: replace one pod at a time.
+            strategy: (shape.expose == Expose::HostPort).then(|| DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(k8s_openapi::api::apps::v1::RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(0)),
+                    max_unavailable: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(BTreeMap::from([(
+                        "cloudflow.config-checksum".to_string(),
+                        checksum,
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    // On our machines the proxy runs where Swarm's did: on managers
+                    // (control-plane nodes), never two on one node (the host port).
+                    node_selector: (shape.expose == Expose::HostPort).then(|| {
+                        BTreeMap::from([(
+                            "node-role.kubernetes.io/control-plane".to_string(),
+                            "true".to_string(),
+                        )])
+                    }),
+                    affinity: (shape.expose == Expose::HostPort).then(proxy_anti_affinity),
+                    containers: vec![Container {
+                        name: "nginx".into(),
+                        image: Some(image.to_string()),
+                        ports: Some(
+                            std::iter::once(ContainerPort {
+                                container_port: 80,
+                                host_port: (shape.expose == Expose::HostPort)
+                                    .then_some(port as i32),
+                                name: Some("http".into()),
+                                ..Default::default()
+                            })
+                            .chain(shape.https_port.map(|p| ContainerPort {
+                                container_port: 443,
+                                host_port: (shape.expose == Expose::HostPort).then_some(p as i32),
+                                name: Some("https".into()),
+                                ..Default::default()
+                            }))
+                            .collect(),
+                        ),
+                        readiness_probe: Some(Probe {
+                            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                                port: IntOrString::Int(80),
+                                ..Default::default()
+                            }),
+                            period_seconds: Some(2),
+                            ..Default::default()
+                        }),
+                        volume_mounts: Some(
+                            std::iter::once(VolumeMount {
+                                name: "routes".into(),
+                                mount_path: "/etc/nginx/conf.d".into(),
+                                read_only: Some(true),
+                                ..Default::default()
+                            })
+                            .chain(shape.https_port.map(|_| VolumeMount {
+                                name: "tls".into(),
+                                mount_path: TLS_DIR.into(),
+                                read_only: Some(true),
+                                ..Default::default()
+                            }))
+                            .collect(),
+                        ),
+                        ..Default::default()
+                    }],
+                    volumes: Some(
+                        std::iter::once(Volume {
+                            name: "routes".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: PROXY.into(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        })
+                        // Optional: the proxy starts before any certificate exists.
+                        .chain(shape.https_port.map(|_| Volume {
+                            name: "tls".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(PROXY_TLS.into()),
+                                default_mode: Some(0o600),
+                                optional: Some(true),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }))
+                        .collect(),
+                    ),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Behind a load balancer: the Service that publishes the proxy (`http`, and `https`).
+fn proxy_service(shape: ProxyShape, labels: &BTreeMap<String, String>, port: u16) -> Service {
+    Service {
+        metadata: meta(PROXY, Some(SYSTEM_NAMESPACE), labels),
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            selector: Some(BTreeMap::from([(
+                "cloudflow.proxy".to_string(),
+                "nginx".to_string(),
+            )])),
+            ports: Some(
+                std::iter::once(ServicePort {
+                    name: Some("http".into()),
+                    port: port as i32,
+                    target_port: Some(IntOrString::Int(80)),
+                    ..Default::default()
+                })
+                .chain(shape.https_port.map(|p| ServicePort {
+                    name: Some("https".into()),
+                    port: p as i32,
+                    target_port: Some(IntOrString::Int(443)),
+                    ..Default::default()
+                }))
+                .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 impl Kubernetes {
@@ -934,8 +1093,7 @@ impl Kubernetes {
                 .and_then(|c| c.ports)
                 .and_then(|p| p.first().and_then(|p| p.host_port)),
             Expose::LoadBalancer => {
-                let services: Api<Service> =
-                    Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
+                let services: Api<Service> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
                 services
                     .get_opt(PROXY)
                     .await
@@ -1016,7 +1174,13 @@ impl Kubernetes {
     /// The proxy's objects: its configuration, the Deployment (a checksum of the
     /// configuration on its pod template rolls it when routes or challenges change), and how
     /// it is exposed.
-    async fn apply_proxy(&self, image: &str, port: u16, routes: &str, challenges: &str) -> Result<()> {
+    async fn apply_proxy(
+        &self,
+        image: &str,
+        port: u16,
+        routes: &str,
+        challenges: &str,
+    ) -> Result<()> {
         let ns = SYSTEM_NAMESPACE;
         let labels = self.proxy_labels();
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
@@ -1038,148 +1202,18 @@ impl Kubernetes {
             .take(8)
             .map(|b| format!("{b:02x}"))
             .collect();
-        let select = BTreeMap::from([("cloudflow.proxy".to_string(), "nginx".to_string())]);
-        let deployment = Deployment {
-            metadata: meta(PROXY, Some(ns), &labels),
-            spec: Some(DeploymentSpec {
-                replicas: Some(self.proxy_replicas as i32),
-                selector: LabelSelector {
-                    match_labels: Some(select),
-                    ..Default::default()
-                },
-                // On a host port, a surge pod could not bind: replace one pod at a time.
-                strategy: (self.expose == Expose::HostPort).then(|| DeploymentStrategy {
-                    type_: Some("RollingUpdate".into()),
-                    rolling_update: Some(k8s_openapi::api::apps::v1::RollingUpdateDeployment {
-                        max_surge: Some(IntOrString::Int(0)),
-                        max_unavailable: Some(IntOrString::Int(1)),
-                    }),
-                }),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels.clone()),
-                        annotations: Some(BTreeMap::from([(
-                            "cloudflow.config-checksum".to_string(),
-                            checksum,
-                        )])),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        // On our machines the proxy runs where Swarm's did: on managers
-                        // (control-plane nodes), never two on one node (the host port).
-                        node_selector: (self.expose == Expose::HostPort).then(|| {
-                            BTreeMap::from([(
-                                "node-role.kubernetes.io/control-plane".to_string(),
-                                "true".to_string(),
-                            )])
-                        }),
-                        affinity: (self.expose == Expose::HostPort).then(proxy_anti_affinity),
-                        containers: vec![Container {
-                            name: "nginx".into(),
-                            image: Some(image.to_string()),
-                            ports: Some(
-                                std::iter::once(ContainerPort {
-                                    container_port: 80,
-                                    host_port: (self.expose == Expose::HostPort)
-                                        .then_some(port as i32),
-                                    name: Some("http".into()),
-                                    ..Default::default()
-                                })
-                                .chain(self.https_port.map(|p| ContainerPort {
-                                    container_port: 443,
-                                    host_port: (self.expose == Expose::HostPort)
-                                        .then_some(p as i32),
-                                    name: Some("https".into()),
-                                    ..Default::default()
-                                }))
-                                .collect(),
-                            ),
-                            readiness_probe: Some(Probe {
-                                tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
-                                    port: IntOrString::Int(80),
-                                    ..Default::default()
-                                }),
-                                period_seconds: Some(2),
-                                ..Default::default()
-                            }),
-                            volume_mounts: Some(
-                                std::iter::once(VolumeMount {
-                                    name: "routes".into(),
-                                    mount_path: "/etc/nginx/conf.d".into(),
-                                    read_only: Some(true),
-                                    ..Default::default()
-                                })
-                                .chain(self.https_port.map(|_| VolumeMount {
-                                    name: "tls".into(),
-                                    mount_path: TLS_DIR.into(),
-                                    read_only: Some(true),
-                                    ..Default::default()
-                                }))
-                                .collect(),
-                            ),
-                            ..Default::default()
-                        }],
-                        volumes: Some(
-                            std::iter::once(Volume {
-                                name: "routes".into(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: PROXY.into(),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            })
-                            // Optional: the proxy starts before any certificate exists.
-                            .chain(self.https_port.map(|_| Volume {
-                                name: "tls".into(),
-                                secret: Some(SecretVolumeSource {
-                                    secret_name: Some(PROXY_TLS.into()),
-                                    default_mode: Some(0o600),
-                                    optional: Some(true),
-                                    ..Default::default()
-                                }),
-                                ..Default::default()
-                            }))
-                            .collect(),
-                        ),
-                        ..Default::default()
-                    }),
-                },
-                ..Default::default()
-            }),
-            ..Default::default()
+        let shape = ProxyShape {
+            expose: self.expose,
+            replicas: self.proxy_replicas,
+            https_port: self.https_port,
         };
+        let deployment = proxy_deployment(shape, &labels, image, port, checksum);
         self.deployments(ns)
             .patch(PROXY, &apply(), &Patch::Apply(&deployment))
             .await
             .map_err(|e| kerr("apply the proxy Deployment", e))?;
         if self.expose == Expose::LoadBalancer {
-            let svc = Service {
-                metadata: meta(PROXY, Some(ns), &labels),
-                spec: Some(ServiceSpec {
-                    type_: Some("LoadBalancer".into()),
-                    selector: Some(BTreeMap::from([(
-                        "cloudflow.proxy".to_string(),
-                        "nginx".to_string(),
-                    )])),
-                    ports: Some(
-                        std::iter::once(ServicePort {
-                            name: Some("http".into()),
-                            port: port as i32,
-                            target_port: Some(IntOrString::Int(80)),
-                            ..Default::default()
-                        })
-                        .chain(self.https_port.map(|p| ServicePort {
-                            name: Some("https".into()),
-                            port: p as i32,
-                            target_port: Some(IntOrString::Int(443)),
-                            ..Default::default()
-                        }))
-                        .collect(),
-                    ),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
+            let svc = proxy_service(shape, &labels, port);
             let services: Api<Service> = Api::namespaced(self.client.clone(), ns);
             services
                 .patch(PROXY, &apply(), &Patch::Apply(&svc))
@@ -1973,6 +2007,86 @@ mod tests {
         assert!(text.contains("return 200 \"tok-1.thumb_print\";"));
         assert_eq!(parse_challenges(&text), ch);
         assert!(parse_challenges(&render_challenges(&BTreeMap::new())).is_empty());
+    }
+
+    #[test]
+    fn the_proxy_listens_on_443_and_mounts_the_certificates_only_with_https() {
+        let labels = BTreeMap::new();
+        let pod = |shape: ProxyShape| {
+            proxy_deployment(shape, &labels, "nginx", 8080, "c".into())
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap()
+        };
+        // k3s on our machines: host ports, 80 on `port`, 443 on `https.port`.
+        let k3s = pod(ProxyShape {
+            expose: Expose::HostPort,
+            replicas: 1,
+            https_port: Some(8443),
+        });
+        let ports: Vec<(i32, Option<i32>)> = k3s.containers[0]
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| (p.container_port, p.host_port))
+            .collect();
+        assert_eq!(ports, [(80, Some(8080)), (443, Some(8443))]);
+        let tls = k3s
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "tls")
+            .and_then(|v| v.secret.clone())
+            .expect("the certificates' Secret");
+        assert_eq!(tls.secret_name.as_deref(), Some(PROXY_TLS));
+        assert_eq!((tls.default_mode, tls.optional), (Some(0o600), Some(true)));
+        let mounts = k3s.containers[0].volume_mounts.as_ref().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.name == "tls" && m.mount_path == TLS_DIR)
+        );
+        // Without HTTPS: one port, no Secret; behind a load balancer: no host port, the
+        // Service carries both.
+        let plain = pod(ProxyShape {
+            expose: Expose::LoadBalancer,
+            replicas: 2,
+            https_port: None,
+        });
+        assert_eq!(plain.containers[0].ports.as_ref().unwrap().len(), 1);
+        assert_eq!(plain.volumes.as_ref().unwrap().len(), 1);
+        let lb = ProxyShape {
+            expose: Expose::LoadBalancer,
+            replicas: 2,
+            https_port: Some(443),
+        };
+        assert!(
+            pod(lb).containers[0]
+                .ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|p| p.host_port.is_none())
+        );
+        let svc: Vec<(i32, Option<IntOrString>)> = proxy_service(lb, &labels, 80)
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.port, p.target_port))
+            .collect();
+        assert_eq!(
+            svc,
+            [
+                (80, Some(IntOrString::Int(80))),
+                (443, Some(IntOrString::Int(443)))
+            ]
+        );
     }
 
     #[test]

@@ -415,7 +415,8 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     let grown = cf(&["up", "--yes"]).ok();
     for copied in ["cloudflow.conf", "tls/env-default-", "acme-account-"] {
         assert!(
-            grown.stderr.contains(&format!("proxy: {copied}")) && grown.stderr.contains("copied to"),
+            grown.stderr.contains(&format!("proxy: {copied}"))
+                && grown.stderr.contains("copied to"),
             "{copied}: {}",
             grown.stderr
         );
@@ -563,7 +564,13 @@ struct KubeNode {
 }
 
 impl KubeNode {
-    fn start(dir: &Path, image: &str, web_image: &str, kubeconfig: &Path, ready: &Path) -> KubeNode {
+    fn start(
+        dir: &Path,
+        image: &str,
+        web_image: &str,
+        kubeconfig: &Path,
+        ready: &Path,
+    ) -> KubeNode {
         let net = format!("cfk8stls-{}", std::process::id());
         let container = format!("{net}-node");
         let web = format!("{net}-web");
@@ -709,13 +716,21 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     let t = Instant::now();
     let up = cf(&["up", "--yes"]);
     let node_log = || std::fs::read_to_string(&node.log).unwrap_or_default();
-    assert_eq!(up.code, 0, "{}\n{}\nnode:\n{}", up.stdout, up.stderr, node_log());
+    assert_eq!(
+        up.code,
+        0,
+        "{}\n{}\nnode:\n{}",
+        up.stdout,
+        up.stderr,
+        node_log()
+    );
     eprintln!(
         "https on kubernetes: up with a certificate from pebble in {:.1}s",
         t.elapsed().as_secs_f64()
     );
     assert!(
-        up.stderr.contains("https: certificate env-default installed"),
+        up.stderr
+            .contains("https: certificate env-default installed"),
         "{}",
         up.stderr
     );
@@ -724,7 +739,13 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     // What the API holds, read with kubectl: the key pair in the Secret the proxy mounts 0600
     // (optional: the proxy started before it existed), port 443 on the pods and the load
     // balancer, no challenge left in the ConfigMap.
-    let secret = k.json(&["get", "secret", "cloudflow-proxy-tls", "-n", "cloudflow-system"]);
+    let secret = k.json(&[
+        "get",
+        "secret",
+        "cloudflow-proxy-tls",
+        "-n",
+        "cloudflow-system",
+    ]);
     let keys: Vec<String> = secret["data"]
         .as_object()
         .unwrap()
@@ -732,8 +753,17 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
         .cloned()
         .collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
-    assert!(keys.iter().all(|k| k.starts_with("env-default-")), "{keys:?}");
-    let proxy = k.json(&["get", "deployment", "cloudflow-proxy", "-n", "cloudflow-system"]);
+    assert!(
+        keys.iter().all(|k| k.starts_with("env-default-")),
+        "{keys:?}"
+    );
+    let proxy = k.json(&[
+        "get",
+        "deployment",
+        "cloudflow-proxy",
+        "-n",
+        "cloudflow-system",
+    ]);
     let pod = &proxy["spec"]["template"]["spec"];
     let tls_volume = pod["volumes"]
         .as_array()
@@ -746,7 +776,13 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     assert_eq!(tls_volume["secret"]["optional"], true);
     let ports = pod["containers"][0]["ports"].to_string();
     assert!(ports.contains("443"), "{ports}");
-    let lb = k.json(&["get", "service", "cloudflow-proxy", "-n", "cloudflow-system"]);
+    let lb = k.json(&[
+        "get",
+        "service",
+        "cloudflow-proxy",
+        "-n",
+        "cloudflow-system",
+    ]);
     let https_port = lb["spec"]["ports"]
         .as_array()
         .unwrap()
@@ -754,8 +790,20 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
         .find(|p| p["name"] == "https")
         .unwrap_or_else(|| panic!("{lb}"))
         .clone();
-    assert_eq!((https_port["port"].as_i64(), https_port["targetPort"].as_i64()), (Some(443), Some(443)));
-    let cm = k.json(&["get", "configmap", "cloudflow-proxy", "-n", "cloudflow-system"]);
+    assert_eq!(
+        (
+            https_port["port"].as_i64(),
+            https_port["targetPort"].as_i64()
+        ),
+        (Some(443), Some(443))
+    );
+    let cm = k.json(&[
+        "get",
+        "configmap",
+        "cloudflow-proxy",
+        "-n",
+        "cloudflow-system",
+    ]);
     let challenges = cm["data"]["acme-challenges.inc"].as_str().unwrap();
     assert!(!challenges.contains("location"), "{challenges}");
     assert!(refused(&k.calls()).is_empty(), "{:?}", refused(&k.calls()));
@@ -785,7 +833,13 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     // leaves the proxy's pods alone: same ConfigMap, same pod template), then a forced
     // renewal (a new serial served, the old key pair gone from the Secret).
     let template = |k: &KubeFake| {
-        k.json(&["get", "deployment", "cloudflow-proxy", "-n", "cloudflow-system"])["spec"]["template"]
+        k.json(&[
+            "get",
+            "deployment",
+            "cloudflow-proxy",
+            "-n",
+            "cloudflow-system",
+        ])["spec"]["template"]
             .to_string()
     };
     let before_deploy = template(&k);
@@ -798,22 +852,40 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let (sent, failed, failures) = load.join().unwrap();
-    eprintln!("https on kubernetes: {sent} HTTPS requests across deploy and renewal, {failed} failed");
-    assert_eq!(renew.code, 0, "{}\n{}\nnode:\n{}", renew.stdout, renew.stderr, node_log());
+    eprintln!(
+        "https on kubernetes: {sent} HTTPS requests across deploy and renewal, {failed} failed"
+    );
+    assert_eq!(
+        renew.code,
+        0,
+        "{}\n{}\nnode:\n{}",
+        renew.stdout,
+        renew.stderr,
+        node_log()
+    );
     assert_eq!(failed, 0, "{failures:?}");
     assert!(sent > 10, "{sent}");
     assert_eq!(pebble.issued(), 2);
     let after = served_serial(&node.address, &live);
     assert!(!before.is_empty() && before != after, "{before} -> {after}");
-    let secret = k.json(&["get", "secret", "cloudflow-proxy-tls", "-n", "cloudflow-system"]);
+    let secret = k.json(&[
+        "get",
+        "secret",
+        "cloudflow-proxy-tls",
+        "-n",
+        "cloudflow-system",
+    ]);
     let data = secret["data"].as_object().unwrap();
     assert_eq!(data.len(), 2, "{secret}");
 
     // The private key (from the Secret) appears in no output and no state file.
     let (_, key_b64) = data.iter().find(|(k, _)| k.ends_with(".key")).unwrap();
     let key = String::from_utf8(
-        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key_b64.as_str().unwrap())
-            .unwrap(),
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            key_b64.as_str().unwrap(),
+        )
+        .unwrap(),
     )
     .unwrap();
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
