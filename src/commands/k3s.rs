@@ -94,6 +94,9 @@ pub fn config_yaml(role: K3sRole, node_ip: &str, first_server: &str, sans: &[Str
     if role != K3sRole::Agent {
         m.insert("tls-san".into(), serde_json::json!(sans));
         m.insert("write-kubeconfig-mode".into(), "0600".into());
+        // k3s deploys Traefik behind its ServiceLB by default: host ports 80 and 443 on every
+        // node, the ones cloudflow's proxy publishes on (its pods would stay Pending).
+        m.insert("disable".into(), serde_json::json!(["traefik"]));
     }
     format!(
         "# written by cloudflow; do not edit\n{}",

@@ -125,7 +125,10 @@ services:
     ]);
     let token = exec(hosts[0], "cat /var/lib/rancher/k3s/server/node-token");
     assert!(token.starts_with("K10"));
-    assert!(exec(hosts[0], "cat /etc/rancher/k3s/config.yaml").contains("cluster-init: true"));
+    let config = exec(hosts[0], "cat /etc/rancher/k3s/config.yaml");
+    assert!(config.contains("cluster-init: true"), "{config}");
+    // Traefik would take host ports 80 and 443 from the proxy.
+    assert!(config.contains("disable:\n- traefik") || config.contains("disable:\n  - traefik"), "{config}");
     for w in &hosts[1..] {
         assert_eq!(exec(w, "cat /etc/rancher/k3s/cluster-token"), token);
         let config = exec(w, "cat /etc/rancher/k3s/config.yaml");
