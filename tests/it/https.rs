@@ -829,6 +829,39 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     assert!(again.stdout.contains("no changes"), "{}", again.stdout);
     assert_eq!(pebble.issued(), 1);
 
+    // An environment created later gets its own certificate (its own key pair in the
+    // Secret); destroying it takes them out again.
+    cf(&["env", "create", "pr-7", "--ttl", "1h"]).ok();
+    cf(&["deploy", "web", "--env", "pr-7", "--image", &img.web_v2]).ok();
+    assert_eq!(pebble.issued(), 2);
+    let (code, body) = https_get(&root, &node.address, &format!("web-pr-7.{DOMAIN}"));
+    assert_eq!(code, 200, "{body}");
+    let secret_keys = |k: &KubeFake| -> Vec<String> {
+        k.json(&[
+            "get",
+            "secret",
+            "cloudflow-proxy-tls",
+            "-n",
+            "cloudflow-system",
+        ])["data"]
+            .as_object()
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        secret_keys(&k)
+            .iter()
+            .filter(|k| k.starts_with("env-pr-7-"))
+            .count(),
+        2
+    );
+    cf(&["env", "destroy", "pr-7"]).ok();
+    let keys = secret_keys(&k);
+    assert!(
+        keys.iter().all(|k| k.starts_with("env-default-")),
+        "{keys:?}"
+    );
+
     // Under an HTTPS loop: a blue-green deploy (the switch flips the Service's selector and
     // leaves the proxy's pods alone: same ConfigMap, same pod template), then a forced
     // renewal (a new serial served, the old key pair gone from the Secret).
@@ -865,7 +898,7 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     );
     assert_eq!(failed, 0, "{failures:?}");
     assert!(sent > 10, "{sent}");
-    assert_eq!(pebble.issued(), 2);
+    assert_eq!(pebble.issued(), 3);
     let after = served_serial(&node.address, &live);
     assert!(!before.is_empty() && before != after, "{before} -> {after}");
     let secret = k.json(&[

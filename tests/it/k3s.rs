@@ -128,7 +128,10 @@ services:
     let config = exec(hosts[0], "cat /etc/rancher/k3s/config.yaml");
     assert!(config.contains("cluster-init: true"), "{config}");
     // Traefik would take host ports 80 and 443 from the proxy.
-    assert!(config.contains("disable:\n- traefik") || config.contains("disable:\n  - traefik"), "{config}");
+    assert!(
+        config.contains("disable:\n- traefik") || config.contains("disable:\n  - traefik"),
+        "{config}"
+    );
     for w in &hosts[1..] {
         assert_eq!(exec(w, "cat /etc/rancher/k3s/cluster-token"), token);
         let config = exec(w, "cat /etc/rancher/k3s/config.yaml");
