@@ -164,13 +164,7 @@ pub fn routes(
                 continue;
             };
             let live = r.live();
-            let cert = |host: &str| {
-                state
-                    .certs
-                    .iter()
-                    .find(|(_, c)| c.covers(host))
-                    .map(|(n, c)| c.file_base(n))
-            };
+            let cert = |host: &str| cert_for(state, host);
             let host = format!("{svc}-{env}.{domain}");
             out.push(Route {
                 cert: cert(&host),
@@ -215,6 +209,15 @@ pub fn routes(
     out
 }
 
+/// The installed certificate (its files' base name) that serves `host`, if any.
+fn cert_for(state: &ClusterState, host: &str) -> Option<String> {
+    state
+        .certs
+        .iter()
+        .find(|(_, c)| c.covers(host))
+        .map(|(n, c)| c.file_base(n))
+}
+
 /// A routed host as an orchestrator that routes to the live colour by itself (Kubernetes:
 /// Services) names it. Nothing in it depends on which colour is live, so a switch changes no
 /// proxy configuration; a certificate does.
@@ -237,13 +240,7 @@ pub fn service_hosts(
     domain: &str,
     upstream: &dyn Fn(&str, &str, Color, bool) -> String,
 ) -> Vec<ServiceHost> {
-    let cert = |host: &str| {
-        state
-            .certs
-            .iter()
-            .find(|(_, c)| c.covers(host))
-            .map(|(n, c)| c.file_base(n))
-    };
+    let cert = |host: &str| cert_for(state, host);
     service_routes(state)
         .into_iter()
         .flat_map(|r| {

@@ -189,6 +189,65 @@ fn with_https_a_host_with_a_certificate_redirects_and_serves_tls_others_stay_pla
 }
 
 #[test]
+fn kubernetes_routes_serve_tls_from_the_mounted_secret_and_a_switch_changes_nothing() {
+    let kube_upstream = |env: &str, svc: &str, _c: Color, preview: bool| {
+        if preview {
+            format!("{svc}-preview.{env}.svc.cluster.local")
+        } else {
+            format!("{svc}.{env}.svc.cluster.local")
+        }
+    };
+    let render = |s: &ClusterState, https: Option<u16>| {
+        proxy_config(
+            &Renderer::new(None).unwrap(),
+            "nginx-routes-kubernetes.conf",
+            &kube_upstream,
+            s,
+            "demo.test",
+            7,
+            &[],
+            https,
+        )
+        .unwrap()
+    };
+    let mut s = state_with_web(Color::Blue, Some(("web:1", 2)), Some(("web:2", 1)));
+    s.certs.insert(
+        "env-default".into(),
+        crate::state::CertRecord {
+            hosts: vec![
+                "web-default.demo.test".into(),
+                "web-default-preview.demo.test".into(),
+            ],
+            not_after: "2031-01-01T00:00:00Z".into(),
+            serial: "01".into(),
+            source: "acme".into(),
+            fingerprint: "x".into(),
+        },
+    );
+    let conf = render(&s, Some(443));
+    for want in [
+        "ssl_reject_handshake on;",
+        "include /etc/nginx/conf.d/acme-challenges.inc;",
+        "return 301 https://$host$request_uri;",
+        "ssl_certificate /etc/nginx/tls/env-default-x.crt;",
+        "ssl_certificate_key /etc/nginx/tls/env-default-x.key;",
+        "set $cf_upstream web.default.svc.cluster.local;",
+        "set $cf_upstream web-preview.default.svc.cluster.local;",
+    ] {
+        assert!(conf.contains(want), "missing {want:?} in:\n{conf}");
+    }
+    assert_eq!(conf.matches("listen 443 ssl;").count(), 2, "{conf}");
+    // The Service flips on a switch; the proxy's configuration does not (no rollout).
+    let switched = state_with_web(Color::Green, Some(("web:1", 2)), Some(("web:2", 1)));
+    let mut switched_with_cert = switched.clone();
+    switched_with_cert.certs = s.certs.clone();
+    assert_eq!(render(&switched_with_cert, Some(443)), conf);
+    // Without proxy.https: no challenge include (the ConfigMap has no such key), no 443.
+    let plain = render(&s, None);
+    assert!(!plain.contains("443") && !plain.contains("acme"), "{plain}");
+}
+
+#[test]
 fn names_and_labels() {
     assert_eq!(color_service("pr-7", "web", Color::Green), "pr-7-web-green");
     assert_eq!(inplace_service("default", "db"), "default-db");

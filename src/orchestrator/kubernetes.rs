@@ -113,6 +113,28 @@ fn proxy_place(path: &str) -> Result<ProxyPlace> {
     Ok(place)
 }
 
+/// Proxy files by where they live: keys of the two Secrets (a value, or `None` to remove
+/// it), and challenge tokens.
+#[derive(Default)]
+struct Placed {
+    tls: BTreeMap<String, Option<Vec<u8>>>,
+    account: BTreeMap<String, Option<Vec<u8>>>,
+    challenges: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+fn place_all(files: impl IntoIterator<Item = (String, Option<Vec<u8>>)>) -> Result<Placed> {
+    let mut out = Placed::default();
+    for (path, value) in files {
+        let (map, key) = match proxy_place(&path)? {
+            ProxyPlace::Tls(k) => (&mut out.tls, k),
+            ProxyPlace::Account(k) => (&mut out.account, k),
+            ProxyPlace::Challenge(t) => (&mut out.challenges, t),
+        };
+        map.insert(key, value);
+    }
+    Ok(out)
+}
+
 /// The challenges file: one exact location per token answering its key authorization. Both
 /// are base64url (RFC 8555), checked by [`proxy_place`] and here, so nothing else reaches
 /// nginx's configuration.
@@ -1223,6 +1245,26 @@ impl Kubernetes {
         Ok(())
     }
 
+    /// [`Self::apply_proxy`], then wait for the rollout: every proxy replica serves the new
+    /// configuration (readiness-gated: Kubernetes' graceful reload).
+    async fn roll_proxy(
+        &self,
+        image: &str,
+        port: u16,
+        routes: &str,
+        challenges: &str,
+    ) -> Result<()> {
+        self.apply_proxy(image, port, routes, challenges).await?;
+        self.watch_until(
+            &proxy_workload(),
+            self.proxy_replicas,
+            Some(image),
+            Duration::from_secs(300),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// A Service `name` in `ns` selecting `color` of `service`.
     async fn apply_service(
         &self,
@@ -1659,16 +1701,7 @@ impl Orchestrator for Kubernetes {
             return Ok(());
         }
         let port = self.proxy_now().await?.map_or(80, |(_, p)| p);
-        self.apply_proxy(image, port, config, &challenges).await?;
-        // Returns when the rollout is done: every proxy replica serves the new routes.
-        self.watch_until(
-            &proxy_workload(),
-            self.proxy_replicas,
-            Some(image),
-            Duration::from_secs(300),
-        )
-        .await?;
-        Ok(())
+        self.roll_proxy(image, port, config, &challenges).await
     }
 
     /// Certificates and keys into the Secret the proxy's pods mount (the routes that name
@@ -1677,31 +1710,25 @@ impl Orchestrator for Kubernetes {
     /// proxy replica.
     async fn write_proxy_files(&self, files: &[ProxyFile]) -> Result<()> {
         use secrecy::ExposeSecret;
-        let mut tls = BTreeMap::new();
-        let mut account = BTreeMap::new();
+        let placed = place_all(files.iter().map(|f| {
+            (
+                f.path.clone(),
+                Some(f.content.expose_secret().as_bytes().to_vec()),
+            )
+        }))?;
         let mut challenges = BTreeMap::new();
-        for f in files {
-            let value = f.content.expose_secret().as_bytes().to_vec();
-            match proxy_place(&f.path)? {
-                ProxyPlace::Tls(k) => {
-                    tls.insert(k, Some(value));
-                }
-                ProxyPlace::Account(k) => {
-                    account.insert(k, Some(value));
-                }
-                ProxyPlace::Challenge(token) => {
-                    let answer = f.content.expose_secret();
-                    if proxy_place(&format!("acme/{answer}")).is_err() {
-                        return Err(Error::Other(format!(
-                            "ACME challenge {token}: the key authorization is not base64url"
-                        )));
-                    }
-                    challenges.insert(token, answer.to_string());
-                }
+        for (token, answer) in placed.challenges {
+            let answer = String::from_utf8(answer.unwrap_or_default()).unwrap_or_default();
+            if proxy_place(&format!("acme/{answer}")).is_err() {
+                return Err(Error::Other(format!(
+                    "ACME challenge {token}: the key authorization is not base64url"
+                )));
             }
+            challenges.insert(token, answer);
         }
-        self.patch_secret_keys(PROXY_TLS, &tls).await?;
-        self.patch_secret_keys(ACME_ACCOUNT, &account).await?;
+        self.patch_secret_keys(PROXY_TLS, &placed.tls).await?;
+        self.patch_secret_keys(ACME_ACCOUNT, &placed.account)
+            .await?;
         if challenges.is_empty() {
             return Ok(());
         }
@@ -1713,16 +1740,8 @@ impl Orchestrator for Kubernetes {
                 "ACME: the proxy is not running, nothing can answer the CA's challenge".into(),
             ));
         };
-        self.apply_proxy(&image, port, &routes, &render_challenges(&all))
-            .await?;
-        self.watch_until(
-            &proxy_workload(),
-            self.proxy_replicas,
-            Some(&image),
-            Duration::from_secs(300),
-        )
-        .await?;
-        Ok(())
+        self.roll_proxy(&image, port, &routes, &render_challenges(&all))
+            .await
     }
 
     /// A proxy made before `proxy.https` was set gets port 443 and the certificates' Secret
@@ -1747,44 +1766,24 @@ impl Orchestrator for Kubernetes {
         let Some((image, port)) = self.proxy_now().await?.filter(|_| !has_https) else {
             return Ok(());
         };
-        self.apply_proxy(&image, port, &routes, &challenges).await?;
-        self.watch_until(
-            &proxy_workload(),
-            self.proxy_replicas,
-            Some(&image),
-            Duration::from_secs(300),
-        )
-        .await?;
-        Ok(())
+        self.roll_proxy(&image, port, &routes, &challenges).await
     }
 
     /// Keys leave their Secrets; answered challenges leave the ConfigMap without a rollout
     /// (the pods keep answering them until the next one, which is harmless: they are public).
     async fn remove_proxy_files(&self, paths: &[String]) -> Result<()> {
-        let mut tls = BTreeMap::new();
-        let mut account = BTreeMap::new();
-        let mut gone = Vec::new();
-        for p in paths {
-            match proxy_place(p)? {
-                ProxyPlace::Tls(k) => {
-                    tls.insert(k, None);
-                }
-                ProxyPlace::Account(k) => {
-                    account.insert(k, None);
-                }
-                ProxyPlace::Challenge(t) => gone.push(t),
-            }
-        }
-        self.patch_secret_keys(PROXY_TLS, &tls).await?;
-        self.patch_secret_keys(ACME_ACCOUNT, &account).await?;
-        if gone.is_empty() {
+        let placed = place_all(paths.iter().map(|p| (p.clone(), None)))?;
+        self.patch_secret_keys(PROXY_TLS, &placed.tls).await?;
+        self.patch_secret_keys(ACME_ACCOUNT, &placed.account)
+            .await?;
+        if placed.challenges.is_empty() {
             return Ok(());
         }
         let (Some(routes), current) = self.proxy_data().await? else {
             return Ok(());
         };
         let mut all = parse_challenges(&current);
-        all.retain(|t, _| !gone.contains(t));
+        all.retain(|t, _| !placed.challenges.contains_key(t));
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), SYSTEM_NAMESPACE);
         cms.patch(
             PROXY,
