@@ -288,6 +288,8 @@ pub fn proxy_config(
     ctx.insert("domain", domain);
     ctx.insert("generation", &generation);
     ctx.insert("routes", &routes(state, domain, upstream));
+    // `services` stays for templates a spec overrides (`templates:`) that still use it.
+    ctx.insert("services", &service_routes(state));
     ctx.insert("hosts", &service_hosts(state, domain, upstream));
     ctx.insert("probes", probes);
     ctx.insert("https_port", &https_port);

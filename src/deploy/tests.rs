@@ -433,3 +433,32 @@ fn secret_names_change_with_the_value_and_say_nothing_about_it() {
     assert_ne!(a, secret_name("other", "default", "web", "token", "s3cret"));
     assert!(!a.contains("s3cret"));
 }
+
+#[test]
+fn kubernetes_routes_without_https_are_what_they_were_before_https() {
+    // Every change to this file rolls the proxy's pods (on k3s with one manager: a restart),
+    // so a cluster without proxy.https must get the very bytes it had before HTTPS came.
+    let kube_upstream = |env: &str, svc: &str, _c: Color, preview: bool| {
+        if preview {
+            format!("{svc}-preview.{env}.svc.cluster.local")
+        } else {
+            format!("{svc}.{env}.svc.cluster.local")
+        }
+    };
+    let s = state_with_web(Color::Blue, Some(("web:1", 2)), Some(("web:2", 1)));
+    let conf = proxy_config(
+        &Renderer::new(None).unwrap(),
+        "nginx-routes-kubernetes.conf",
+        &kube_upstream,
+        &s,
+        "demo.test",
+        7,
+        &[],
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        conf,
+        include_str!("golden/nginx-routes-kubernetes-plain.conf")
+    );
+}

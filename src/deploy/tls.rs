@@ -51,6 +51,20 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
+/// What the CA said no to (recorded, so that the next order waits), inside what failed here
+/// (the cluster, the spec's files: reported, not recorded).
+type FromCa<T> = std::result::Result<T, Error>;
+
+/// The value of a call to the CA, or return its failure as the CA's (`Ok(Err(…))`).
+macro_rules! ca {
+    ($call:expr, $problem:expr) => {
+        match $call.await {
+            Ok(v) => v,
+            Err(e) => return Ok(Err($problem(e))),
+        }
+    };
+}
+
 /// One certificate `certs` shows.
 pub fn cert_rows(certs: &BTreeMap<String, CertRecord>) -> Vec<serde_json::Value> {
     certs
@@ -73,6 +87,31 @@ fn inspect(chain_pem: &str) -> std::result::Result<(String, String), String> {
         .ok_or("an expiry out of range")?
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     Ok((not_after, cert.raw_serial_as_string()))
+}
+
+/// A certificate file and its key belong together: checked before anything goes live (on
+/// Kubernetes a mismatch would only show as proxy pods that never become Ready). The error
+/// never quotes the key.
+fn check_key_pair(chain_pem: &str, key: &SecretString) -> std::result::Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use secrecy::ExposeSecret;
+    let certs = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate chain: {e}"))?;
+    if certs.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key.expose_secret().as_bytes())
+        .map_err(|_| "the key file holds no PEM private key".to_string())?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::aws_lc_rs::default_provider())
+        .map(|_| ())
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "the key file's key does not belong to this certificate".to_string()
+            }
+            _ => "the key file's key is of a kind the proxy cannot use".to_string(),
+        })
 }
 
 fn fingerprint(pem: &str) -> String {
@@ -441,6 +480,13 @@ impl Deployer<'_> {
             }
             let (not_after, serial) = inspect(&chain)
                 .map_err(|e| Error::Usage(format!("{}: {e}", f.cert_file.display())))?;
+            check_key_pair(&chain, &key).map_err(|e| {
+                Error::Usage(format!(
+                    "{} and {}: {e}",
+                    f.cert_file.display(),
+                    f.key_file.display()
+                ))
+            })?;
             let record = CertRecord {
                 hosts: f.hosts.clone(),
                 not_after: not_after.clone(),
@@ -495,8 +541,9 @@ impl Deployer<'_> {
         if due.is_empty() {
             return Ok(installed);
         }
-        // No account (the CA unreachable, or refusing): every order that was due failed.
-        let account = match self.acme_account(acme).await {
+        // No account (the CA unreachable, or refusing): every order that was due failed. A
+        // failure here (reading the saved account, trusting ca_file) is not recorded.
+        let account = match self.acme_account(acme).await? {
             Ok(a) => a,
             Err(e) => {
                 let names: Vec<&str> = due
@@ -521,7 +568,7 @@ impl Deployer<'_> {
                 hosts.join(", "),
                 acme.directory
             ));
-            let (chain, key) = match self.order(acct, acme, &hosts).await {
+            let (chain, key) = match self.order(acct, acme, &hosts).await? {
                 Ok(got) => got,
                 Err(e) => {
                     // Recorded, so that the next order waits; the other environments still
@@ -565,42 +612,48 @@ impl Deployer<'_> {
     }
 
     /// The cluster's ACME account: from the managers, or registered now and kept there.
-    async fn acme_account(&self, acme: &AcmeSpec) -> Result<Account> {
-        let problem = |what: &str, e: String| {
-            Error::Other(format!("ACME: {what} at {} failed: {e}", acme.directory))
+    async fn acme_account(&self, acme: &AcmeSpec) -> Result<FromCa<Account>> {
+        let problem = |what: &'static str| {
+            move |e: String| Error::Other(format!("ACME: {what} at {} failed: {e}", acme.directory))
         };
+        // Trusting `ca_file` is this machine's business, not the CA's.
         let builder = || match &acme.ca_file {
-            Some(ca) => Account::builder_with_root(ca)
-                .map_err(|e| problem(&format!("trusting {}", ca.display()), e.to_string())),
-            None => Account::builder().map_err(|e| problem("starting the client", e.to_string())),
+            Some(ca) => Account::builder_with_root(ca).map_err(|e| {
+                Error::Usage(format!("proxy.https.acme.ca_file {}: {e}", ca.display()))
+            }),
+            None => Account::builder()
+                .map_err(|e| Error::Other(format!("ACME: starting the client: {e}"))),
         };
         let file = account_file(&acme.directory);
         if let Some(saved) = self.orch.read_proxy_file(&file).await? {
             let creds: AccountCredentials = serde_json::from_str(&saved).map_err(|e| {
                 Error::Other(format!(
-                    "ACME: the saved account on the managers is unreadable: {e}"
+                    "ACME: the saved account ({file}, kept with the proxy) is unreadable: {e}"
                 ))
             })?;
-            return bounded(acme.timeout, builder()?.from_credentials(creds))
-                .await
-                .map_err(|e| problem("loading the saved account", e));
+            let account = ca!(
+                bounded(acme.timeout, builder()?.from_credentials(creds)),
+                problem("loading the saved account")
+            );
+            return Ok(Ok(account));
         }
         let contact: Vec<String> = acme.email.iter().map(|e| format!("mailto:{e}")).collect();
         let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
-        let (account, creds) = bounded(
-            acme.timeout,
-            builder()?.create(
-                &NewAccount {
-                    contact: &contact,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                acme.directory.clone(),
-                None,
+        let (account, creds) = ca!(
+            bounded(
+                acme.timeout,
+                builder()?.create(
+                    &NewAccount {
+                        contact: &contact,
+                        terms_of_service_agreed: true,
+                        only_return_existing: false,
+                    },
+                    acme.directory.clone(),
+                    None,
+                ),
             ),
-        )
-        .await
-        .map_err(|e| problem("registering an account", e))?;
+            problem("registering an account")
+        );
         let saved = serde_json::to_string(&creds).expect("credentials serialise");
         self.orch
             .write_proxy_files(&[ProxyFile {
@@ -613,17 +666,17 @@ impl Deployer<'_> {
             "https: ACME account registered at {} (kept with the cluster's proxy)",
             acme.directory
         ));
-        Ok(account)
+        Ok(Ok(account))
     }
 
-    /// One order for `hosts` over HTTP-01: challenge files on every manager, then the chain
-    /// and its new private key.
+    /// One order for `hosts` over HTTP-01: challenge files where the proxy answers them,
+    /// then the chain and its new private key.
     async fn order(
         &self,
         account: &Account,
         acme: &AcmeSpec,
         hosts: &[String],
-    ) -> Result<(String, SecretString)> {
+    ) -> Result<FromCa<(String, SecretString)>> {
         let names = hosts.join(", ");
         let problem = |what: &str, e: String| {
             Error::Other(format!(
@@ -632,9 +685,10 @@ impl Deployer<'_> {
             ))
         };
         let ids: Vec<Identifier> = hosts.iter().map(|h| Identifier::Dns(h.clone())).collect();
-        let mut order = bounded(acme.timeout, account.new_order(&NewOrder::new(&ids)))
-            .await
-            .map_err(|e| problem("the order", e))?;
+        let mut order = ca!(
+            bounded(acme.timeout, account.new_order(&NewOrder::new(&ids))),
+            |e| problem("the order", e)
+        );
         let mut tokens = Vec::new();
         let result = self
             .validate_and_fetch(&mut order, &mut tokens, acme.timeout, &problem)
@@ -652,25 +706,32 @@ impl Deployer<'_> {
         tokens: &mut Vec<String>,
         timeout: std::time::Duration,
         problem: &(dyn Fn(&str, String) -> Error + Sync),
-    ) -> Result<(String, SecretString)> {
+    ) -> Result<FromCa<(String, SecretString)>> {
         // Polls retry for up to 30 s (RetryPolicy's default) on top of one request's bound.
         let polling = timeout + std::time::Duration::from_secs(30);
         {
             let mut authzs = order.authorizations();
-            while let Some(a) = bounded(timeout, async { Ok::<_, String>(authzs.next().await) })
-                .await
-                .map_err(|e| problem("an authorization", e))?
-            {
-                let mut a = a.map_err(|e| problem("an authorization", e.to_string()))?;
+            while let Some(a) = ca!(
+                bounded(timeout, async { Ok::<_, String>(authzs.next().await) }),
+                |e| problem("an authorization", e)
+            ) {
+                let mut a = match a {
+                    Ok(a) => a,
+                    Err(e) => return Ok(Err(problem("an authorization", e.to_string()))),
+                };
                 if a.status == AuthorizationStatus::Valid {
                     continue;
                 }
-                let mut ch = a.challenge(ChallengeType::Http01).ok_or_else(|| {
-                    problem("HTTP-01", "the CA offers no HTTP-01 challenge".into())
-                })?;
+                let Some(mut ch) = a.challenge(ChallengeType::Http01) else {
+                    return Ok(Err(problem(
+                        "HTTP-01",
+                        "the CA offers no HTTP-01 challenge".into(),
+                    )));
+                };
                 let token = ch.token.clone();
                 let key_auth = ch.key_authorization().as_str().to_string();
                 tokens.push(format!("acme/{token}"));
+                // Failing to put the answer in place is this cluster's failure, not the CA's.
                 self.orch
                     .write_proxy_files(&[ProxyFile {
                         path: format!("acme/{token}"),
@@ -678,14 +739,16 @@ impl Deployer<'_> {
                         private: false,
                     }])
                     .await?;
-                bounded(timeout, ch.set_ready())
-                    .await
-                    .map_err(|e| problem("answering the challenge", e))?;
+                ca!(bounded(timeout, ch.set_ready()), |e| problem(
+                    "answering the challenge",
+                    e
+                ));
             }
         }
-        let status = bounded(polling, order.poll_ready(&RetryPolicy::default()))
-            .await
-            .map_err(|e| problem("waiting for validation", e))?;
+        let status = ca!(
+            bounded(polling, order.poll_ready(&RetryPolicy::default())),
+            |e| problem("waiting for validation", e)
+        );
         if status != OrderStatus::Ready {
             // The challenges' problem documents say why.
             let mut why = Vec::new();
@@ -700,18 +763,20 @@ impl Deployer<'_> {
                     }
                 }
             }
-            return Err(problem(
+            return Ok(Err(problem(
                 "validation",
                 format!("the order is {status:?}: {}", why.join("; ")),
-            ));
+            )));
         }
-        let key = bounded(timeout, order.finalize())
-            .await
-            .map_err(|e| problem("finalizing", e))?;
-        let chain = bounded(polling, order.poll_certificate(&RetryPolicy::default()))
-            .await
-            .map_err(|e| problem("fetching the certificate", e))?;
-        Ok((chain, SecretString::from(key)))
+        let key = ca!(bounded(timeout, order.finalize()), |e| problem(
+            "finalizing",
+            e
+        ));
+        let chain = ca!(
+            bounded(polling, order.poll_certificate(&RetryPolicy::default())),
+            |e| problem("fetching the certificate", e)
+        );
+        Ok(Ok((chain, SecretString::from(key))))
     }
 
     /// `certs renew`: order or install every certificate again.
@@ -722,5 +787,56 @@ impl Deployer<'_> {
             ));
         }
         self.ensure_certs(true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn openssl_pair(dir: &std::path::Path, name: &str) -> (String, SecretString) {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .args([
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+            ])
+            .args(["-days", "2", "-subj", "/CN=pair"])
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        (
+            read(&format!("{name}.pem")),
+            SecretString::from(read(&format!("{name}.key"))),
+        )
+    }
+
+    #[test]
+    fn a_certificate_and_a_key_that_do_not_belong_together_are_refused_without_quoting_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_a, key_a) = openssl_pair(dir.path(), "a");
+        let (_, key_b) = openssl_pair(dir.path(), "b");
+        assert_eq!(check_key_pair(&cert_a, &key_a), Ok(()));
+        let e = check_key_pair(&cert_a, &key_b).unwrap_err();
+        assert_eq!(e, "the key file's key does not belong to this certificate");
+        let e = check_key_pair(&cert_a, &SecretString::from("not a key".to_string())).unwrap_err();
+        assert_eq!(e, "the key file holds no PEM private key");
+        assert!(check_key_pair("nothing", &key_a).is_err());
     }
 }

@@ -16,9 +16,9 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, HTTPGetAction, Namespace,
-    Pod, PodSpec, PodTemplateSpec, Probe, Secret, SecretVolumeSource, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, Namespace, Pod, PodSpec, PodTemplateSpec, Probe, Secret,
+    SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -380,6 +380,9 @@ pub struct KubeStatus {
     pub workloads: Vec<serde_json::Value>,
 }
 
+/// The proxy container's preStop hook (within the default 30 s grace period).
+const PROXY_PRE_STOP: &str = "sleep 3; nginx -s quit; sleep 25";
+
 /// What the proxy's objects depend on besides their content.
 #[derive(Debug, Clone, Copy)]
 struct ProxyShape {
@@ -459,6 +462,23 @@ fn proxy_deployment(
                                 ..Default::default()
                             }),
                             period_seconds: Some(2),
+                            ..Default::default()
+                        }),
+                        // Kubernetes stops a container with SIGTERM, a fast shutdown for
+                        // nginx: a replaced pod first leaves the endpoints (3 s), then quits
+                        // gracefully, so requests in flight finish (as `nginx -s reload` lets
+                        // them on Swarm). The container ends when nginx has drained.
+                        lifecycle: Some(Lifecycle {
+                            pre_stop: Some(LifecycleHandler {
+                                exec: Some(ExecAction {
+                                    command: Some(
+                                        ["/bin/sh", "-c", PROXY_PRE_STOP]
+                                            .map(String::from)
+                                            .to_vec(),
+                                    ),
+                                }),
+                                ..Default::default()
+                            }),
                             ..Default::default()
                         }),
                         volume_mounts: Some(
@@ -2043,6 +2063,15 @@ mod tests {
             .expect("the certificates' Secret");
         assert_eq!(tls.secret_name.as_deref(), Some(PROXY_TLS));
         assert_eq!((tls.default_mode, tls.optional), (Some(0o600), Some(true)));
+        // Replaced pods drain: leave the endpoints, then a graceful quit.
+        let pre_stop = k3s.containers[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|p| p.exec.as_ref())
+            .and_then(|e| e.command.clone())
+            .unwrap();
+        assert!(pre_stop.join(" ").contains("nginx -s quit"), "{pre_stop:?}");
         let mounts = k3s.containers[0].volume_mounts.as_ref().unwrap();
         assert!(
             mounts

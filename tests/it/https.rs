@@ -201,6 +201,14 @@ fn served_serial(manager: &str, host: &str) -> String {
         .to_lowercase()
 }
 
+/// A piece of a PEM key's base64 body that is this key's own: past the PKCS#8 header that
+/// every key of its kind shares (for a P-256 key the first 48 characters are the same).
+fn own_part(body: &str) -> &str {
+    let body = body.trim();
+    assert!(body.len() > 96, "a key body of {} characters", body.len());
+    &body[56..96]
+}
+
 /// What the HTTPS loop reports: sent, failed, the first failures.
 type LoadResult = (u64, u64, Vec<String>);
 
@@ -402,10 +410,10 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
     let key = docker_ok(&["exec", &format!("cf-{CLUSTER}-1"), "cat", keys.trim()]);
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(body.len() > 40);
-    assert!(!outputs.borrow().contains(&body[..40]));
+    assert!(!outputs.borrow().contains(own_part(&body)));
     for entry in std::fs::read_dir(d.join(".cloudflow")).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        assert!(!String::from_utf8_lossy(&bytes).contains(&body[..40]));
+        assert!(!String::from_utf8_lossy(&bytes).contains(own_part(&body)));
     }
     // A second manager joins: before its proxy task starts it gets the live routes, the
     // certificates and the ACME account from the first (keys and account 0600, never through
@@ -449,7 +457,7 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         .unwrap()
         .to_string();
     assert!(account_key.len() > 40);
-    assert!(!outputs.borrow().contains(&account_key[..40]));
+    assert!(!outputs.borrow().contains(own_part(&account_key)));
     assert!(cf(&["up", "--yes"]).ok().stdout.contains("no changes"));
 
     // Certificates from files instead (a wildcard): installed, and the ACME ones go.
@@ -486,7 +494,7 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect();
-    assert!(!outputs.borrow().contains(&wild_key[..40]));
+    assert!(!outputs.borrow().contains(own_part(&wild_key)));
 
     let mode = docker_ok(&[
         "exec",
@@ -508,7 +516,7 @@ fn https_certificates_from_pebble_served_renewed_and_zero_dropped() {
         "stat -c %a /etc/cloudflow/proxy/tls/file-1-*.key",
     ]);
     assert_eq!(mode, "600");
-    assert!(!outputs.borrow().contains(&wild_key[..40]));
+    assert!(!outputs.borrow().contains(own_part(&wild_key)));
     assert!(cf(&["up", "--yes"]).ok().stdout.contains("no changes"));
 
     // `proxy.https` removed: `plan` says so, `up` removes the certificates (records, routes,
@@ -922,11 +930,14 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     )
     .unwrap();
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
-    assert!(body.len() > 40);
-    assert!(!outputs.borrow().contains(&body[..40]));
-    for entry in std::fs::read_dir(d.join(".cloudflow")).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
-        assert!(!String::from_utf8_lossy(&bytes).contains(&body[..40]));
+    // The Secret's own encoding of it (what a leaked API body would show) too.
+    let encoded = key_b64.as_str().unwrap().to_string();
+    for part in [own_part(&body), own_part(&encoded)] {
+        assert!(!outputs.borrow().contains(part));
+        for entry in std::fs::read_dir(d.join(".cloudflow")).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains(part));
+        }
     }
 
     // `down` leaves neither the certificates nor the ACME account behind.
@@ -998,6 +1009,45 @@ fn a_ca_that_never_answers_fails_within_the_timeout_and_the_next_order_waits() {
     assert!(t.elapsed() < Duration::from_secs(2 * 60));
     let certs = cloudflow(d, &["certs", "-o", "json"]).ok().json();
     assert_eq!(certs["failed_orders"][0]["attempts"], 1, "{certs}");
+
+    // Certificates from files whose key is another certificate's: refused before anything
+    // goes live (on Kubernetes the proxy's new pods would never become Ready), the key not
+    // quoted.
+    sh(
+        d,
+        "for n in a b; do openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $n.key -out $n.pem -days 2 -subj /CN=$n 2>/dev/null; done",
+    );
+    let spec = std::fs::read_to_string(d.join("cloudflow.yaml")).unwrap();
+    let acme_start = spec.find("    acme:").unwrap();
+    let acme_end = spec.find("services:").unwrap();
+    std::fs::write(
+        d.join("cloudflow.yaml"),
+        format!(
+            "{}    certificates: [{{ hosts: [\"*.{DOMAIN}\"], cert_file: ./a.pem, key_file: ./b.key }}]\n{}",
+            &spec[..acme_start],
+            &spec[acme_end..]
+        ),
+    )
+    .unwrap();
+    let mismatched = cloudflow(d, &["up", "--yes"]);
+    assert_eq!(
+        mismatched.code, 2,
+        "{}\n{}",
+        mismatched.stdout, mismatched.stderr
+    );
+    assert!(
+        mismatched
+            .stderr
+            .contains("b.key: the key file's key does not belong to this certificate"),
+        "{}",
+        mismatched.stderr
+    );
+    let b_key = std::fs::read_to_string(d.join("b.key")).unwrap();
+    let b_body: String = b_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!mismatched.stderr.contains(own_part(&b_body)));
+    assert!(!mismatched.stdout.contains(own_part(&b_body)));
+    let certs = cloudflow(d, &["certs", "-o", "json"]).ok().json();
+    assert_eq!(certs["certificates"], serde_json::json!([]), "{certs}");
     cloudflow(d, &["down", "--yes"]).ok();
     drop(silent);
 }

@@ -132,6 +132,7 @@ def main():
     with open(args.kubeconfig) as f:
         cfg = json.load(f)
     served = set()
+    retry_at = {}  # a pod that could not start is tried again a second later, not at once
     while True:
         try:
             pods = api(cfg, "/api/v1/namespaces/%s/pods?labelSelector=%s"
@@ -140,6 +141,9 @@ def main():
                 m = pod["metadata"]
                 if m.get("deletionTimestamp") or m["uid"] in served:
                     continue
+                if time.time() < retry_at.get(m["uid"], 0):
+                    continue
+                retry_at[m["uid"]] = time.time() + 1.0
                 if start_pod(args, cfg, mounts, pod):
                     served.add(m["uid"])
                     with open(os.path.join(args.readiness_dir, "%s_%s" % (m["namespace"], m["name"])), "w"):
