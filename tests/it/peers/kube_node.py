@@ -93,6 +93,13 @@ def sync_dir(host_dir, files):
         os.replace(tmp, os.path.join(host_dir, name))
 
 
+def workers(container):
+    """The nginx master's (PID 1's) children now, or None when that cannot be read."""
+    r = subprocess.run(["docker", "exec", container, "cat", "/proc/1/task/1/children"],
+                       capture_output=True, text=True)
+    return set(r.stdout.split()) if r.returncode == 0 else None
+
+
 def start_pod(args, cfg, mounts, pod):
     ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     spec = pod["spec"]
@@ -112,8 +119,18 @@ def start_pod(args, cfg, mounts, pod):
     if check.returncode != 0:
         log(args, "%s: nginx refuses the configuration: %s" % (name, check.stderr.strip()[-400:]))
         return False
+    before = workers(args.container)
     subprocess.run(["docker", "exec", args.container, "nginx", "-s", "reload"], check=True, capture_output=True)
-    time.sleep(0.3)  # the master starts workers with the new configuration
+    # Serving once the master has started workers with the new configuration.
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        now = workers(args.container)
+        if before is None or now is None:
+            time.sleep(0.5)
+            break
+        if now - before:
+            break
+        time.sleep(0.05)
     log(args, "%s: serving" % name)
     return True
 
