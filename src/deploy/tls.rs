@@ -55,6 +55,25 @@ async fn bounded<T, E: std::fmt::Display>(
 /// (the cluster, the spec's files: reported, not recorded).
 type FromCa<T> = std::result::Result<T, Error>;
 
+/// A certificate about to go live.
+struct NewCert {
+    name: String,
+    record: CertRecord,
+    chain: String,
+    key: SecretString,
+}
+
+/// How a step of the order for `hosts` failed at the CA, as the user reads it.
+fn order_problem<'a>(acme: &'a AcmeSpec, hosts: &[String]) -> impl Fn(&str, String) -> Error + 'a {
+    let names = hosts.join(", ");
+    move |what: &str, e: String| {
+        Error::Other(format!(
+            "ACME: {what} for {names} at {} failed: {e}; traffic is served as before",
+            acme.directory
+        ))
+    }
+}
+
 /// The value of a call to the CA, or return its failure as the CA's (`Ok(Err(…))`).
 macro_rules! ca {
     ($call:expr, $problem:expr) => {
@@ -405,56 +424,69 @@ impl Deployer<'_> {
         Ok(())
     }
 
-    /// Put one certificate live: new files beside the old ones, the record, then the routes
-    /// (tested by nginx, reloaded gracefully). When the proxy refuses, the record and the
-    /// routes go back to the previous certificate and the new files are removed.
-    async fn put_live(
-        &self,
-        name: &str,
-        record: CertRecord,
-        chain: &str,
-        key: SecretString,
-    ) -> Result<()> {
-        let base = record.file_base(name);
-        self.orch
-            .write_proxy_files(&[
-                ProxyFile {
-                    path: format!("tls/{base}.key"),
-                    content: key,
-                    private: true,
-                },
-                ProxyFile {
-                    path: format!("tls/{base}.crt"),
-                    content: SecretString::from(chain.to_string()),
-                    private: false,
-                },
-            ])
-            .await?;
-        let previous = self.state.snapshot().certs.get(name).cloned();
+    /// Put certificates live, all at once: new files beside the old ones, the records, then
+    /// the routes (Swarm: tested by nginx and reloaded gracefully; Kubernetes: one rollout).
+    /// When the proxy refuses, the records and the routes go back to the previous
+    /// certificates and the new files are removed.
+    async fn put_live(&self, certs: &[NewCert]) -> Result<()> {
+        if certs.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<ProxyFile> = certs
+            .iter()
+            .flat_map(|c| {
+                let base = c.record.file_base(&c.name);
+                [
+                    ProxyFile {
+                        path: format!("tls/{base}.key"),
+                        content: c.key.clone(),
+                        private: true,
+                    },
+                    ProxyFile {
+                        path: format!("tls/{base}.crt"),
+                        content: SecretString::from(c.chain.clone()),
+                        private: false,
+                    },
+                ]
+            })
+            .collect();
+        self.orch.write_proxy_files(&files).await?;
+        let before = self.state.snapshot().certs;
         self.update(|s| {
-            s.certs.insert(name.to_string(), record.clone());
+            for c in certs {
+                s.certs.insert(c.name.clone(), c.record.clone());
+            }
         })?;
+        let new_files: Vec<String> = certs
+            .iter()
+            .flat_map(|c| cert_files(&c.record.file_base(&c.name)))
+            .collect();
         if let Err(e) = self.publish(&[]).await {
-            self.update(|s| match &previous {
-                Some(p) => {
-                    s.certs.insert(name.to_string(), p.clone());
-                }
-                None => {
-                    s.certs.remove(name);
+            self.update(|s| {
+                for c in certs {
+                    match before.get(&c.name) {
+                        Some(p) => s.certs.insert(c.name.clone(), p.clone()),
+                        None => s.certs.remove(&c.name),
+                    };
                 }
             })?;
             if let Err(again) = self.publish(&[]).await {
                 tracing::warn!("https: republishing the previous routes failed: {again}");
             }
-            let _ = self.orch.remove_proxy_files(&cert_files(&base)).await;
+            let _ = self.orch.remove_proxy_files(&new_files).await;
             return Err(e);
         }
-        if let Some(p) = previous
-            && p.file_base(name) != base
-        {
-            self.orch
-                .remove_proxy_files(&cert_files(&p.file_base(name)))
-                .await?;
+        let old_files: Vec<String> = certs
+            .iter()
+            .filter_map(|c| {
+                let p = before.get(&c.name)?;
+                (p.file_base(&c.name) != c.record.file_base(&c.name))
+                    .then(|| cert_files(&p.file_base(&c.name)))
+            })
+            .flatten()
+            .collect();
+        if !old_files.is_empty() {
+            self.orch.remove_proxy_files(&old_files).await?;
         }
         Ok(())
     }
@@ -464,7 +496,8 @@ impl Deployer<'_> {
         files: &[crate::spec::CertFiles],
         force: bool,
     ) -> Result<Vec<String>> {
-        let mut installed = Vec::new();
+        let mut new = Vec::new();
+        let mut said = Vec::new();
         for (i, f) in files.iter().enumerate() {
             let name = format!("file-{}", i + 1);
             let read = |p: &std::path::Path| {
@@ -487,22 +520,29 @@ impl Deployer<'_> {
                     f.key_file.display()
                 ))
             })?;
-            let record = CertRecord {
-                hosts: f.hosts.clone(),
-                not_after: not_after.clone(),
-                serial,
-                source: "file".into(),
-                fingerprint: fp,
-            };
-            self.put_live(&name, record, &chain, key).await?;
-            self.ui.info(&format!(
+            said.push(format!(
                 "https: certificate {name} from {} installed ({}; expires {not_after})",
                 f.cert_file.display(),
                 f.hosts.join(", ")
             ));
-            installed.push(name);
+            new.push(NewCert {
+                record: CertRecord {
+                    hosts: f.hosts.clone(),
+                    not_after,
+                    serial,
+                    source: "file".into(),
+                    fingerprint: fp,
+                },
+                name,
+                chain,
+                key,
+            });
         }
-        Ok(installed)
+        self.put_live(&new).await?;
+        for line in said {
+            self.ui.info(&line);
+        }
+        Ok(new.into_iter().map(|c| c.name).collect())
     }
 
     /// A failed order of `name` is recorded, so that the next one waits.
@@ -521,10 +561,13 @@ impl Deployer<'_> {
         })
     }
 
+    /// Every certificate that is due, ordered together: the orders are opened, all their
+    /// challenge answers put in place at once (one rollout on Kubernetes, whatever the number
+    /// of environments), each order validated and finalized, and the certificates put live
+    /// at once. One order's failure does not stop the others'.
     async fn order_missing(&self, acme: &AcmeSpec, force: bool) -> Result<Vec<String>> {
-        let mut installed = Vec::new();
         let mut failed: Vec<String> = Vec::new();
-        let due: Vec<(String, String, Vec<String>)> = self
+        let due: Vec<(String, Vec<String>)> = self
             .wanted_hosts()
             .into_iter()
             .filter_map(|(env, hosts)| {
@@ -534,12 +577,11 @@ impl Deployer<'_> {
                     hosts.iter().all(|h| c.covers(h)) && c.days_left() > RENEW_DAYS
                 });
                 // A waiting order was said above.
-                (force || (!fresh && waiting(&state, &name).is_none()))
-                    .then_some((env, name, hosts))
+                (force || (!fresh && waiting(&state, &name).is_none())).then_some((name, hosts))
             })
             .collect();
         if due.is_empty() {
-            return Ok(installed);
+            return Ok(Vec::new());
         }
         // No account (the CA unreachable, or refusing): every order that was due failed. A
         // failure here (reading the saved account, trusting ca_file) is not recorded.
@@ -548,53 +590,104 @@ impl Deployer<'_> {
             Err(e) => {
                 let names: Vec<&str> = due
                     .iter()
-                    .flat_map(|(_, _, h)| h)
+                    .flat_map(|(_, h)| h)
                     .map(String::as_str)
                     .collect();
                 let e = format!(
                     "{e}: no certificate for {}; traffic is served as before",
                     names.join(", ")
                 );
-                for (_, name, _) in &due {
+                for (name, _) in &due {
                     self.record_failure(name, &e)?;
                 }
                 return Err(Error::Other(e));
             }
         };
-        for (_env, name, hosts) in due {
-            let acct = &account;
+        // Recorded, so that the next order waits; the failures are reported together.
+        let fail = |name: &str, e: Error, failed: &mut Vec<String>| -> Result<()> {
+            self.record_failure(name, &e.to_string())?;
+            failed.push(e.to_string());
+            Ok(())
+        };
+        let mut open = Vec::new();
+        let mut answers = Vec::new();
+        for (name, hosts) in due {
             self.ui.info(&format!(
                 "https: ordering a certificate for {} from {}",
                 hosts.join(", "),
                 acme.directory
             ));
-            let (chain, key) = match self.order(acct, acme, &hosts).await? {
-                Ok(got) => got,
+            match self.open_order(&account, acme, &hosts).await? {
+                Ok((order, tokens)) => {
+                    answers.extend(tokens);
+                    open.push((name, hosts, order));
+                }
+                Err(e) => fail(&name, e, &mut failed)?,
+            }
+        }
+        let paths: Vec<String> = answers.iter().map(|f| f.path.clone()).collect();
+        let fetched = async {
+            // Failing to put the answers in place is this cluster's failure, not the CA's.
+            if !answers.is_empty() {
+                self.orch.write_proxy_files(&answers).await?;
+            }
+            let mut got = Vec::new();
+            for (name, hosts, mut order) in open {
+                match self.finish_order(&mut order, acme, &hosts).await? {
+                    Ok((chain, key)) => got.push((name, hosts, chain, key)),
+                    Err(e) => fail(&name, e, &mut failed)?,
+                }
+            }
+            Ok::<_, Error>(got)
+        }
+        .await;
+        // Challenge answers go on every path (a failed removal is only worth a warning).
+        if !paths.is_empty()
+            && let Err(e) = self.orch.remove_proxy_files(&paths).await
+        {
+            tracing::warn!("https: removing ACME challenge files failed: {e}");
+        }
+        let mut new = Vec::new();
+        let mut said = Vec::new();
+        for (name, hosts, chain, key) in fetched? {
+            let (not_after, serial) = match inspect(&chain) {
+                Ok(x) => x,
                 Err(e) => {
-                    // Recorded, so that the next order waits; the other environments still
-                    // get theirs; the failures are reported together at the end.
-                    self.record_failure(&name, &e.to_string())?;
-                    failed.push(e.to_string());
+                    let e = Error::Other(format!("the CA at {} sent {e}", acme.directory));
+                    fail(&name, e, &mut failed)?;
                     continue;
                 }
             };
-            let (not_after, serial) = inspect(&chain)
-                .map_err(|e| Error::Other(format!("the CA at {} sent {e}", acme.directory)))?;
-            let record = CertRecord {
-                hosts: hosts.clone(),
-                not_after: not_after.clone(),
-                serial: serial.clone(),
-                source: "acme".into(),
-                fingerprint: fingerprint(&chain),
-            };
-            self.put_live(&name, record, &chain, key).await?;
-            if self.state.snapshot().cert_failures.contains_key(&name) {
-                self.update(|s| s.cert_failures.remove(&name))?;
-            }
-            self.ui.info(&format!(
+            said.push(format!(
                 "https: certificate {name} installed (serial {serial}, expires {not_after})"
             ));
-            installed.push(name);
+            new.push(NewCert {
+                record: CertRecord {
+                    hosts,
+                    not_after,
+                    serial,
+                    source: "acme".into(),
+                    fingerprint: fingerprint(&chain),
+                },
+                name,
+                chain,
+                key,
+            });
+        }
+        self.put_live(&new).await?;
+        let installed: Vec<String> = new.into_iter().map(|c| c.name).collect();
+        if installed
+            .iter()
+            .any(|n| self.state.snapshot().cert_failures.contains_key(n))
+        {
+            self.update(|s| {
+                for n in &installed {
+                    s.cert_failures.remove(n);
+                }
+            })?;
+        }
+        for line in said {
+            self.ui.info(&line);
         }
         match failed.len() {
             0 => Ok(installed),
@@ -669,44 +762,60 @@ impl Deployer<'_> {
         Ok(Ok(account))
     }
 
-    /// One order for `hosts` over HTTP-01: challenge files where the proxy answers them,
-    /// then the chain and its new private key.
-    async fn order(
+    /// Open an order for `hosts` over HTTP-01: the order, and the answers to its challenges
+    /// (as files for the proxy, `acme/TOKEN`) that must be in place before the CA looks.
+    async fn open_order(
         &self,
         account: &Account,
         acme: &AcmeSpec,
         hosts: &[String],
-    ) -> Result<FromCa<(String, SecretString)>> {
-        let names = hosts.join(", ");
-        let problem = |what: &str, e: String| {
-            Error::Other(format!(
-                "ACME: {what} for {names} at {} failed: {e}; traffic is served as before",
-                acme.directory
-            ))
-        };
+    ) -> Result<FromCa<(instant_acme::Order, Vec<ProxyFile>)>> {
+        let problem = order_problem(acme, hosts);
         let ids: Vec<Identifier> = hosts.iter().map(|h| Identifier::Dns(h.clone())).collect();
         let mut order = ca!(
             bounded(acme.timeout, account.new_order(&NewOrder::new(&ids))),
             |e| problem("the order", e)
         );
-        let mut tokens = Vec::new();
-        let result = self
-            .validate_and_fetch(&mut order, &mut tokens, acme.timeout, &problem)
-            .await;
-        // Challenge files go on every path (a failed removal is only worth a warning).
-        if let Err(e) = self.orch.remove_proxy_files(&tokens).await {
-            tracing::warn!("https: removing ACME challenge files failed: {e}");
+        let mut answers = Vec::new();
+        {
+            let mut authzs = order.authorizations();
+            while let Some(a) = ca!(
+                bounded(acme.timeout, async { Ok::<_, String>(authzs.next().await) }),
+                |e| problem("an authorization", e)
+            ) {
+                let mut a = match a {
+                    Ok(a) => a,
+                    Err(e) => return Ok(Err(problem("an authorization", e.to_string()))),
+                };
+                if a.status == AuthorizationStatus::Valid {
+                    continue;
+                }
+                let Some(ch) = a.challenge(ChallengeType::Http01) else {
+                    return Ok(Err(problem(
+                        "HTTP-01",
+                        "the CA offers no HTTP-01 challenge".into(),
+                    )));
+                };
+                answers.push(ProxyFile {
+                    path: format!("acme/{}", ch.token),
+                    content: SecretString::from(ch.key_authorization().as_str().to_string()),
+                    private: false,
+                });
+            }
         }
-        result
+        Ok(Ok((order, answers)))
     }
 
-    async fn validate_and_fetch(
+    /// With the answers in place: tell the CA to look, wait for validation, finalize, and
+    /// fetch the chain (with its new private key).
+    async fn finish_order(
         &self,
         order: &mut instant_acme::Order,
-        tokens: &mut Vec<String>,
-        timeout: std::time::Duration,
-        problem: &(dyn Fn(&str, String) -> Error + Sync),
+        acme: &AcmeSpec,
+        hosts: &[String],
     ) -> Result<FromCa<(String, SecretString)>> {
+        let problem = order_problem(acme, hosts);
+        let timeout = acme.timeout;
         // Polls retry for up to 30 s (RetryPolicy's default) on top of one request's bound.
         let polling = timeout + std::time::Duration::from_secs(30);
         {
@@ -728,17 +837,6 @@ impl Deployer<'_> {
                         "the CA offers no HTTP-01 challenge".into(),
                     )));
                 };
-                let token = ch.token.clone();
-                let key_auth = ch.key_authorization().as_str().to_string();
-                tokens.push(format!("acme/{token}"));
-                // Failing to put the answer in place is this cluster's failure, not the CA's.
-                self.orch
-                    .write_proxy_files(&[ProxyFile {
-                        path: format!("acme/{token}"),
-                        content: SecretString::from(key_auth),
-                        private: false,
-                    }])
-                    .await?;
                 ca!(bounded(timeout, ch.set_ready()), |e| problem(
                     "answering the challenge",
                     e

@@ -863,6 +863,26 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
             .count(),
         2
     );
+    // Two environments renewed together: both orders' challenge answers go out in one
+    // rollout of the proxy, both certificates in another (not two per environment).
+    let proxy_patches = |k: &KubeFake| {
+        k.calls()
+            .iter()
+            .filter(|c| {
+                c["method"] == "PATCH"
+                    && c["path"]
+                        == "/apis/apps/v1/namespaces/cloudflow-system/deployments/cloudflow-proxy"
+            })
+            .count()
+    };
+    let patches = proxy_patches(&k);
+    let renew_both = cf(&["certs", "renew"]).ok();
+    assert_eq!(pebble.issued(), 4);
+    assert_eq!(proxy_patches(&k) - patches, 2, "{}", renew_both.stderr);
+    for env in ["default", "pr-7"] {
+        let (code, body) = https_get(&root, &node.address, &format!("web-{env}.{DOMAIN}"));
+        assert_eq!(code, 200, "{env}: {body}");
+    }
     cf(&["env", "destroy", "pr-7"]).ok();
     let keys = secret_keys(&k);
     assert!(
@@ -906,7 +926,7 @@ fn kubernetes_proxy_gets_certificates_from_pebble_through_a_secret_and_serves_th
     );
     assert_eq!(failed, 0, "{failures:?}");
     assert!(sent > 10, "{sent}");
-    assert_eq!(pebble.issued(), 3);
+    assert_eq!(pebble.issued(), 5);
     let after = served_serial(&node.address, &live);
     assert!(!before.is_empty() && before != after, "{before} -> {after}");
     let secret = k.json(&[
