@@ -457,8 +457,15 @@ impl Deployer<'_> {
                 s.certs.insert(c.name.clone(), c.record.clone());
             }
         })?;
+        // Files this batch wrote that no previous record names (a certificate installed
+        // again has the same files as before: those stay on a revert).
         let new_files: Vec<String> = certs
             .iter()
+            .filter(|c| {
+                before
+                    .get(&c.name)
+                    .is_none_or(|p| p.file_base(&c.name) != c.record.file_base(&c.name))
+            })
             .flat_map(|c| cert_files(&c.record.file_base(&c.name)))
             .collect();
         if let Err(e) = self.publish(&[]).await {
@@ -485,8 +492,11 @@ impl Deployer<'_> {
             })
             .flatten()
             .collect();
-        if !old_files.is_empty() {
-            self.orch.remove_proxy_files(&old_files).await?;
+        // Live now: files nothing names any more are only worth a warning if they stay.
+        if !old_files.is_empty()
+            && let Err(e) = self.orch.remove_proxy_files(&old_files).await
+        {
+            tracing::warn!("https: removing the replaced certificates' files failed: {e}");
         }
         Ok(())
     }
@@ -647,9 +657,21 @@ impl Deployer<'_> {
         {
             tracing::warn!("https: removing ACME challenge files failed: {e}");
         }
+        // A failure here (ours, not the CA's) still says which orders the CA refused.
+        let with_refused = |e: Error, failed: &[String]| -> Error {
+            if failed.is_empty() {
+                e
+            } else {
+                Error::Other(format!(
+                    "{e}\n(the CA also refused, recorded: {})",
+                    failed.join("; ")
+                ))
+            }
+        };
+        let fetched = fetched.map_err(|e| with_refused(e, &failed))?;
         let mut new = Vec::new();
         let mut said = Vec::new();
-        for (name, hosts, chain, key) in fetched? {
+        for (name, hosts, chain, key) in fetched {
             let (not_after, serial) = match inspect(&chain) {
                 Ok(x) => x,
                 Err(e) => {
@@ -674,7 +696,9 @@ impl Deployer<'_> {
                 key,
             });
         }
-        self.put_live(&new).await?;
+        self.put_live(&new)
+            .await
+            .map_err(|e| with_refused(e, &failed))?;
         let installed: Vec<String> = new.into_iter().map(|c| c.name).collect();
         if installed
             .iter()
