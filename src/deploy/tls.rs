@@ -63,6 +63,42 @@ struct NewCert {
     key: SecretString,
 }
 
+/// The HTTP-01 challenge of every authorization of `order` not yet valid: its answer as a
+/// file for the proxy (`acme/TOKEN`), and with `set_ready` the CA told to look. Every error
+/// is the CA's.
+async fn walk_challenges(
+    order: &mut instant_acme::Order,
+    timeout: std::time::Duration,
+    problem: &(dyn Fn(&str, String) -> Error + Sync),
+    set_ready: bool,
+) -> std::result::Result<Vec<ProxyFile>, Error> {
+    let mut answers = Vec::new();
+    let mut authzs = order.authorizations();
+    while let Some(a) = bounded(timeout, async { Ok::<_, String>(authzs.next().await) })
+        .await
+        .map_err(|e| problem("an authorization", e))?
+    {
+        let mut a = a.map_err(|e| problem("an authorization", e.to_string()))?;
+        if a.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let mut ch = a
+            .challenge(ChallengeType::Http01)
+            .ok_or_else(|| problem("HTTP-01", "the CA offers no HTTP-01 challenge".into()))?;
+        answers.push(ProxyFile {
+            path: format!("acme/{}", ch.token),
+            content: SecretString::from(ch.key_authorization().as_str().to_string()),
+            private: false,
+        });
+        if set_ready {
+            bounded(timeout, ch.set_ready())
+                .await
+                .map_err(|e| problem("answering the challenge", e))?;
+        }
+    }
+    Ok(answers)
+}
+
 /// How a step of the order for `hosts` failed at the CA, as the user reads it.
 fn order_problem<'a>(acme: &'a AcmeSpec, hosts: &[String]) -> impl Fn(&str, String) -> Error + 'a {
     let names = hosts.join(", ");
@@ -800,33 +836,10 @@ impl Deployer<'_> {
             bounded(acme.timeout, account.new_order(&NewOrder::new(&ids))),
             |e| problem("the order", e)
         );
-        let mut answers = Vec::new();
-        {
-            let mut authzs = order.authorizations();
-            while let Some(a) = ca!(
-                bounded(acme.timeout, async { Ok::<_, String>(authzs.next().await) }),
-                |e| problem("an authorization", e)
-            ) {
-                let mut a = match a {
-                    Ok(a) => a,
-                    Err(e) => return Ok(Err(problem("an authorization", e.to_string()))),
-                };
-                if a.status == AuthorizationStatus::Valid {
-                    continue;
-                }
-                let Some(ch) = a.challenge(ChallengeType::Http01) else {
-                    return Ok(Err(problem(
-                        "HTTP-01",
-                        "the CA offers no HTTP-01 challenge".into(),
-                    )));
-                };
-                answers.push(ProxyFile {
-                    path: format!("acme/{}", ch.token),
-                    content: SecretString::from(ch.key_authorization().as_str().to_string()),
-                    private: false,
-                });
-            }
-        }
+        let answers = match walk_challenges(&mut order, acme.timeout, &problem, false).await {
+            Ok(a) => a,
+            Err(e) => return Ok(Err(e)),
+        };
         Ok(Ok((order, answers)))
     }
 
@@ -842,30 +855,8 @@ impl Deployer<'_> {
         let timeout = acme.timeout;
         // Polls retry for up to 30 s (RetryPolicy's default) on top of one request's bound.
         let polling = timeout + std::time::Duration::from_secs(30);
-        {
-            let mut authzs = order.authorizations();
-            while let Some(a) = ca!(
-                bounded(timeout, async { Ok::<_, String>(authzs.next().await) }),
-                |e| problem("an authorization", e)
-            ) {
-                let mut a = match a {
-                    Ok(a) => a,
-                    Err(e) => return Ok(Err(problem("an authorization", e.to_string()))),
-                };
-                if a.status == AuthorizationStatus::Valid {
-                    continue;
-                }
-                let Some(mut ch) = a.challenge(ChallengeType::Http01) else {
-                    return Ok(Err(problem(
-                        "HTTP-01",
-                        "the CA offers no HTTP-01 challenge".into(),
-                    )));
-                };
-                ca!(bounded(timeout, ch.set_ready()), |e| problem(
-                    "answering the challenge",
-                    e
-                ));
-            }
+        if let Err(e) = walk_challenges(order, timeout, &problem, true).await {
+            return Ok(Err(e));
         }
         let status = ca!(
             bounded(polling, order.poll_ready(&RetryPolicy::default())),
